@@ -1,1 +1,104 @@
-fn main() {}
+//! The `rds-csi` binary: arguments → config → logging → server; prints the
+//! error chain and exits non-zero on failure (2 for usage errors).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use log::info;
+
+use rds_csi::cli::{self, Command, Sub};
+use rds_csi::config::ServeConfig;
+use rds_csi::host::TerminationSignals;
+use rds_csi::identity::IdentityService;
+use rds_csi::proto::grpc;
+use rds_csi::server::{self, Dispatcher};
+use rds_csi::{error_chain, version};
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args_os().skip(1), &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    match command {
+        Command::Help(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("rds-csi {}", version());
+            ExitCode::SUCCESS
+        }
+        Command::Run(Sub::Serve, values) => match ServeConfig::from_values(&values) {
+            Ok(cfg) => run(serve(cfg)),
+            Err(e) => usage_error(&e),
+        },
+        Command::Run(Sub::Doctor, _) | Command::Ctl(_) => {
+            eprintln!("rds-csi: this command is not available yet");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn usage_error(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("rds-csi: {e}");
+    ExitCode::from(2)
+}
+
+fn run(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{}", error_chain(e.as_ref()));
+            eprintln!("rds-csi: {}", error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: log::LevelFilter) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).format_timestamp_millis();
+    // RUST_LOG can still refine levels per module when debugging.
+    if let Ok(filters) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&filters);
+    }
+    builder.init();
+}
+
+fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
+    // Before any thread exists, so that every thread inherits the mask.
+    let signals = TerminationSignals::block()?;
+    init_logging(cfg.log_level);
+    info!(
+        "rds-csi {} starting: controller={} node={} driver={} endpoint={}",
+        version(),
+        cfg.controller,
+        cfg.node,
+        cfg.driver_name,
+        cfg.endpoint
+    );
+    let dispatcher = Dispatcher::new(cfg.max_in_flight);
+    let identity = Arc::new(IdentityService::new(
+        cfg.driver_name.clone(),
+        cfg.controller,
+        Vec::new(),
+    ));
+    let mut services = vec![grpc::identity_service(identity, &dispatcher)];
+    if cfg.controller {
+        services.push(grpc::controller_service(Arc::new(Unbuilt), &dispatcher));
+    }
+    if cfg.node {
+        services.push(grpc::node_service(Arc::new(Unbuilt), &dispatcher));
+    }
+    let running = server::start(&cfg.endpoint, dispatcher, services)?;
+    let signal = signals.wait()?;
+    info!("{signal} received");
+    running.shutdown(cfg.shutdown_grace);
+    Ok(())
+}
+
+/// Placeholder until the Controller and Node services land: every method
+/// answers UNIMPLEMENTED through the dispatcher (and is logged).
+struct Unbuilt;
+impl grpc::Controller for Unbuilt {}
+impl grpc::Node for Unbuilt {}

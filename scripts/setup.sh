@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs everything the build, the tests and the demo need, idempotently:
+# Debian packages (only when one is missing), the musl target, and zig (the
+# C/C++ toolchain for the static musl build) from PyPI into .tools/venv.
+# Nothing is downloaded from anywhere but Debian, PyPI and the Rust
+# distribution servers. Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+tools="$root/.tools"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# --- Debian packages --------------------------------------------------------
+# cmake, g++: gRPC core's build. e2fsprogs, xfsprogs: mkfs/resize for ext4 and
+# xfs. util-linux: losetup, blkid, mount. file, binutils: checking and
+# stripping the static binary. python3-venv: the tool venv. kmod: modprobe
+# for the node's checks. iproute2, procps: test helpers.
+packages=(cmake build-essential pkg-config e2fsprogs xfsprogs util-linux mount file binutils
+	python3 python3-venv python3-pip kmod procps iproute2 ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	say "installing Debian packages: ${missing[*]}"
+	sudo_cmd=()
+	[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+	export DEBIAN_FRONTEND=noninteractive
+	"${sudo_cmd[@]}" apt-get update -qq
+	"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+	say "Debian packages present"
+fi
+
+# --- Rust -------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+	echo "setup: cargo not found: install Rust (rustup) 1.80 or newer first" >&2
+	exit 1
+fi
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+	say "adding the Rust musl target"
+	rustup target add x86_64-unknown-linux-musl ||
+		say "musl target unavailable: builds fall back to static glibc"
+fi
+
+# --- zig for the musl build (PyPI) ------------------------------------------
+# Versions pinned: gRPC 1.56 is known to build with this clang/musl pair
+# (given the two flags in scripts/env.sh).
+ZIGLANG_VERSION=0.17.1
+ZIGBUILD_VERSION=0.24.0
+want="ziglang==$ZIGLANG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION"
+if [ "$(cat "$tools/venv/.installed" 2>/dev/null)" != "$want" ]; then
+	say "installing $want into .tools/venv"
+	rm -rf "$tools/venv"
+	if python3 -m venv "$tools/venv" &&
+		"$tools/venv/bin/pip" install -q --disable-pip-version-check $want; then
+		echo "$want" >"$tools/venv/.installed"
+	else
+		say "zig unavailable from PyPI: builds fall back to static glibc"
+		rm -rf "$tools/venv"
+	fi
+else
+	say "zig $ZIGLANG_VERSION present"
+fi
+
+# cargo-zigbuild's own wrappers live under a hashed cache path; gRPC's CMake
+# build needs a fixed CXX, so give it one.
+mkdir -p "$tools/bin"
+for lang in cc cxx; do
+	cat >"$tools/bin/zig$lang-musl" <<WRAP
+#!/bin/sh
+exec "$tools/venv/bin/cargo-zigbuild" zig ${lang/cxx/c++} -- -fno-sanitize=all -target x86_64-linux-musl "\$@"
+WRAP
+	chmod +x "$tools/bin/zig$lang-musl"
+done
+
+# shellcheck source=scripts/env.sh
+. "$root/scripts/env.sh"
+say "build target: $RDS_TARGET ($RDS_STATIC_KIND static)"

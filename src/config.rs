@@ -1,0 +1,243 @@
+//! Validated configuration: turns the raw flag values from `cli` into typed
+//! settings, each error naming the flag (or environment variable) and the
+//! rule it broke.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::cli::Values;
+use crate::server::Endpoint;
+
+/// Everything `rds-csi serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub controller: bool,
+    pub node: bool,
+    pub endpoint: Endpoint,
+    pub node_id: Option<String>,
+    pub driver_name: String,
+    pub log_level: log::LevelFilter,
+    pub max_in_flight: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// A flag whose value breaks a rule; the message names both.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ServeConfig {
+    pub fn from_values(v: &Values) -> Result<Self, ConfigError> {
+        let controller = flag_bool(v, "controller")?;
+        let node = flag_bool(v, "node")?;
+        if !controller && !node {
+            return Err(ConfigError(
+                "nothing to serve: give --controller, --node or both (or RDS_CSI_CONTROLLER/RDS_CSI_NODE=true)".into(),
+            ));
+        }
+        let endpoint_raw = required(v, "endpoint")?;
+        let endpoint = Endpoint::parse(endpoint_raw)
+            .map_err(|e| ConfigError(format!("{}: {e}", v.describe("endpoint"))))?;
+        let node_id = v.get("node-id").map(|s| s.value.clone());
+        if node && node_id.is_none() {
+            return Err(ConfigError(
+                "--node needs the node's id: give --node-id, or set RDS_CSI_NODE_ID, NODE_ID or NODE_NAME"
+                    .into(),
+            ));
+        }
+        if let Some(id) = &node_id {
+            check_node_id(id)
+                .map_err(|rule| ConfigError(format!("{} {id:?}: {rule}", v.describe("node-id"))))?;
+        }
+        let driver_name = required(v, "driver-name")?.to_string();
+        check_driver_name(&driver_name)
+            .map_err(|rule| ConfigError(format!("{} {driver_name:?}: {rule}", v.describe("driver-name"))))?;
+        Ok(ServeConfig {
+            controller,
+            node,
+            endpoint,
+            node_id,
+            driver_name,
+            log_level: log_level(v)?,
+            max_in_flight: number(v, "max-in-flight", 1, 100_000)? as usize,
+            shutdown_grace: Duration::from_secs(number(v, "shutdown-grace", 0, 3600)?),
+        })
+    }
+}
+
+/// The log level flag, shared by every subcommand.
+pub fn log_level(v: &Values) -> Result<log::LevelFilter, ConfigError> {
+    let raw = v.value_or_default("log-level").unwrap_or("info");
+    match raw.to_ascii_lowercase().as_str() {
+        "off" => Ok(log::LevelFilter::Off),
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" | "warning" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        "trace" => Ok(log::LevelFilter::Trace),
+        _ => Err(ConfigError(format!(
+            "{} {raw:?}: expected one of error, warn, info, debug, trace, off",
+            v.describe("log-level")
+        ))),
+    }
+}
+
+/// A required value (its table default counts).
+pub fn required<'a>(v: &'a Values, flag: &str) -> Result<&'a str, ConfigError> {
+    v.value_or_default(flag)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ConfigError(format!("{} is required", v.describe(flag))))
+}
+
+/// A switch: absent is false; `true/false/1/0/yes/no` when given a value.
+pub fn flag_bool(v: &Values, flag: &str) -> Result<bool, ConfigError> {
+    match v.value_or_default(flag) {
+        None => Ok(false),
+        Some(raw) => parse_bool(raw)
+            .ok_or_else(|| ConfigError(format!("{} {raw:?}: expected true or false", v.describe(flag)))),
+    }
+}
+
+pub fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A whole number within `min..=max`.
+pub fn number(v: &Values, flag: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let raw = required(v, flag)?;
+    let n: u64 = raw.parse().map_err(|_| {
+        ConfigError(format!(
+            "{} {raw:?}: expected a whole number from {min} to {max}",
+            v.describe(flag)
+        ))
+    })?;
+    if n < min || n > max {
+        return Err(ConfigError(format!(
+            "{} {n}: must be from {min} to {max}",
+            v.describe(flag)
+        )));
+    }
+    Ok(n)
+}
+
+/// CSI driver names: at most 63 characters, lower-case alphanumerics, `-`
+/// and `.`, starting and ending with an alphanumeric (the CSI spec's rule,
+/// which Kubernetes also applies to CSIDriver objects).
+pub fn check_driver_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 63 {
+        return Err("must be 1 to 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err("may only contain lower-case letters, digits, '-' and '.'");
+    }
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !alnum(name.as_bytes()[0]) || !alnum(name.as_bytes()[name.len() - 1]) {
+        return Err("must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Node ids end up in the RDS disk comment as the attachment record, so
+/// keep them to the characters a Kubernetes node name can have.
+pub fn check_node_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > 253 {
+        return Err("must be 1 to 253 characters");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err("may only contain letters, digits, '-', '.' and '_'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{parse, Command};
+    use std::ffi::OsString;
+
+    fn serve(args: &[&str], env: &[(&str, &str)]) -> Result<ServeConfig, ConfigError> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        match parse(all.iter().map(OsString::from), &move |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+        .unwrap()
+        {
+            Command::Run(_, v) => ServeConfig::from_values(&v),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = serve(&["--controller"], &[]).unwrap();
+        assert!(c.controller && !c.node);
+        assert_eq!(c.endpoint.to_string(), "unix:///csi/csi.sock");
+        assert_eq!(c.driver_name, "rds.csi.srvlab.io");
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.max_in_flight, 128);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn both_services_in_one_process() {
+        let c = serve(&["--controller", "--node", "--node-id", "n1"], &[]).unwrap();
+        assert!(c.controller && c.node);
+        assert_eq!(c.node_id.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_the_rule() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "--controller, --node"),
+            (&["--node"], "--node-id"),
+            (&["--controller", "--endpoint", "tcp://x"], "--endpoint"),
+            (&["--controller", "--driver-name", "Bad_Name"], "--driver-name"),
+            (&["--controller", "--log-level", "loud"], "--log-level"),
+            (&["--controller", "--max-in-flight", "0"], "--max-in-flight"),
+            (&["--controller", "--max-in-flight", "many"], "--max-in-flight"),
+            (&["--controller", "--shutdown-grace", "-1"], "--shutdown-grace"),
+            (&["--controller=maybe"], "--controller"),
+            (&["--node", "--node-id", "a b"], "--node-id"),
+        ];
+        for (args, needle) in cases {
+            let e = serve(args, &[]).unwrap_err();
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let e = serve(&["--controller"], &[("RDS_CSI_MAX_IN_FLIGHT", "x")]).unwrap_err();
+        assert!(e.0.contains("RDS_CSI_MAX_IN_FLIGHT"), "{e}");
+        let c = serve(&[], &[("RDS_CSI_NODE", "yes"), ("NODE_NAME", "worker-1")]).unwrap();
+        assert!(c.node);
+        assert_eq!(c.node_id.as_deref(), Some("worker-1"));
+    }
+
+    #[test]
+    fn driver_name_rule() {
+        assert!(check_driver_name("rds.csi.srvlab.io").is_ok());
+        for bad in ["", "-a", "a-", "A.b", &"a".repeat(64)] {
+            assert!(check_driver_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! The gRPC server on the CSI unix socket: every call on its own thread, a
+//! bound on calls in flight, one log line per call, graceful shutdown.
+//!
+//! grpcio runs handlers on its completion-queue threads, and kubelet sends all
+//! its calls over one connection, which lands on one queue: a handler that
+//! blocks there (an `nvme connect`, a slow RDS) would stall every other call.
+//! So the generated glue hands each call to [`Dispatcher::dispatch`], which
+//! only starts a thread and returns; the worker completes the sink.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
+use log::{debug, info, warn};
+
+use crate::status;
+
+/// Stack for call threads. Handlers are shallow (no recursion; protobuf
+/// decoding happens before the hand-off), so a quarter of the default keeps
+/// the virtual footprint of many parallel calls small.
+const CALL_STACK_BYTES: usize = 512 * 1024;
+
+/// Methods that are polled (liveness probes, sidecars asking for
+/// capabilities): logged at debug level so they do not drown the calls that
+/// change state.
+const QUIET_METHODS: &[&str] = &[
+    "Probe",
+    "GetPluginInfo",
+    "GetPluginCapabilities",
+    "ControllerGetCapabilities",
+    "NodeGetCapabilities",
+    "NodeGetInfo",
+];
+
+/// What a handler knows about its call besides the request.
+pub struct CallInfo {
+    method: &'static str,
+    volume_id: String,
+    deadline: grpcio::Deadline,
+}
+
+impl CallInfo {
+    /// The CSI method name, e.g. `CreateVolume`.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+
+    /// The volume (or name) the request is about; empty when it names none.
+    pub fn volume_id(&self) -> &str {
+        &self.volume_id
+    }
+
+    /// True once the client's deadline has passed. The worker is not
+    /// interrupted by gRPC, so long work checks this where it can stop early.
+    pub fn expired(&self) -> bool {
+        self.deadline.exceeded()
+    }
+}
+
+/// Hands calls to worker threads; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Dispatcher {
+    state: Arc<DispatchState>,
+}
+
+struct DispatchState {
+    max_in_flight: usize,
+    in_flight: Mutex<usize>,
+    idle: Condvar,
+    draining: AtomicBool,
+}
+
+/// Counts one call in flight for as long as it lives.
+struct InFlight {
+    state: Arc<DispatchState>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut n = lock(&self.state.in_flight);
+        *n -= 1;
+        if *n == 0 {
+            self.state.idle.notify_all();
+        }
+    }
+}
+
+impl Dispatcher {
+    /// `max_in_flight` bounds the calls running at once; Probe is exempt so
+    /// that a busy driver is not mistaken for a dead one and restarted.
+    pub fn new(max_in_flight: usize) -> Self {
+        Dispatcher {
+            state: Arc::new(DispatchState {
+                max_in_flight,
+                in_flight: Mutex::new(0),
+                idle: Condvar::new(),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Runs `work` on a thread of its own and completes `sink` with its
+    /// result. Returns at once: a full dispatcher answers RESOURCE_EXHAUSTED,
+    /// a draining one UNAVAILABLE, without running `work`.
+    pub fn dispatch<Resp, F>(
+        &self,
+        ctx: RpcContext,
+        sink: UnarySink<Resp>,
+        method: &'static str,
+        volume_id: String,
+        work: F,
+    ) where
+        Resp: Send + 'static,
+        F: FnOnce(&CallInfo) -> Result<Resp, RpcStatus> + Send + 'static,
+    {
+        let started = Instant::now();
+        let call = CallInfo {
+            method,
+            volume_id,
+            deadline: ctx.deadline(),
+        };
+        let guard = match self.admit(method) {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                finish(&call, started, sink, Err(refusal));
+                return;
+            }
+        };
+        // The closure owns the sink until it can answer; if the thread cannot
+        // even start, the sink comes back through this slot to be failed.
+        let slot = Arc::new(Mutex::new(Some(sink)));
+        let worker_slot = Arc::clone(&slot);
+        let spawned = thread::Builder::new()
+            .name(format!("csi-{method}"))
+            .stack_size(CALL_STACK_BYTES)
+            .spawn(move || {
+                let _guard = guard;
+                let result = panic::catch_unwind(AssertUnwindSafe(|| work(&call))).unwrap_or_else(|_| {
+                    Err(status::internal(format!(
+                        "{method} for {:?} failed unexpectedly (a bug: the handler panicked; see the log)",
+                        call.volume_id
+                    )))
+                });
+                if let Some(sink) = lock(&worker_slot).take() {
+                    finish(&call, started, sink, result);
+                }
+            });
+        if let Err(err) = spawned {
+            // The closure (and the in-flight guard) was dropped with the failed spawn.
+            if let Some(sink) = lock(&slot).take() {
+                let refusal = status::resource_exhausted(format!(
+                    "cannot start a thread for {method}: {err}; retry later"
+                ));
+                warn!("rpc {method}: cannot spawn a worker thread: {err}");
+                drop(sink.fail(refusal));
+            }
+        }
+    }
+
+    fn admit(&self, method: &'static str) -> Result<InFlight, RpcStatus> {
+        if self.state.draining.load(Ordering::SeqCst) {
+            return Err(status::unavailable(format!(
+                "{method} refused: the driver is shutting down"
+            )));
+        }
+        let mut n = lock(&self.state.in_flight);
+        if method != "Probe" && *n >= self.state.max_in_flight {
+            return Err(status::resource_exhausted(format!(
+                "{method} refused: {} calls already in flight (limit {}, --max-in-flight); retry later",
+                *n, self.state.max_in_flight
+            )));
+        }
+        *n += 1;
+        Ok(InFlight {
+            state: Arc::clone(&self.state),
+        })
+    }
+
+    /// Number of calls running now.
+    pub fn in_flight(&self) -> usize {
+        *lock(&self.state.in_flight)
+    }
+
+    /// Refuses new calls from now on and waits up to `grace` for the running
+    /// ones to finish. Returns how many were still running at the end.
+    pub fn drain(&self, grace: Duration) -> usize {
+        self.state.draining.store(true, Ordering::SeqCst);
+        let end = Instant::now() + grace;
+        let mut n = lock(&self.state.in_flight);
+        while *n > 0 {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            n = match self.state.idle.wait_timeout(n, end - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        *n
+    }
+}
+
+/// Sends the reply and writes the call's one log line.
+fn finish<Resp>(call: &CallInfo, started: Instant, sink: UnarySink<Resp>, result: Result<Resp, RpcStatus>) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let volume = if call.volume_id.is_empty() {
+        String::new()
+    } else {
+        format!(" volume={}", call.volume_id)
+    };
+    // The futures returned by success/fail only report whether the reply
+    // reached the wire; the reply itself is queued now, so they are dropped.
+    match result {
+        Ok(resp) => {
+            if QUIET_METHODS.contains(&call.method) {
+                debug!("rpc {}{volume} code=OK duration={ms:.1}ms", call.method);
+            } else {
+                info!("rpc {}{volume} code=OK duration={ms:.1}ms", call.method);
+            }
+            drop(sink.success(resp));
+        }
+        Err(st) => {
+            let code = status::code_name(st.code());
+            // Refusals the sidecars retry by design are not warnings.
+            if matches!(st.code(), RpcStatusCode::ABORTED | RpcStatusCode::NOT_FOUND) {
+                info!(
+                    "rpc {}{volume} code={code} duration={ms:.1}ms: {}",
+                    call.method,
+                    st.message()
+                );
+            } else {
+                warn!(
+                    "rpc {}{volume} code={code} duration={ms:.1}ms: {}",
+                    call.method,
+                    st.message()
+                );
+            }
+            drop(sink.fail(st));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking handler is caught before it can poison these counters;
+    // recover the data rather than cascade if it ever happens.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The default answer of every generated handler the driver does not
+/// implement.
+pub fn unimplemented(method: &str) -> RpcStatus {
+    RpcStatus::with_message(
+        RpcStatusCode::UNIMPLEMENTED,
+        format!("{method} is not implemented by this driver"),
+    )
+}
+
+/// A `unix://` endpoint resolved to the socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    path: PathBuf,
+}
+
+impl Endpoint {
+    /// Accepts `unix:///abs/path` (the CSI convention) or `unix:/abs/path`.
+    pub fn parse(value: &str) -> Result<Self, EndpointError> {
+        let rest = value
+            .strip_prefix("unix://")
+            .or_else(|| value.strip_prefix("unix:"))
+            .ok_or_else(|| EndpointError::NotUnix(value.to_string()))?;
+        if !rest.starts_with('/') || rest.len() < 2 {
+            return Err(EndpointError::NotAbsolute(value.to_string()));
+        }
+        Ok(Endpoint {
+            path: PathBuf::from(rest),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The address in the form gRPC core binds and dials.
+    pub fn grpc_address(&self) -> String {
+        format!("unix:{}", self.path.display())
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unix://{}", self.path.display())
+    }
+}
+
+#[derive(Debug)]
+pub enum EndpointError {
+    NotUnix(String),
+    NotAbsolute(String),
+}
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointError::NotUnix(v) => {
+                write!(
+                    f,
+                    "{v:?} is not a unix socket endpoint (expected unix:///path/to/csi.sock)"
+                )
+            }
+            EndpointError::NotAbsolute(v) => {
+                write!(
+                    f,
+                    "{v:?} does not name an absolute socket path (expected unix:///path/to/csi.sock)"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for EndpointError {}
+
+/// Errors of starting and stopping the server.
+#[derive(Debug)]
+pub enum ServerError {
+    /// Something that is not a socket sits where the socket should go.
+    SocketPathOccupied(PathBuf),
+    RemoveStaleSocket(PathBuf, io::Error),
+    CreateSocketDir(PathBuf, io::Error),
+    Bind(String, grpcio::Error),
+    SetSocketMode(PathBuf, io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::SocketPathOccupied(p) => write!(
+                f,
+                "cannot listen on {}: the path exists and is not a socket (not removing it)",
+                p.display()
+            ),
+            ServerError::RemoveStaleSocket(p, _) => {
+                write!(f, "cannot remove the stale socket {}", p.display())
+            }
+            ServerError::CreateSocketDir(p, _) => {
+                write!(f, "cannot create the socket directory {}", p.display())
+            }
+            ServerError::Bind(addr, _) => write!(f, "cannot listen on {addr}"),
+            ServerError::SetSocketMode(p, _) => {
+                write!(f, "cannot restrict the permissions of {}", p.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::RemoveStaleSocket(_, e)
+            | ServerError::CreateSocketDir(_, e)
+            | ServerError::SetSocketMode(_, e) => Some(e),
+            ServerError::Bind(_, e) => Some(e),
+            ServerError::SocketPathOccupied(_) => None,
+        }
+    }
+}
+
+/// Prepares the socket path: creates its directory, removes a stale socket
+/// left by an earlier run (gRPC will not bind over it), and refuses to touch
+/// anything that is not a socket.
+fn prepare_socket_path(path: &Path) -> Result<(), ServerError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| ServerError::CreateSocketDir(dir.to_path_buf(), e))?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            info!("removing stale socket {}", path.display());
+            fs::remove_file(path).map_err(|e| ServerError::RemoveStaleSocket(path.to_path_buf(), e))
+        }
+        Ok(_) => Err(ServerError::SocketPathOccupied(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ServerError::RemoveStaleSocket(path.to_path_buf(), e)),
+    }
+}
+
+/// A running server; [`Running::shutdown`] stops it.
+pub struct Running {
+    server: grpcio::Server,
+    dispatcher: Dispatcher,
+    endpoint: Endpoint,
+}
+
+/// Binds `endpoint`, registers `services` and starts serving.
+pub fn start(
+    endpoint: &Endpoint,
+    dispatcher: Dispatcher,
+    services: Vec<grpcio::Service>,
+) -> Result<Running, ServerError> {
+    let path = endpoint.path();
+    prepare_socket_path(path)?;
+    // One completion queue is enough: handlers only hand work off.
+    let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).name_prefix("grpc").build());
+    let mut builder = grpcio::ServerBuilder::new(env);
+    for service in services {
+        builder = builder.register_service(service);
+    }
+    let mut server = builder
+        .build()
+        .map_err(|e| ServerError::Bind(endpoint.to_string(), e))?;
+    // Create the socket without world access from the first instant; the
+    // chmod afterwards makes the mode exact whatever umask we inherited.
+    // SAFETY: umask only swaps the process file-mode mask; no memory involved.
+    let old_mask = unsafe { libc::umask(0o117) };
+    let bound = server.add_listening_port(endpoint.grpc_address(), grpcio::ServerCredentials::insecure());
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old_mask) };
+    bound.map_err(|e| ServerError::Bind(endpoint.to_string(), e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .map_err(|e| ServerError::SetSocketMode(path.to_path_buf(), e))?;
+    server.start();
+    info!("serving CSI on {endpoint}");
+    Ok(Running {
+        server,
+        dispatcher,
+        endpoint: endpoint.clone(),
+    })
+}
+
+impl Running {
+    /// Stops taking calls, lets the running ones finish within `grace`,
+    /// cancels what is left, and removes the socket.
+    pub fn shutdown(mut self, grace: Duration) {
+        let running = self.dispatcher.in_flight();
+        info!(
+            "shutting down: {running} call(s) in flight, waiting up to {}s",
+            grace.as_secs_f64()
+        );
+        // Stop accepting connections and calls; calls already handed to
+        // workers keep their sinks and can still answer.
+        let stopped = self.server.shutdown();
+        let left = self.dispatcher.drain(grace);
+        if left > 0 {
+            warn!("grace period over: cancelling {left} call(s) still running");
+            self.server.cancel_all_calls();
+        }
+        // The shutdown future completes once gRPC has flushed the replies.
+        wait_with_timeout(stopped, Duration::from_secs(2));
+        let path = self.endpoint.path();
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            if meta.file_type().is_socket() {
+                if let Err(e) = fs::remove_file(path) {
+                    warn!("cannot remove socket {}: {e}", path.display());
+                }
+            }
+        }
+        info!("stopped");
+    }
+}
+
+/// Polls a future to completion on this thread, giving up after `limit`.
+/// (grpcio's shutdown notification is a future; no executor is worth
+/// pulling in for this one wait.)
+fn wait_with_timeout<F: std::future::Future + Unpin>(mut fut: F, limit: Duration) {
+    use std::task::{Context, Wake, Waker};
+    struct Unparker(thread::Thread);
+    impl Wake for Unparker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unparker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let end = Instant::now() + limit;
+    loop {
+        if std::pin::Pin::new(&mut fut).poll(&mut cx).is_ready() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        thread::park_timeout(end - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_accepts_unix_forms() {
+        let e = Endpoint::parse("unix:///csi/csi.sock").unwrap();
+        assert_eq!(e.path(), Path::new("/csi/csi.sock"));
+        assert_eq!(e.grpc_address(), "unix:/csi/csi.sock");
+        assert_eq!(e.to_string(), "unix:///csi/csi.sock");
+        assert_eq!(Endpoint::parse("unix:/a/b").unwrap().path(), Path::new("/a/b"));
+    }
+
+    #[test]
+    fn endpoint_rejects_other_forms() {
+        for bad in [
+            "tcp://1.2.3.4:5",
+            "/csi/csi.sock",
+            "unix://relative.sock",
+            "unix://",
+            "unix:///",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad} accepted");
+        }
+        let msg = Endpoint::parse("tcp://x").unwrap_err().to_string();
+        assert!(msg.contains("tcp://x") && msg.contains("unix:///"), "{msg}");
+    }
+
+    #[test]
+    fn drain_returns_at_once_when_idle_and_counts_running_calls() {
+        let d = Dispatcher::new(2);
+        assert_eq!(d.drain(Duration::from_secs(5)), 0);
+        let d = Dispatcher::new(2);
+        let held = d.admit("CreateVolume").unwrap();
+        let t = Instant::now();
+        assert_eq!(d.drain(Duration::from_millis(50)), 1);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        drop(held);
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn admission_is_bounded_except_for_probe_and_refused_while_draining() {
+        let d = Dispatcher::new(1);
+        let first = d.admit("CreateVolume").unwrap();
+        let refused = d.admit("DeleteVolume").err().expect("refused");
+        assert_eq!(refused.code(), RpcStatusCode::RESOURCE_EXHAUSTED);
+        assert!(refused.message().contains("limit 1"), "{}", refused.message());
+        let probe = d.admit("Probe").unwrap();
+        drop((first, probe));
+        assert!(d.admit("DeleteVolume").is_ok());
+        d.drain(Duration::ZERO);
+        assert_eq!(
+            d.admit("Probe").err().expect("refused").code(),
+            RpcStatusCode::UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn stale_socket_is_removed_but_other_files_are_not() {
+        let dir = std::env::temp_dir().join(format!("rds-csi-sock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("csi.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        drop(listener);
+        prepare_socket_path(&sock).unwrap();
+        assert!(!sock.exists());
+        let file = dir.join("plain");
+        fs::write(&file, "keep me").unwrap();
+        assert!(matches!(
+            prepare_socket_path(&file),
+            Err(ServerError::SocketPathOccupied(_))
+        ));
+        assert_eq!(fs::read_to_string(&file).unwrap(), "keep me");
+        // A missing directory is created.
+        prepare_socket_path(&dir.join("sub/csi.sock")).unwrap();
+        assert!(dir.join("sub").is_dir());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,84 @@
+//! gRPC status codes: the one place domain errors become a code and a message,
+//! plus the validators for request fields shared by the services.
+
+use grpcio::{RpcStatus, RpcStatusCode};
+
+/// The canonical upper-case name of a status code, for logs and `ctl`.
+pub fn code_name(code: RpcStatusCode) -> &'static str {
+    match i32::from(code) {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "INVALID_STATUS_CODE",
+    }
+}
+
+macro_rules! constructors {
+    ($($name:ident => $code:ident),+ $(,)?) => {
+        $(
+            #[doc = concat!("A `", stringify!($code), "` status with `message`.")]
+            pub fn $name(message: impl Into<String>) -> RpcStatus {
+                RpcStatus::with_message(RpcStatusCode::$code, message.into())
+            }
+        )+
+    };
+}
+
+constructors! {
+    invalid_argument => INVALID_ARGUMENT,
+    not_found => NOT_FOUND,
+    already_exists => ALREADY_EXISTS,
+    failed_precondition => FAILED_PRECONDITION,
+    resource_exhausted => RESOURCE_EXHAUSTED,
+    out_of_range => OUT_OF_RANGE,
+    aborted => ABORTED,
+    internal => INTERNAL,
+    unavailable => UNAVAILABLE,
+    deadline_exceeded => DEADLINE_EXCEEDED,
+    unimplemented => UNIMPLEMENTED,
+}
+
+/// A required string field: present and non-empty, or INVALID_ARGUMENT
+/// naming the field.
+pub fn require<'a>(field: &str, value: &'a str) -> Result<&'a str, RpcStatus> {
+    if value.is_empty() {
+        Err(invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_canonical() {
+        assert_eq!(code_name(RpcStatusCode::RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
+        assert_eq!(code_name(RpcStatusCode::OK), "OK");
+        assert_eq!(code_name(RpcStatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
+        assert_eq!(code_name(RpcStatusCode::from(99)), "INVALID_STATUS_CODE");
+    }
+
+    #[test]
+    fn require_names_the_field() {
+        let err = require("volume_id", "").unwrap_err();
+        assert_eq!(err.code(), RpcStatusCode::INVALID_ARGUMENT);
+        assert_eq!(err.message(), "volume_id is required");
+        assert_eq!(require("volume_id", "v").unwrap(), "v");
+    }
+}

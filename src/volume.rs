@@ -1,0 +1,999 @@
+//! Volume names and parameters: the validated newtypes (volume id/slot, NQN,
+//! sizes, filesystem), StorageClass parameters, the VolumeContext handed to
+//! the node, and the ownership record kept in the RDS disk's comment. All
+//! pure: every rule about what a valid volume looks like lives here.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// RouterOS 7.24 refuses longer slots; new volumes always fit.
+pub const SLOT_MAX: usize = 32;
+/// Slots of volumes made by the earlier Go driver (`pvc-<uuid>`, 40
+/// characters, from RouterOS releases that allowed 40) stay valid ids.
+pub const LEGACY_SLOT_MAX: usize = 40;
+/// Every slot this driver creates starts with this; ListVolumes lists disks
+/// with it (which includes the Go driver's `pvc-<uuid>` slots).
+pub const SLOT_PREFIX: &str = "pvc-";
+/// The NQN prefix unless `--nqn-prefix` says otherwise (RouterOS's own).
+pub const DEFAULT_NQN_PREFIX: &str = "nqn.2000-02.com.mikrotik";
+/// NVMe Qualified Names are at most 223 bytes (NVMe base spec).
+const NQN_MAX: usize = 223;
+
+// ---------------------------------------------------------------------------
+// Volume id = RDS slot
+// ---------------------------------------------------------------------------
+
+/// A volume id. It is the RDS disk's slot, for volumes this driver made and
+/// for those the Go driver made, so every RPC can go straight to the disk.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeId(String);
+
+impl VolumeId {
+    /// Accepts any id that could be a slot of ours: lower-case letters,
+    /// digits and `-`, starting with a letter or digit, at most 40
+    /// characters. `None` means the id cannot name a volume of this driver
+    /// (callers answer NOT_FOUND, or success for deletes).
+    pub fn parse(id: &str) -> Option<VolumeId> {
+        let ok = !id.is_empty()
+            && id.len() <= LEGACY_SLOT_MAX
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && id.as_bytes()[0] != b'-';
+        ok.then(|| VolumeId(id.to_string()))
+    }
+
+    /// The slot for a new volume named `name` (the CSI CreateVolume name):
+    /// deterministic, at most 32 characters, always `pvc-` + 28 hex digits.
+    /// For the provisioner's `pvc-<uuid>` names those are the UUID's first
+    /// 28 hex digits, so an operator can match disk and PV at a glance;
+    /// other names use the first 28 hex digits of their SHA-256. The full
+    /// name is kept in the disk's comment, so a collision is detected.
+    pub fn for_name(name: &str) -> VolumeId {
+        let hex = match pvc_uuid_hex(name) {
+            Some(hex) => hex,
+            None => {
+                let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+                digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+            }
+        };
+        VolumeId(format!("{SLOT_PREFIX}{}", &hex[..SLOT_MAX - SLOT_PREFIX.len()]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The RDS disk slot (the same string).
+    pub fn slot(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `pvc-<uuid>` (lower-case, as the external-provisioner makes them) → the
+/// UUID's 32 hex digits.
+fn pvc_uuid_hex(name: &str) -> Option<String> {
+    let uuid = name.strip_prefix("pvc-")?;
+    let groups: Vec<&str> = uuid.split('-').collect();
+    let lens = [8, 4, 4, 4, 12];
+    if groups.len() != lens.len() {
+        return None;
+    }
+    for (g, len) in groups.iter().zip(lens) {
+        if g.len() != len
+            || !g
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+    }
+    Some(groups.concat())
+}
+
+/// CSI names are free text from the CO; keep them to what fits safely in a
+/// disk comment and a log line.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is required".into());
+    }
+    if name.len() > 128 {
+        return Err(format!("name {name:?} is longer than 128 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "name {name:?} may only contain letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// NQN
+// ---------------------------------------------------------------------------
+
+/// The NVMe subsystem name of a volume: `<prefix>:<slot>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Nqn(String);
+
+impl Nqn {
+    pub fn for_volume(prefix: &NqnPrefix, id: &VolumeId) -> Nqn {
+        Nqn(format!("{}:{}", prefix.0, id.slot()))
+    }
+
+    /// Any NQN as the node sees it (from a VolumeContext or sysfs).
+    pub fn parse(value: &str) -> Result<Nqn, String> {
+        if !value.starts_with("nqn.") {
+            return Err(format!("{value:?} is not an NQN (must start with \"nqn.\")"));
+        }
+        if value.len() > NQN_MAX {
+            return Err(format!("{value:?} is longer than {NQN_MAX} bytes"));
+        }
+        if value
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b',')
+        {
+            return Err(format!(
+                "{value:?} contains whitespace, a control character or a comma"
+            ));
+        }
+        Ok(Nqn(value.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Nqn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The managed NQN prefix. The node only ever disconnects NQNs under it:
+/// nodes may boot from NVMe-oF, and disconnecting their root is fatal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NqnPrefix(String);
+
+impl NqnPrefix {
+    pub fn parse(value: &str) -> Result<NqnPrefix, String> {
+        if !value.starts_with("nqn.") || value.len() < 5 {
+            return Err("must start with \"nqn.\" (e.g. nqn.2000-02.com.mikrotik)".into());
+        }
+        if value.ends_with(':') {
+            return Err("must not end with ':' (the driver adds \":<slot>\")".into());
+        }
+        if value.len() + 1 + LEGACY_SLOT_MAX > NQN_MAX {
+            return Err(format!(
+                "too long: with \":<slot>\" it must fit in {NQN_MAX} bytes"
+            ));
+        }
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
+        {
+            return Err("may only contain letters, digits, '-', '.', ':' and '_'".into());
+        }
+        Ok(NqnPrefix(value.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when `nqn` is `<prefix>:<something that could be our slot>`.
+    /// A string prefix match is not enough: `...mikrotik.other:x` or
+    /// `...mikrotik:a:b` must not count.
+    pub fn manages(&self, nqn: &str) -> bool {
+        nqn.strip_prefix(self.0.as_str())
+            .and_then(|rest| rest.strip_prefix(':'))
+            .is_some_and(|slot| VolumeId::parse(slot).is_some())
+    }
+
+    /// The volume id of a managed NQN.
+    pub fn volume_of(&self, nqn: &str) -> Option<VolumeId> {
+        if !self.manages(nqn) {
+            return None;
+        }
+        VolumeId::parse(&nqn[self.0.len() + 1..])
+    }
+}
+
+impl Default for NqnPrefix {
+    fn default() -> Self {
+        NqnPrefix(DEFAULT_NQN_PREFIX.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sizes
+// ---------------------------------------------------------------------------
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+/// How requested capacities become disk sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct SizePolicy {
+    /// Sizes are rounded up to a multiple of this (1 MiB: the RDS takes
+    /// exact bytes, and MiB keeps partition-free filesystems aligned).
+    pub granularity: u64,
+    /// The smallest volume made; also the size when none is asked for.
+    pub minimum: u64,
+}
+
+impl Default for SizePolicy {
+    fn default() -> Self {
+        SizePolicy {
+            granularity: MIB,
+            minimum: GIB,
+        }
+    }
+}
+
+/// Why a capacity range cannot be met.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CapacityError {
+    /// Negative numbers, or a limit below the requirement (INVALID_ARGUMENT).
+    Invalid(String),
+    /// A valid range no size of ours fits in (OUT_OF_RANGE).
+    OutOfRange(String),
+}
+
+impl SizePolicy {
+    /// The size to create for `required`/`limit` bytes (CSI CapacityRange;
+    /// 0 means unset): the requirement (or the minimum) rounded up to the
+    /// granularity, which must not pass the limit.
+    pub fn size_for(&self, required: i64, limit: i64) -> Result<u64, CapacityError> {
+        if required < 0 || limit < 0 {
+            return Err(CapacityError::Invalid(format!(
+                "capacity_range must not be negative (required_bytes {required}, limit_bytes {limit})"
+            )));
+        }
+        let (required, limit) = (required as u64, limit as u64);
+        if limit > 0 && limit < required {
+            return Err(CapacityError::Invalid(format!(
+                "capacity_range.limit_bytes {limit} is below required_bytes {required}"
+            )));
+        }
+        let wanted = required.max(self.minimum);
+        let size = wanted.div_ceil(self.granularity) * self.granularity;
+        if limit > 0 && size > limit {
+            return Err(CapacityError::OutOfRange(format!(
+                "capacity_range.limit_bytes {limit} is below the smallest size this driver can make for it ({size} bytes: at least {} bytes, in steps of {} bytes)",
+                self.minimum, self.granularity
+            )));
+        }
+        Ok(size)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Filesystems and connection parameters
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Ext4,
+    Xfs,
+}
+
+impl FsType {
+    pub fn parse(value: &str) -> Result<FsType, String> {
+        match value {
+            "ext4" => Ok(FsType::Ext4),
+            "xfs" => Ok(FsType::Xfs),
+            _ => Err(format!("{value:?} is not supported (ext4 or xfs)")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+        }
+    }
+}
+
+impl fmt::Display for FsType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the kernel keeps an NVMe/TCP controller alive through outages; the
+/// values reach `nvme connect -l/-c/-k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Seconds the kernel keeps reconnecting before giving the controller
+    /// up; −1 = forever (the default: an RDS reboot must not turn ext4
+    /// read-only), 0 = the kernel's own default.
+    pub ctrl_loss_tmo: i32,
+    /// Seconds between reconnect attempts.
+    pub reconnect_delay: u32,
+    /// Keep-alive timeout in seconds; 0 = the kernel's default.
+    pub keep_alive_tmo: u32,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            ctrl_loss_tmo: -1,
+            reconnect_delay: 5,
+            keep_alive_tmo: 0,
+        }
+    }
+}
+
+pub const KEY_CTRL_LOSS_TMO: &str = "ctrlLossTmo";
+pub const KEY_RECONNECT_DELAY: &str = "reconnectDelay";
+pub const KEY_KEEP_ALIVE_TMO: &str = "keepAliveTmo";
+
+impl ConnectionConfig {
+    /// Reads the three keys from StorageClass parameters or a VolumeContext;
+    /// an absent key takes its default, a malformed one is an error naming
+    /// it (never silently the default).
+    pub fn from_map(map: &HashMap<String, String>) -> Result<ConnectionConfig, ParamError> {
+        let d = ConnectionConfig::default();
+        Ok(ConnectionConfig {
+            ctrl_loss_tmo: int_param(
+                map,
+                KEY_CTRL_LOSS_TMO,
+                -1,
+                i32::MAX as i64,
+                "a whole number of seconds, -1 (reconnect forever) or more",
+            )?
+            .map_or(d.ctrl_loss_tmo, |v| v as i32),
+            reconnect_delay: int_param(
+                map,
+                KEY_RECONNECT_DELAY,
+                1,
+                3600,
+                "a whole number of seconds from 1 to 3600",
+            )?
+            .map_or(d.reconnect_delay, |v| v as u32),
+            keep_alive_tmo: int_param(
+                map,
+                KEY_KEEP_ALIVE_TMO,
+                0,
+                3600,
+                "a whole number of seconds from 0 (kernel default) to 3600",
+            )?
+            .map_or(d.keep_alive_tmo, |v| v as u32),
+        })
+    }
+
+    fn write_to(&self, map: &mut HashMap<String, String>) {
+        map.insert(KEY_CTRL_LOSS_TMO.into(), self.ctrl_loss_tmo.to_string());
+        map.insert(KEY_RECONNECT_DELAY.into(), self.reconnect_delay.to_string());
+        map.insert(KEY_KEEP_ALIVE_TMO.into(), self.keep_alive_tmo.to_string());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------
+
+/// A parameter (StorageClass or VolumeContext key) whose value breaks a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    pub key: String,
+    pub value: String,
+    pub rule: String,
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "parameter {:?}: {}", self.key, self.rule)
+        } else {
+            write!(f, "parameter {:?} = {:?}: {}", self.key, self.value, self.rule)
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+
+fn param_error(key: &str, value: &str, rule: impl Into<String>) -> ParamError {
+    ParamError {
+        key: key.to_string(),
+        value: value.to_string(),
+        rule: rule.into(),
+    }
+}
+
+fn int_param(
+    map: &HashMap<String, String>,
+    key: &str,
+    min: i64,
+    max: i64,
+    rule: &str,
+) -> Result<Option<i64>, ParamError> {
+    let Some(raw) = map.get(key) else { return Ok(None) };
+    match raw.trim().parse::<i64>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(Some(v)),
+        _ => Err(param_error(key, raw, format!("must be {rule}"))),
+    }
+}
+
+pub const KEY_FS_TYPE: &str = "fsType";
+pub const KEY_NVME_ADDRESS: &str = "nvmeAddress";
+pub const KEY_NVME_PORT: &str = "nvmePort";
+pub const KEY_VOLUME_PATH: &str = "volumePath";
+pub const KEY_NQN: &str = "nqn";
+/// Added by the external-provisioner with `--extra-create-metadata`.
+pub const KEY_PV_NAME: &str = "csi.storage.k8s.io/pv/name";
+pub const KEY_PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
+pub const KEY_PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
+/// Keys under this prefix belong to Kubernetes: read what we use, accept the rest.
+const K8S_PREFIX: &str = "csi.storage.k8s.io/";
+
+pub const DEFAULT_NVME_PORT: u16 = 4420;
+
+/// StorageClass parameters of a CreateVolume call, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeParams {
+    pub fs_type: Option<FsType>,
+    pub nvme_address: Option<String>,
+    pub nvme_port: u16,
+    pub volume_path: Option<String>,
+    pub connection: ConnectionConfig,
+    pub pv_name: Option<String>,
+    pub pvc_name: Option<String>,
+    pub pvc_namespace: Option<String>,
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    KEY_FS_TYPE,
+    KEY_NVME_ADDRESS,
+    KEY_NVME_PORT,
+    KEY_VOLUME_PATH,
+    KEY_CTRL_LOSS_TMO,
+    KEY_RECONNECT_DELAY,
+    KEY_KEEP_ALIVE_TMO,
+];
+
+impl VolumeParams {
+    /// Validates every key; an unknown key is an error so a typo (say
+    /// `ctrlLossTimeout`) does not silently fall back to a default.
+    pub fn parse(map: &HashMap<String, String>) -> Result<VolumeParams, ParamError> {
+        let mut keys: Vec<&String> = map.keys().collect();
+        keys.sort();
+        for key in keys {
+            if !KNOWN_KEYS.contains(&key.as_str()) && !key.starts_with(K8S_PREFIX) {
+                return Err(param_error(
+                    key,
+                    "",
+                    format!("unknown parameter (known: {})", KNOWN_KEYS.join(", ")),
+                ));
+            }
+        }
+        let fs_type = match map.get(KEY_FS_TYPE) {
+            None => None,
+            Some(v) => Some(FsType::parse(v).map_err(|rule| param_error(KEY_FS_TYPE, v, rule))?),
+        };
+        let nvme_address = match map.get(KEY_NVME_ADDRESS) {
+            None => None,
+            Some(v) => Some(check_address(v).map_err(|rule| param_error(KEY_NVME_ADDRESS, v, rule))?),
+        };
+        let nvme_port = int_param(map, KEY_NVME_PORT, 1, 65535, "a port number from 1 to 65535")?
+            .map_or(DEFAULT_NVME_PORT, |p| p as u16);
+        let volume_path = map.get(KEY_VOLUME_PATH).cloned();
+        Ok(VolumeParams {
+            fs_type,
+            nvme_address,
+            nvme_port,
+            volume_path,
+            connection: ConnectionConfig::from_map(map)?,
+            pv_name: map.get(KEY_PV_NAME).cloned(),
+            pvc_name: map.get(KEY_PVC_NAME).cloned(),
+            pvc_namespace: map.get(KEY_PVC_NAMESPACE).cloned(),
+        })
+    }
+}
+
+/// An IP address (v4, or v6 with or without brackets) or a DNS host name.
+/// Returns the address as `nvme connect -a` wants it (no brackets).
+pub fn check_address(value: &str) -> Result<String, String> {
+    let bare = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    if bare.parse::<IpAddr>().is_ok() {
+        return Ok(bare.to_string());
+    }
+    let is_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let host = value.strip_suffix('.').unwrap_or(value);
+    // A dotted all-numeric name is a mistyped IPv4 address, not a host.
+    let numeric = host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if !host.is_empty() && host.len() <= 253 && !numeric && host.split('.').all(is_label) {
+        return Ok(host.to_string());
+    }
+    Err("must be an IP address or a host name".into())
+}
+
+/// Resolves a `volumePath` against the configured base path: the result is
+/// the base itself or a folder below it, normalised (no leading or trailing
+/// `/`); `..`, `.`, empty components and paths outside the base are refused.
+pub fn resolve_volume_path(base: &str, requested: Option<&str>) -> Result<String, String> {
+    let base_parts = path_parts(base).map_err(|e| format!("base path {base:?}: {e}"))?;
+    let Some(requested) = requested else {
+        return Ok(base_parts.join("/"));
+    };
+    let parts = path_parts(requested)?;
+    if parts.len() < base_parts.len() || parts[..base_parts.len()] != base_parts[..] {
+        return Err(format!("must be {:?} or a folder below it", base_parts.join("/")));
+    }
+    Ok(parts.join("/"))
+}
+
+fn path_parts(path: &str) -> Result<Vec<&str>, String> {
+    let trimmed = path.trim_start_matches('/').trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err("must name a folder on the RDS".into());
+    }
+    let parts: Vec<&str> = trimmed.split('/').collect();
+    for p in &parts {
+        if p.is_empty() || *p == "." || *p == ".." {
+            return Err("must not contain empty, '.' or '..' components".into());
+        }
+        if !p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!(
+                "component {p:?} may only contain letters, digits, '-', '_' and '.'"
+            ));
+        }
+    }
+    Ok(parts)
+}
+
+/// The backing file of a volume: `<volume path>/<slot>.img`.
+pub fn backing_file(volume_path: &str, id: &VolumeId) -> String {
+    format!("{volume_path}/{}.img", id.slot())
+}
+
+// ---------------------------------------------------------------------------
+// VolumeContext
+// ---------------------------------------------------------------------------
+
+/// What CreateVolume hands the node through the VolumeContext (the keys of
+/// the earlier Go driver, so existing PVs keep working).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeContext {
+    pub nqn: Nqn,
+    pub nvme_address: String,
+    pub nvme_port: u16,
+    pub fs_type: Option<FsType>,
+    pub connection: ConnectionConfig,
+}
+
+impl VolumeContext {
+    pub fn to_map(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        m.insert(KEY_NQN.into(), self.nqn.to_string());
+        m.insert(KEY_NVME_ADDRESS.into(), self.nvme_address.clone());
+        m.insert(KEY_NVME_PORT.into(), self.nvme_port.to_string());
+        if let Some(fs) = self.fs_type {
+            m.insert(KEY_FS_TYPE.into(), fs.to_string());
+        }
+        self.connection.write_to(&mut m);
+        m
+    }
+
+    /// Reads a VolumeContext on the node. `nqn` and `nvmeAddress` are
+    /// required; the rest have defaults; malformed values name their key.
+    /// Unknown keys are ignored: the CO adds its own (pod info on mount).
+    pub fn from_map(map: &HashMap<String, String>) -> Result<VolumeContext, ParamError> {
+        let nqn_raw = map
+            .get(KEY_NQN)
+            .ok_or_else(|| param_error(KEY_NQN, "", "missing from the volume context"))?;
+        let nqn = Nqn::parse(nqn_raw).map_err(|rule| param_error(KEY_NQN, nqn_raw, rule))?;
+        let addr_raw = map
+            .get(KEY_NVME_ADDRESS)
+            .ok_or_else(|| param_error(KEY_NVME_ADDRESS, "", "missing from the volume context"))?;
+        let nvme_address =
+            check_address(addr_raw).map_err(|rule| param_error(KEY_NVME_ADDRESS, addr_raw, rule))?;
+        let nvme_port = int_param(map, KEY_NVME_PORT, 1, 65535, "a port number from 1 to 65535")?
+            .map_or(DEFAULT_NVME_PORT, |p| p as u16);
+        let fs_type = match map.get(KEY_FS_TYPE) {
+            None => None,
+            Some(v) => Some(FsType::parse(v).map_err(|rule| param_error(KEY_FS_TYPE, v, rule))?),
+        };
+        Ok(VolumeContext {
+            nqn,
+            nvme_address,
+            nvme_port,
+            fs_type,
+            connection: ConnectionConfig::from_map(map)?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Ownership record (the disk comment)
+// ---------------------------------------------------------------------------
+
+/// Marks a disk comment as ours and versions its format.
+const RECORD_TAG: &str = "rds-csi/v1";
+
+/// What the controller keeps about a volume on the RDS itself, in the disk's
+/// `comment` (the RDS is the source of truth; the controller keeps no
+/// state): the CSI name (to find a volume by name and detect slot
+/// collisions), a digest of the parameters it was created with (to tell a
+/// compatible repeat from a conflicting one), PV/PVC names for operators,
+/// and the nodes it is published to.
+///
+/// Format: `rds-csi/v1 name=<n> params=<hex> pv=<..> pvc=<ns>/<name> nodes=<a>,<b>`
+/// — space-separated `key=value`, values restricted to characters that need
+/// no escaping (names are validated before they get here).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    pub name: String,
+    pub params_digest: String,
+    pub pv: Option<String>,
+    pub pvc: Option<String>,
+    pub nodes: Vec<String>,
+}
+
+impl Ownership {
+    pub fn to_comment(&self) -> String {
+        let mut s = format!("{RECORD_TAG} name={} params={}", self.name, self.params_digest);
+        if let Some(pv) = &self.pv {
+            s.push_str(&format!(" pv={pv}"));
+        }
+        if let Some(pvc) = &self.pvc {
+            s.push_str(&format!(" pvc={pvc}"));
+        }
+        if !self.nodes.is_empty() {
+            s.push_str(&format!(" nodes={}", self.nodes.join(",")));
+        }
+        s
+    }
+
+    /// `None` for a comment that is not ours (a disk made by hand or by the
+    /// Go driver, which left no record).
+    pub fn from_comment(comment: &str) -> Option<Ownership> {
+        let mut words = comment.split_whitespace();
+        if words.next()? != RECORD_TAG {
+            return None;
+        }
+        let mut own = Ownership::default();
+        for word in words {
+            let (k, v) = word.split_once('=')?;
+            match k {
+                "name" => own.name = v.to_string(),
+                "params" => own.params_digest = v.to_string(),
+                "pv" => own.pv = Some(v.to_string()),
+                "pvc" => own.pvc = Some(v.to_string()),
+                "nodes" => {
+                    own.nodes = v
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
+                // Keys of a later format version are kept out, not fatal.
+                _ => {}
+            }
+        }
+        Some(own)
+    }
+}
+
+/// A short digest of the settings that make two CreateVolume requests for
+/// one name the same volume: the resolved file location, the export and
+/// the connection parameters, and the filesystem.
+pub fn params_digest(parts: &[(&str, String)]) -> String {
+    let mut canon = String::new();
+    for (k, v) in parts {
+        canon.push_str(k);
+        canon.push('=');
+        canon.push_str(v);
+        canon.push('\n');
+    }
+    let d = ring::digest::digest(&ring::digest::SHA256, canon.as_bytes());
+    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn slots_for_provisioner_names_keep_the_uuid() {
+        let id = VolumeId::for_name("pvc-3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b");
+        assert_eq!(id.slot(), "pvc-3f2a1b4c5d6e4f708a9b0c1d2e3f");
+        assert_eq!(id.slot().len(), SLOT_MAX);
+        // Deterministic.
+        assert_eq!(id, VolumeId::for_name("pvc-3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"));
+    }
+
+    #[test]
+    fn slots_for_other_names_are_hashed_and_fit() {
+        for name in ["my-volume", "PVC-UPPER-not-a-uuid", &"x".repeat(128), "pvc-1"] {
+            let id = VolumeId::for_name(name);
+            assert_eq!(id.slot().len(), SLOT_MAX, "{name}");
+            assert!(id.slot().starts_with(SLOT_PREFIX));
+            assert!(VolumeId::parse(id.slot()).is_some());
+        }
+        assert_ne!(VolumeId::for_name("a"), VolumeId::for_name("b"));
+    }
+
+    #[test]
+    fn legacy_ids_are_valid_and_junk_is_not() {
+        let legacy = "pvc-3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+        assert_eq!(VolumeId::parse(legacy).unwrap().slot(), legacy);
+        for bad in ["", "-x", "Pvc-1", "pvc_1", "pvc-1/../x", &"a".repeat(41), "a b"] {
+            assert!(VolumeId::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nqn_prefix_manages_only_its_own_subsystems() {
+        let p = NqnPrefix::default();
+        let id = VolumeId::parse("pvc-1").unwrap();
+        let nqn = Nqn::for_volume(&p, &id);
+        assert_eq!(nqn.as_str(), "nqn.2000-02.com.mikrotik:pvc-1");
+        assert!(p.manages(nqn.as_str()));
+        assert_eq!(p.volume_of(nqn.as_str()), Some(id));
+        for other in [
+            "nqn.2000-02.com.mikrotik.other:pvc-1",
+            "nqn.2000-02.com.mikrotik",
+            "nqn.2000-02.com.mikrotik:",
+            "nqn.2000-02.com.mikrotik:a:b",
+            "nqn.2014-08.org.nvmexpress:uuid:1234",
+            "nqn.2000-02.com.mikrotik:pvc-1 ",
+        ] {
+            assert!(!p.manages(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn nqn_prefix_rules() {
+        assert!(NqnPrefix::parse("nqn.2024-01.io.example").is_ok());
+        for bad in [
+            "",
+            "nqn.",
+            "iqn.2000-01.x",
+            "nqn.x:",
+            "nqn.a b",
+            &format!("nqn.{}", "a".repeat(200)),
+        ] {
+            assert!(NqnPrefix::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_round_up_with_a_minimum_and_respect_the_limit() {
+        let p = SizePolicy::default();
+        assert_eq!(p.size_for(0, 0), Ok(GIB));
+        assert_eq!(p.size_for(1, 0), Ok(GIB));
+        assert_eq!(p.size_for(GIB as i64 + 1, 0), Ok(GIB + MIB));
+        assert_eq!(p.size_for(5 * GIB as i64, 5 * GIB as i64), Ok(5 * GIB));
+        assert!(matches!(
+            p.size_for(GIB as i64 + 1, GIB as i64 + 2),
+            Err(CapacityError::OutOfRange(_))
+        ));
+        assert!(matches!(p.size_for(0, 1000), Err(CapacityError::OutOfRange(_))));
+        assert!(matches!(
+            p.size_for(2 * GIB as i64, GIB as i64),
+            Err(CapacityError::Invalid(_))
+        ));
+        assert!(matches!(p.size_for(-1, 0), Err(CapacityError::Invalid(_))));
+    }
+
+    #[test]
+    fn connection_config_defaults_and_rules() {
+        assert_eq!(
+            ConnectionConfig::from_map(&map(&[])).unwrap(),
+            ConnectionConfig::default()
+        );
+        let c = ConnectionConfig::from_map(&map(&[
+            ("ctrlLossTmo", "-1"),
+            ("reconnectDelay", "7"),
+            ("keepAliveTmo", "30"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.ctrl_loss_tmo, c.reconnect_delay, c.keep_alive_tmo),
+            (-1, 7, 30)
+        );
+        for (k, v) in [
+            ("ctrlLossTmo", "-2"),
+            ("ctrlLossTmo", "forever"),
+            ("ctrlLossTmo", ""),
+            ("reconnectDelay", "0"),
+            ("reconnectDelay", "1.5"),
+            ("keepAliveTmo", "-1"),
+        ] {
+            let e = ConnectionConfig::from_map(&map(&[(k, v)])).unwrap_err();
+            assert_eq!(e.key, k);
+            assert!(
+                e.to_string().contains(k) && e.to_string().contains("must be"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn storage_class_parameters() {
+        let p = VolumeParams::parse(&map(&[
+            ("fsType", "xfs"),
+            ("nvmeAddress", "10.0.0.5"),
+            ("nvmePort", "4421"),
+            ("volumePath", "storage-pool/csi/fast"),
+            ("csi.storage.k8s.io/pv/name", "pvc-1"),
+            ("csi.storage.k8s.io/pvc/name", "data"),
+            ("csi.storage.k8s.io/pvc/namespace", "apps"),
+            ("csi.storage.k8s.io/something-else", "ignored"),
+        ]))
+        .unwrap();
+        assert_eq!(p.fs_type, Some(FsType::Xfs));
+        assert_eq!(p.nvme_address.as_deref(), Some("10.0.0.5"));
+        assert_eq!(p.nvme_port, 4421);
+        assert_eq!(p.pvc_name.as_deref(), Some("data"));
+        assert_eq!(VolumeParams::parse(&map(&[])).unwrap().nvme_port, 4420);
+    }
+
+    #[test]
+    fn each_bad_parameter_is_named() {
+        for (k, v) in [
+            ("fsType", "btrfs"),
+            ("nvmeAddress", "not an address"),
+            ("nvmeAddress", "300.1.1.1"),
+            ("nvmePort", "0"),
+            ("nvmePort", "65536"),
+            ("ctrlLossTmo", "-5"),
+            ("reconnectDelay", "0"),
+            ("keepAliveTmo", "x"),
+            ("ctrlLossTimeout", "5"),
+        ] {
+            let e = VolumeParams::parse(&map(&[(k, v)])).unwrap_err();
+            assert_eq!(e.key, k, "{e}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(check_address("10.0.0.1").unwrap(), "10.0.0.1");
+        assert_eq!(check_address("[fd00::1]").unwrap(), "fd00::1");
+        assert_eq!(check_address("fd00::1").unwrap(), "fd00::1");
+        assert_eq!(check_address("rds.lan").unwrap(), "rds.lan");
+        for bad in [
+            "",
+            "a b",
+            "-x.lan",
+            "x..lan",
+            "1.2.3.4.5",
+            "999.1.1.1",
+            "host:4420",
+        ] {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn volume_paths_stay_inside_the_base() {
+        let base = "storage-pool/csi";
+        assert_eq!(resolve_volume_path(base, None).unwrap(), "storage-pool/csi");
+        assert_eq!(
+            resolve_volume_path("/storage-pool/csi/", None).unwrap(),
+            "storage-pool/csi"
+        );
+        assert_eq!(
+            resolve_volume_path(base, Some("/storage-pool/csi/db")).unwrap(),
+            "storage-pool/csi/db"
+        );
+        assert_eq!(
+            resolve_volume_path(base, Some("storage-pool/csi")).unwrap(),
+            "storage-pool/csi"
+        );
+        for bad in [
+            "storage-pool",
+            "storage-pool/csi/../other",
+            "storage-pool/csi2",
+            "other/csi",
+            "storage-pool//csi",
+            "storage-pool/csi/./x",
+            "/",
+            "storage-pool/csi/a b",
+        ] {
+            assert!(resolve_volume_path(base, Some(bad)).is_err(), "{bad}");
+        }
+        let id = VolumeId::parse("pvc-1").unwrap();
+        assert_eq!(
+            backing_file("storage-pool/csi", &id),
+            "storage-pool/csi/pvc-1.img"
+        );
+    }
+
+    #[test]
+    fn volume_context_round_trips_and_names_bad_keys() {
+        let ctx = VolumeContext {
+            nqn: Nqn::parse("nqn.2000-02.com.mikrotik:pvc-1").unwrap(),
+            nvme_address: "10.0.0.1".into(),
+            nvme_port: 4420,
+            fs_type: Some(FsType::Ext4),
+            connection: ConnectionConfig {
+                ctrl_loss_tmo: -1,
+                reconnect_delay: 7,
+                keep_alive_tmo: 30,
+            },
+        };
+        let m = ctx.to_map();
+        assert_eq!(m["ctrlLossTmo"], "-1");
+        assert_eq!(m["reconnectDelay"], "7");
+        assert_eq!(m["keepAliveTmo"], "30");
+        assert_eq!(VolumeContext::from_map(&m).unwrap(), ctx);
+        // The Go driver's contexts lack the resilience keys: defaults apply.
+        let legacy = map(&[
+            ("nqn", "nqn.2000-02.com.mikrotik:pvc-1"),
+            ("nvmeAddress", "10.0.0.1"),
+            ("nvmePort", "4420"),
+        ]);
+        assert_eq!(
+            VolumeContext::from_map(&legacy).unwrap().connection,
+            ConnectionConfig::default()
+        );
+        let mut bad = m.clone();
+        bad.insert("reconnectDelay".into(), "soon".into());
+        assert_eq!(VolumeContext::from_map(&bad).unwrap_err().key, "reconnectDelay");
+        let mut bad = m;
+        bad.remove("nqn");
+        assert_eq!(VolumeContext::from_map(&bad).unwrap_err().key, "nqn");
+    }
+
+    #[test]
+    fn ownership_record_round_trips() {
+        let own = Ownership {
+            name: "pvc-3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b".into(),
+            params_digest: "a1b2c3d4e5f6".into(),
+            pv: Some("pvc-3f2a".into()),
+            pvc: Some("apps/data".into()),
+            nodes: vec!["worker-1".into()],
+        };
+        let c = own.to_comment();
+        assert!(c.starts_with("rds-csi/v1 name=pvc-3f2a1b4c"), "{c}");
+        assert_eq!(Ownership::from_comment(&c), Some(own.clone()));
+        let mut none = own;
+        none.nodes.clear();
+        none.pv = None;
+        assert_eq!(Ownership::from_comment(&none.to_comment()), Some(none));
+        assert_eq!(Ownership::from_comment("made by hand"), None);
+        assert_eq!(Ownership::from_comment(""), None);
+    }
+
+    #[test]
+    fn params_digest_is_stable_and_sensitive() {
+        let a = params_digest(&[("size", "1".into()), ("fs", "ext4".into())]);
+        assert_eq!(a, params_digest(&[("size", "1".into()), ("fs", "ext4".into())]));
+        assert_ne!(a, params_digest(&[("size", "1".into()), ("fs", "xfs".into())]));
+        assert_eq!(a.len(), 12);
+    }
+}

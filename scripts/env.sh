@@ -12,6 +12,9 @@
 
 RDS_ROOT=${RDS_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 RDS_TOOLS=${RDS_TOOLS:-$RDS_ROOT/.tools}
+# Resolve links: the compiler path below is part of gRPC core's build
+# fingerprint, so worktrees sharing one tool folder must name it identically.
+[ -d "$RDS_TOOLS" ] && RDS_TOOLS=$(cd "$RDS_TOOLS" && pwd -P)
 export RDS_ROOT RDS_TOOLS
 
 rds_musl_available() {

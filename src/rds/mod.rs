@@ -121,15 +121,20 @@ impl Client {
     /// `GET /rest/system/resource`: version, board, uptime, load. A cheap
     /// health probe; also refreshes the cached version. Read-only.
     pub fn system_resource(&self) -> Result<SystemResource, Error> {
-        let op = Op::ReadSystemResource;
-        let answer = self.call(op, "", Method::Get, "/rest/system/resource", &[], None)?;
+        self.read_system_resource(Op::ReadSystemResource, "")
+    }
+
+    /// `system_resource` on behalf of `op` on `target`, so a failure names
+    /// the operation the caller asked for.
+    fn read_system_resource(&self, op: Op, target: &str) -> Result<SystemResource, Error> {
+        let answer = self.call(op, target, Method::Get, "/rest/system/resource", &[], None)?;
         // Some RouterOS versions answer a singleton menu with a one-item list.
         let value = match &answer {
             Value::Array(items) if items.len() == 1 => &items[0],
             other => other,
         };
-        let rec = as_record(value).map_err(Self::decode_err(op, ""))?;
-        let res = SystemResource::from_record(rec).map_err(Self::decode_err(op, ""))?;
+        let rec = as_record(value).map_err(Self::decode_err(op, target))?;
+        let res = SystemResource::from_record(rec).map_err(Self::decode_err(op, target))?;
         if res.version.is_none() {
             log::warn!(
                 "cannot parse the routeros version {:?}; version checks are skipped",
@@ -145,10 +150,10 @@ impl Client {
     /// The RouterOS version, read at most every few minutes. `None` when the
     /// RDS reports a version this client cannot parse.
     pub fn version(&self) -> Result<Option<Version>, Error> {
-        Ok(self.version_text()?.0)
+        Ok(self.version_text(Op::ReadSystemResource, "")?.0)
     }
 
-    fn version_text(&self) -> Result<(Option<Version>, String), Error> {
+    fn version_text(&self, op: Op, target: &str) -> Result<(Option<Version>, String), Error> {
         if let Ok(cached) = self.inner.version.lock() {
             if let Some((at, version, text)) = cached.as_ref() {
                 if at.elapsed() < VERSION_TTL {
@@ -156,13 +161,13 @@ impl Client {
                 }
             }
         }
-        let res = self.system_resource()?;
+        let res = self.read_system_resource(op, target)?;
         Ok((res.version, res.version_text))
     }
 
     /// Fails with `Error::TooOld` when the RDS is older than `feature` needs.
     fn require(&self, op: Op, target: &str, feature: (&'static str, Version)) -> Result<(), Error> {
-        let (version, text) = self.version_text()?;
+        let (version, text) = self.version_text(op, target)?;
         match version {
             Some(v) if !v.at_least(feature.1) => Err(Error::TooOld {
                 op,

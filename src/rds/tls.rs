@@ -106,9 +106,9 @@ impl ServerCertVerifier for Verifier {
                 if digest == *want {
                     Ok(ServerCertVerified::assertion())
                 } else {
+                    // The presented fingerprint is added by `Error::Tls`.
                     Err(rustls::Error::General(format!(
-                        "the server certificate {} is not the pinned {} (--rds-tls-fingerprint)",
-                        format_fingerprint(&digest),
+                        "the server certificate is not the pinned {} (--rds-tls-fingerprint)",
                         format_fingerprint(want)
                     )))
                 }

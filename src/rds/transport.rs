@@ -328,9 +328,11 @@ impl Transport {
             waited: timeout,
             limit: self.limiter.max,
         })?;
+        // Waiting for a permit used part of the budget; keep a floor so the
+        // request itself can still be made.
         let timeout = timeout
             .saturating_sub(started.elapsed())
-            .max(MIN_ATTEMPT_TIMEOUT);
+            .max(MIN_ATTEMPT_TIMEOUT.min(timeout));
         let mut request = self
             .agent
             .request(method.as_str(), &format!("{}{}", self.base_url, path))
@@ -422,7 +424,12 @@ impl Transport {
                 op,
                 target: target.to_string(),
                 address,
-                reason: tls.to_string(),
+                reason: match tls {
+                    // Our own verifier's words, without rustls's "unexpected
+                    // error" prefix.
+                    rustls::Error::General(text) => text.clone(),
+                    other => other.to_string(),
+                },
                 presented: self.presented.last(),
                 source: Box::new(transport),
             };

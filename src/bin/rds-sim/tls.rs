@@ -109,8 +109,19 @@ pub fn self_signed(data_dir: &Path, names: &[String]) -> Result<Identity, Error>
     let generated = rcgen::generate_simple_self_signed(names.to_vec())
         .map_err(|source| Error::GenerateCertificate { source })?;
     let write = |path: &Path, text: String| {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         fs::create_dir_all(&dir)
-            .and_then(|_| fs::write(path, text))
+            .and_then(|_| {
+                // Only the emulator's user reads the key, as for any TLS key.
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(path)
+            })
+            .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|source| Error::WriteCertificate {
                 path: path.to_path_buf(),
                 source,

@@ -18,6 +18,14 @@
 //!   ```
 //!   One entry per disk with `nvme-tcp-export=true`, in `.id` order; `size`
 //!   is the backing file's size in bytes, `port` a JSON number.
+//!
+//! Guessed RouterOS behaviour (not in MikroTik's reference; the client is
+//! written so a wrong guess fails loudly): the exact `detail` texts for a
+//! duplicate slot, a file in use, a shrink, a non-empty directory and a slot
+//! over the length limit; `DELETE` answering 204; `disk add` creating parent
+//! directories and reusing an existing file at `file-path`; non-string JSON
+//! values refused; `file-path` required to be on the pool; the pool's `free`
+//! counting every file at its full (not sparse) size.
 
 use std::fmt;
 use std::fs;

@@ -8,6 +8,8 @@ pub mod host;
 pub mod identity;
 pub mod locks;
 pub mod proto;
+pub mod rds;
+pub mod retry;
 pub mod server;
 pub mod status;
 pub mod volume;

@@ -8,7 +8,8 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
-use common::driver::{opt, Driver, DriverOpts, TempDir};
+use common::driver::{opt, Driver, DriverOpts};
+use common::TempDir;
 use grpcio::RpcStatusCode;
 use rds_csi::proto::csi;
 
@@ -128,7 +129,7 @@ fn unbuilt_services_answer_unimplemented() {
 #[test]
 fn stale_socket_is_replaced_and_the_socket_is_not_world_writable() {
     let dir = TempDir::new("stale");
-    let socket = dir.path().join("csi.sock");
+    let socket = dir.join("csi.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(socket.exists());
     let d = Driver::start_in(
@@ -148,7 +149,7 @@ fn stale_socket_is_replaced_and_the_socket_is_not_world_writable() {
 #[test]
 fn a_regular_file_at_the_socket_path_is_left_alone() {
     let dir = TempDir::new("occupied");
-    let socket = dir.path().join("csi.sock");
+    let socket = dir.join("csi.sock");
     fs::write(&socket, "not a socket").unwrap();
     let mut d = Driver::start_in(
         dir,

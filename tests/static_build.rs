@@ -9,7 +9,11 @@ use common::driver::{driver_bin, opt, Driver};
 use rds_csi::proto::csi;
 
 fn file_says(path: &std::path::Path) -> String {
-    let out = Command::new("file").arg("-b").arg(path).output().expect("run file(1)");
+    let out = Command::new("file")
+        .arg("-b")
+        .arg(path)
+        .output()
+        .expect("run file(1)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -36,11 +40,20 @@ fn the_dist_binary_is_static_stripped_and_serves() {
     };
     let dist = std::path::PathBuf::from(dist);
     let info = file_says(&dist);
-    assert!(info.contains("statically linked") || info.contains("static-pie linked"), "{info}");
-    assert!(info.contains("stripped") && !info.contains("not stripped"), "{info}");
+    assert!(
+        info.contains("statically linked") || info.contains("static-pie linked"),
+        "{info}"
+    );
+    assert!(
+        info.contains("stripped") && !info.contains("not stripped"),
+        "{info}"
+    );
     // Driver::start uses the dist binary when RDS_CSI_DIST_BIN is set.
     assert_eq!(driver_bin(), dist);
     let d = Driver::start(&["--controller=false", "--node", "--node-id", "n1"]);
-    let info = d.identity().get_plugin_info(&csi::GetPluginInfoRequest::new(), opt(5)).unwrap();
+    let info = d
+        .identity()
+        .get_plugin_info(&csi::GetPluginInfoRequest::new(), opt(5))
+        .unwrap();
     assert_eq!(info.name, "rds.csi.srvlab.io");
 }

@@ -12,6 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder};
+
+use super::TempDir;
 use rds_csi::proto::grpc::{ControllerClient, GroupControllerClient, IdentityClient, NodeClient};
 
 /// The driver binary under test: the stripped static build from dist/ when
@@ -20,30 +22,6 @@ pub fn driver_bin() -> PathBuf {
     match std::env::var_os("RDS_CSI_DIST_BIN") {
         Some(p) if Path::new(&p).exists() => PathBuf::from(p),
         _ => PathBuf::from(env!("CARGO_BIN_EXE_rds-csi")),
-    }
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("rds-csi-test-{tag}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -85,13 +63,13 @@ impl Driver {
 
     pub fn start_with(opts: DriverOpts) -> Driver {
         let dir = TempDir::new("driver");
-        let socket = dir.path().join("csi.sock");
+        let socket = dir.join("csi.sock");
         Driver::start_in(dir, socket, opts)
     }
 
     /// Starts the driver with its socket at `socket` (which may be stale).
     pub fn start_in(dir: TempDir, socket: PathBuf, opts: DriverOpts) -> Driver {
-        let log = dir.path().join("driver.log");
+        let log = dir.join("driver.log");
         let log_file = fs::File::create(&log).expect("create log");
         let mut cmd = Command::new(driver_bin());
         cmd.arg("serve")

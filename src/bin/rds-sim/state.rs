@@ -1,0 +1,1047 @@
+//! The emulated RDS's storage: the pool, file disks backed by real sparse files, `/file` entries, RouterOS's rules and answers, and atomic persistence (`state.json`, `exports.json`).
+//!
+//! Files under `<data-dir>`:
+//! - `state.json`: every disk and file entry with its `.id`; rewritten
+//!   atomically (write, fsync, rename, fsync dir) after every change and read
+//!   at start, so killing the emulator is an RDS reboot that loses nothing.
+//! - `files/<name>`: the real contents of `/file` entries; a disk's backing
+//!   file `storage-pool/csi/pvc-x.img` is the sparse file
+//!   `<data-dir>/files/storage-pool/csi/pvc-x.img`.
+//! - `exports.json`: what the fake NVMe fabric needs, rewritten atomically on
+//!   every change:
+//!   ```json
+//!   {"nvme_address": "127.0.0.1",
+//!    "exports": [{"nqn": "nqn.2000-02.com.mikrotik:pvc-1", "port": 4420,
+//!                 "slot": "pvc-1",
+//!                 "backing_file": "/abs/data-dir/files/storage-pool/csi/pvc-1.img",
+//!                 "size": 1073741824}]}
+//!   ```
+//!   One entry per disk with `nvme-tcp-export=true`, in `.id` order; `size`
+//!   is the backing file's size in bytes, `port` a JSON number.
+//!
+//! Guessed RouterOS behaviour (not in MikroTik's reference; the client is
+//! written so a wrong guess fails loudly): the exact `detail` texts for a
+//! duplicate slot, a file in use, a shrink, a non-empty directory and a slot
+//! over the length limit; `DELETE` answering 204; `disk add` creating parent
+//! directories and reusing an existing file at `file-path`; non-string JSON
+//! values refused; `file-path` required to be on the pool; the pool's `free`
+//! counting every file at its full (not sparse) size.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+/// What the emulated box is; fixed for a run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Absolute.
+    pub data_dir: PathBuf,
+    pub pool_slot: String,
+    pub pool_fs: String,
+    pub pool_size: u64,
+    pub version: String,
+    pub board_name: String,
+    pub nvme_address: String,
+    pub max_slot_len: usize,
+}
+
+/// A RouterOS answer to a refused request: HTTP status and `detail`.
+#[derive(Debug)]
+pub enum Error {
+    /// GET/PATCH of an id that does not exist.
+    NoSuchItem,
+    /// DELETE of an id that does not exist (RouterOS gives no detail).
+    NotFound,
+    InvalidValue {
+        argument: String,
+    },
+    UnknownParameter {
+        name: String,
+    },
+    MissingArgument {
+        name: &'static str,
+    },
+    SlotExists,
+    FileExists,
+    FileInUse {
+        slot: String,
+    },
+    NotEnoughSpace,
+    ShrinkDisk,
+    DirectoryNotEmpty,
+    /// The pool or its mount point cannot be changed or removed.
+    Protected {
+        what: String,
+    },
+    /// `.query` words the emulator does not understand.
+    UnsupportedQuery {
+        word: String,
+    },
+    /// The emulator's own storage failed.
+    Storage {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoSuchItem => f.write_str("no such item"),
+            Error::NotFound => f.write_str("not found"),
+            Error::InvalidValue { argument } => {
+                write!(f, "invalid value for argument {argument}")
+            }
+            Error::UnknownParameter { name } => write!(f, "unknown parameter {name}"),
+            Error::MissingArgument { name } => {
+                write!(f, "missing value(s) of argument(s) {name}")
+            }
+            Error::SlotExists => f.write_str("failure: item with such slot already exists"),
+            Error::FileExists => f.write_str("failure: file already exists"),
+            Error::FileInUse { slot } => write!(f, "failure: file is in use by disk {slot}"),
+            Error::NotEnoughSpace => f.write_str("failure: not enough space"),
+            Error::ShrinkDisk => f.write_str("failure: file-size cannot be decreased"),
+            Error::DirectoryNotEmpty => f.write_str("failure: directory is not empty"),
+            Error::Protected { what } => write!(f, "failure: cannot change {what}"),
+            Error::UnsupportedQuery { word } => {
+                write!(f, "failure: rds-sim does not support the query {word:?}")
+            }
+            Error::Storage { op, path, source } => {
+                write!(f, "failure: {op} {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Storage { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// The HTTP status RouterOS answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::NoSuchItem | Error::NotFound => 404,
+            Error::Storage { .. } => 500,
+            _ => 400,
+        }
+    }
+
+    /// RouterOS's `detail`, absent for a plain 404.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Error::NotFound => None,
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+fn storage<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Storage {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct DiskRec {
+    id: u32,
+    slot: String,
+    /// Without the leading `/`.
+    file_path: String,
+    mount_filesystem: bool,
+    comment: String,
+    export: bool,
+    port: u16,
+    nqn: Option<String>,
+    allow_host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct FileRec {
+    id: u32,
+    name: String,
+    dir: bool,
+    modified: u64,
+}
+
+/// The whole persistent state of the emulated RDS.
+pub struct Store {
+    cfg: Config,
+    started: Instant,
+    started_at: u64,
+    next_disk: u32,
+    next_file: u32,
+    disks: Vec<DiskRec>,
+    files: Vec<FileRec>,
+}
+
+/// `.id` of the pool's own `/disk` entry and of its mount point in `/file`.
+const POOL_ID: u32 = 1;
+const FIRST_ID: u32 = 2;
+
+fn ros_id(id: u32) -> String {
+    format!("*{id:X}")
+}
+
+/// `*1F` → 31.
+pub fn parse_id(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.strip_prefix('*')?, 16).ok()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `2025-01-31 12:34:56` (UTC), RouterOS's date style.
+fn format_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// `1w2d3h4m5s`, RouterOS's uptime style.
+fn format_uptime(secs: u64) -> String {
+    let mut out = String::new();
+    let parts = [
+        (secs / 604_800, 'w'),
+        (secs / 86_400 % 7, 'd'),
+        (secs / 3600 % 24, 'h'),
+        (secs / 60 % 60, 'm'),
+    ];
+    for (n, unit) in parts {
+        if n > 0 || !out.is_empty() {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out.push_str(&format!("{}s", secs % 60));
+    out
+}
+
+/// Bytes from `1073741824`, `1G`, `512M`, `4K`, `1T` (binary units).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, mult) = match text.char_indices().last()? {
+        (i, 'K' | 'k') => (&text[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&text[..i], 1 << 20),
+        (i, 'G' | 'g') => (&text[..i], 1 << 30),
+        (i, 'T' | 't') => (&text[..i], 1 << 40),
+        _ => (text, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "true" | "yes" => Some(true),
+        "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn bool_text(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+/// `7.24.4 (stable)` → (7, 24).
+fn version_of(text: &str) -> (u32, u32) {
+    let word = text.split_whitespace().next().unwrap_or("");
+    let mut parts = word.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .unwrap_or(0)
+    });
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// A `/file` name: relative, no `.`/`..`/empty parts, no leading `/`.
+fn clean_name(text: &str) -> Option<String> {
+    let name = text.trim_start_matches('/');
+    if name.is_empty()
+        || name.ends_with('/')
+        || name
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\0'))
+    {
+        return None;
+    }
+    Some(name.to_string())
+}
+
+/// A request's writable fields: RouterOS takes every value as a string.
+struct Params<'a>(&'a Map<String, Value>);
+
+impl Params<'_> {
+    fn check_known(&self, known: &[&str]) -> Result<(), Error> {
+        for key in self.0.keys() {
+            if key != ".id" && !known.contains(&key.as_str()) {
+                return Err(Error::UnknownParameter { name: key.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    fn text(&self, name: &str) -> Result<Option<&str>, Error> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            // RouterOS's convention is strings; the emulator is strict so a
+            // client sending numbers or booleans is caught in tests.
+            Some(_) => Err(Error::InvalidValue {
+                argument: name.to_string(),
+            }),
+        }
+    }
+
+    fn parsed<T>(&self, name: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, Error> {
+        match self.text(name)? {
+            None => Ok(None),
+            Some(text) => parse(text).map(Some).ok_or_else(|| Error::InvalidValue {
+                argument: name.to_string(),
+            }),
+        }
+    }
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    text.parse::<u16>().ok().filter(|p| *p > 0)
+}
+
+impl Store {
+    /// Loads `state.json` from the data directory, or starts empty.
+    pub fn open(cfg: Config) -> Result<Store, Error> {
+        let files_dir = cfg.data_dir.join("files");
+        fs::create_dir_all(&files_dir).map_err(storage("create", &files_dir))?;
+        let mut store = Store {
+            cfg,
+            started: Instant::now(),
+            started_at: now_secs(),
+            next_disk: FIRST_ID,
+            next_file: FIRST_ID,
+            disks: Vec::new(),
+            files: Vec::new(),
+        };
+        let path = store.state_path();
+        match fs::read(&path) {
+            Ok(bytes) => store.load(&bytes).map_err(|reason| Error::Storage {
+                op: "load",
+                path: path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidData, reason),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(storage("read", &path)(e)),
+        }
+        let pool_dir = store.real_path(&store.cfg.pool_slot);
+        fs::create_dir_all(&pool_dir).map_err(storage("create", &pool_dir))?;
+        store.save()?;
+        Ok(store)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.cfg.data_dir.join("state.json")
+    }
+
+    pub fn exports_path(&self) -> PathBuf {
+        self.cfg.data_dir.join("exports.json")
+    }
+
+    /// Where a `/file` name lives on the host.
+    fn real_path(&self, name: &str) -> PathBuf {
+        self.cfg.data_dir.join("files").join(name)
+    }
+
+    fn load(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let num = |v: &Value, k: &str| -> Result<u64, String> {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("{k} missing"))
+        };
+        let text =
+            |v: &Value, k: &str| -> String { v.get(k).and_then(Value::as_str).unwrap_or("").to_string() };
+        let flag = |v: &Value, k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+        self.next_disk = num(&v, "next_disk")? as u32;
+        self.next_file = num(&v, "next_file")? as u32;
+        for d in v.get("disks").and_then(Value::as_array).into_iter().flatten() {
+            self.disks.push(DiskRec {
+                id: num(d, "id")? as u32,
+                slot: text(d, "slot"),
+                file_path: text(d, "file_path"),
+                mount_filesystem: flag(d, "mount_filesystem"),
+                comment: text(d, "comment"),
+                export: flag(d, "export"),
+                port: num(d, "port")? as u16,
+                nqn: d.get("nqn").and_then(Value::as_str).map(str::to_string),
+                allow_host: d.get("allow_host").and_then(Value::as_str).map(str::to_string),
+            });
+        }
+        for f in v.get("files").and_then(Value::as_array).into_iter().flatten() {
+            self.files.push(FileRec {
+                id: num(f, "id")? as u32,
+                name: text(f, "name"),
+                dir: flag(f, "dir"),
+                modified: num(f, "modified")?,
+            });
+        }
+        Ok(())
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "format": 1,
+            "next_disk": self.next_disk,
+            "next_file": self.next_file,
+            "disks": self.disks.iter().map(|d| json!({
+                "id": d.id, "slot": d.slot, "file_path": d.file_path,
+                "mount_filesystem": d.mount_filesystem, "comment": d.comment,
+                "export": d.export, "port": d.port, "nqn": d.nqn, "allow_host": d.allow_host,
+            })).collect::<Vec<_>>(),
+            "files": self.files.iter().map(|f| json!({
+                "id": f.id, "name": f.name, "dir": f.dir, "modified": f.modified,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Writes `state.json` and `exports.json`, each atomically.
+    fn save(&self) -> Result<(), Error> {
+        write_atomic(&self.state_path(), &self.to_json())?;
+        write_atomic(&self.exports_path(), &self.exports())
+    }
+
+    /// The content of `exports.json` (see the module comment).
+    pub fn exports(&self) -> Value {
+        let exports: Vec<Value> = self
+            .disks
+            .iter()
+            .filter(|d| d.export)
+            .map(|d| {
+                json!({
+                    "nqn": d.nqn.clone().unwrap_or_else(|| d.slot.clone()),
+                    "port": d.port,
+                    "slot": d.slot,
+                    "backing_file": self.real_path(&d.file_path).display().to_string(),
+                    "size": self.file_size(&d.file_path),
+                })
+            })
+            .collect();
+        json!({ "nvme_address": self.cfg.nvme_address, "exports": exports })
+    }
+
+    fn file_size(&self, name: &str) -> u64 {
+        fs::metadata(self.real_path(name)).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Bytes the pool holds: the sizes of all regular files on it (a sparse
+    /// file counts at its full size, as a thick-provisioned RDS would).
+    fn used(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| !f.dir)
+            .map(|f| self.file_size(&f.name))
+            .sum()
+    }
+
+    fn version(&self) -> (u32, u32) {
+        version_of(&self.cfg.version)
+    }
+
+    // ---- /system/resource -------------------------------------------------
+
+    pub fn system_resource(&self) -> Value {
+        let uptime = self.started.elapsed().as_secs();
+        json!({
+            "uptime": format_uptime(uptime),
+            "version": self.cfg.version,
+            "build-time": "2025-01-01 00:00:00",
+            "factory-software": "7.15",
+            "free-memory": "30064771072",
+            "total-memory": "34359738368",
+            "cpu": "ARM64",
+            "cpu-count": "4",
+            "cpu-frequency": "2000",
+            "cpu-load": "1",
+            "free-hdd-space": "100663296",
+            "total-hdd-space": "134217728",
+            "architecture-name": "arm64",
+            "board-name": self.cfg.board_name,
+            "platform": "MikroTik",
+        })
+    }
+
+    // ---- /disk -------------------------------------------------------------
+
+    fn pool_record(&self) -> Map<String, Value> {
+        let used = self.used();
+        let free = self.cfg.pool_size.saturating_sub(used);
+        let pct = used
+            .saturating_mul(100)
+            .checked_div(self.cfg.pool_size)
+            .unwrap_or(0);
+        let mut m = Map::new();
+        for (k, v) in [
+            (".id", ros_id(POOL_ID)),
+            ("type", "raid".into()),
+            ("slot", self.cfg.pool_slot.clone()),
+            ("mount-point", self.cfg.pool_slot.clone()),
+            ("fs", self.cfg.pool_fs.clone()),
+            ("fs-label", self.cfg.pool_slot.clone()),
+            ("raid-type", "raid10".into()),
+            ("size", self.cfg.pool_size.to_string()),
+            ("free", free.to_string()),
+            ("use", format!("{pct}%")),
+            ("state", "clean".into()),
+            ("mounted", "true".into()),
+            ("block-device", "true".into()),
+            ("disabled", "false".into()),
+            ("comment", String::new()),
+        ] {
+            m.insert(k.into(), Value::String(v));
+        }
+        m
+    }
+
+    fn disk_record(&self, d: &DiskRec) -> Map<String, Value> {
+        let size = self.file_size(&d.file_path).to_string();
+        let mut m = Map::new();
+        let mut put = |k: &str, v: String| {
+            m.insert(k.into(), Value::String(v));
+        };
+        put(".id", ros_id(d.id));
+        put("type", "file".into());
+        put("slot", d.slot.clone());
+        put("file-path", format!("/{}", d.file_path));
+        put("file-size", size.clone());
+        put("size", size);
+        put("model", format!("/{}", d.file_path));
+        put("mount-filesystem", bool_text(d.mount_filesystem).into());
+        put("mounted", "false".into());
+        put("block-device", "true".into());
+        put("disabled", "false".into());
+        put("comment", d.comment.clone());
+        put("nvme-tcp-export", bool_text(d.export).into());
+        put("nvme-tcp-server-port", d.port.to_string());
+        if let Some(nqn) = &d.nqn {
+            put("nvme-tcp-server-nqn", nqn.clone());
+        }
+        if let Some(hosts) = &d.allow_host {
+            put("nvme-tcp-server-allow-host-name", hosts.clone());
+        }
+        m
+    }
+
+    pub fn list_disks(&self) -> Vec<Map<String, Value>> {
+        let mut out = vec![self.pool_record()];
+        out.extend(self.disks.iter().map(|d| self.disk_record(d)));
+        out
+    }
+
+    pub fn get_disk(&self, id: &str) -> Result<Map<String, Value>, Error> {
+        let id = parse_id(id).ok_or(Error::NoSuchItem)?;
+        if id == POOL_ID {
+            return Ok(self.pool_record());
+        }
+        let d = self.disks.iter().find(|d| d.id == id).ok_or(Error::NoSuchItem)?;
+        Ok(self.disk_record(d))
+    }
+
+    fn check_version_gates(&self, params: &Params) -> Result<(), Error> {
+        let v = self.version();
+        let gates: [(&str, (u32, u32)); 3] = [
+            ("file-path", (7, 17)),
+            ("file-size", (7, 17)),
+            ("nvme-tcp-server-nqn", (7, 21)),
+        ];
+        for (name, since) in gates {
+            if params.0.contains_key(name) && v < since {
+                return Err(Error::UnknownParameter { name: name.into() });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_slot(&self, slot: &str) -> Result<(), Error> {
+        if slot.is_empty()
+            || slot.chars().count() > self.cfg.max_slot_len
+            || slot.contains(['/', ' ', '\t', '\n'])
+        {
+            return Err(Error::InvalidValue {
+                argument: "slot".into(),
+            });
+        }
+        if slot == self.cfg.pool_slot || self.disks.iter().any(|d| d.slot == slot) {
+            return Err(Error::SlotExists);
+        }
+        Ok(())
+    }
+
+    /// `PUT /rest/disk`: adds a file disk, creating its sparse backing file
+    /// (and parent directories) unless the file exists, which is reused.
+    pub fn add_disk(
+        &mut self,
+        body: &Map<String, Value>,
+        no_space: bool,
+    ) -> Result<Map<String, Value>, Error> {
+        let p = Params(body);
+        p.check_known(&[
+            "type",
+            "slot",
+            "file-path",
+            "file-size",
+            "mount-filesystem",
+            "comment",
+            "nvme-tcp-export",
+            "nvme-tcp-server-port",
+            "nvme-tcp-server-nqn",
+            "nvme-tcp-server-allow-host-name",
+        ])?;
+        self.check_version_gates(&p)?;
+        match p.text("type")? {
+            Some("file") => {}
+            Some(_) => {
+                return Err(Error::InvalidValue {
+                    argument: "type".into(),
+                })
+            }
+            None => return Err(Error::MissingArgument { name: "type" }),
+        }
+        let slot = p
+            .text("slot")?
+            .ok_or(Error::MissingArgument { name: "slot" })?
+            .to_string();
+        self.check_slot(&slot)?;
+        let file_path = p
+            .text("file-path")?
+            .ok_or(Error::MissingArgument { name: "file-path" })?;
+        let file_path = clean_name(file_path)
+            .filter(|n| n.starts_with(&format!("{}/", self.cfg.pool_slot)))
+            .ok_or_else(|| Error::InvalidValue {
+                argument: "file-path".into(),
+            })?;
+        let size = p.parsed("file-size", |t| parse_size(t).filter(|s| *s > 0))?;
+        let mount_filesystem = p.parsed("mount-filesystem", parse_bool)?.unwrap_or(true);
+        let export = p.parsed("nvme-tcp-export", parse_bool)?.unwrap_or(false);
+        let port = p.parsed("nvme-tcp-server-port", parse_port)?.unwrap_or(4420);
+        let nqn = p.text("nvme-tcp-server-nqn")?.map(str::to_string);
+        let allow_host = p.text("nvme-tcp-server-allow-host-name")?.map(str::to_string);
+        let comment = p.text("comment")?.unwrap_or("").to_string();
+
+        if let Some(user) = self.disks.iter().find(|d| d.file_path == file_path) {
+            return Err(Error::FileInUse {
+                slot: user.slot.clone(),
+            });
+        }
+        let existing = self.files.iter().find(|f| f.name == file_path).cloned();
+        if existing.as_ref().is_some_and(|f| f.dir) {
+            return Err(Error::InvalidValue {
+                argument: "file-path".into(),
+            });
+        }
+        let have = existing.as_ref().map(|f| self.file_size(&f.name)).unwrap_or(0);
+        let size = match (size, &existing) {
+            (Some(s), _) => s,
+            (None, Some(_)) => have,
+            (None, None) => return Err(Error::MissingArgument { name: "file-size" }),
+        };
+        let grow = size.saturating_sub(have);
+        if no_space || self.used().saturating_add(grow) > self.cfg.pool_size {
+            return Err(Error::NotEnoughSpace);
+        }
+        self.make_parents(&file_path)?;
+        let real = self.real_path(&file_path);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&real)
+            .map_err(storage("create", &real))?;
+        if size > have {
+            file.set_len(size).map_err(storage("resize", &real))?;
+        }
+        if existing.is_none() {
+            let id = self.next_file;
+            self.next_file += 1;
+            self.files.push(FileRec {
+                id,
+                name: file_path.clone(),
+                dir: false,
+                modified: now_secs(),
+            });
+        }
+        let id = self.next_disk;
+        self.next_disk += 1;
+        let disk = DiskRec {
+            id,
+            slot,
+            file_path,
+            mount_filesystem,
+            comment,
+            export,
+            port,
+            nqn,
+            allow_host,
+        };
+        log::info!("disk {} added: {} ({size} bytes)", disk.slot, disk.file_path);
+        self.disks.push(disk.clone());
+        self.save()?;
+        Ok(self.disk_record(&disk))
+    }
+
+    /// Adds `/file` directory entries (and real directories) for every
+    /// parent of `name` on the pool.
+    fn make_parents(&mut self, name: &str) -> Result<(), Error> {
+        let parts: Vec<&str> = name.split('/').collect();
+        for i in 1..parts.len() {
+            let dir = parts[..i].join("/");
+            if dir == self.cfg.pool_slot {
+                continue;
+            }
+            if !self.files.iter().any(|f| f.name == dir) {
+                let id = self.next_file;
+                self.next_file += 1;
+                self.files.push(FileRec {
+                    id,
+                    name: dir.clone(),
+                    dir: true,
+                    modified: now_secs(),
+                });
+            }
+            let real = self.real_path(&dir);
+            fs::create_dir_all(&real).map_err(storage("create", &real))?;
+        }
+        Ok(())
+    }
+
+    /// `PATCH /rest/disk/<id>`.
+    pub fn set_disk(
+        &mut self,
+        id: &str,
+        body: &Map<String, Value>,
+        no_space: bool,
+    ) -> Result<Map<String, Value>, Error> {
+        let id = parse_id(id).ok_or(Error::NoSuchItem)?;
+        if id == POOL_ID {
+            return Err(Error::Protected {
+                what: "the storage pool".into(),
+            });
+        }
+        let index = self
+            .disks
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or(Error::NoSuchItem)?;
+        let p = Params(body);
+        p.check_known(&[
+            "comment",
+            "file-size",
+            "mount-filesystem",
+            "nvme-tcp-export",
+            "nvme-tcp-server-port",
+            "nvme-tcp-server-nqn",
+            "nvme-tcp-server-allow-host-name",
+        ])?;
+        self.check_version_gates(&p)?;
+        let mut disk = self.disks[index].clone();
+        if let Some(c) = p.text("comment")? {
+            disk.comment = c.to_string();
+        }
+        if let Some(m) = p.parsed("mount-filesystem", parse_bool)? {
+            disk.mount_filesystem = m;
+        }
+        if let Some(e) = p.parsed("nvme-tcp-export", parse_bool)? {
+            disk.export = e;
+        }
+        if let Some(port) = p.parsed("nvme-tcp-server-port", parse_port)? {
+            disk.port = port;
+        }
+        if let Some(nqn) = p.text("nvme-tcp-server-nqn")? {
+            disk.nqn = Some(nqn.to_string()).filter(|n| !n.is_empty());
+        }
+        if let Some(h) = p.text("nvme-tcp-server-allow-host-name")? {
+            disk.allow_host = Some(h.to_string()).filter(|h| !h.is_empty());
+        }
+        let new_size = p.parsed("file-size", |t| parse_size(t).filter(|s| *s > 0))?;
+        // All checks before any change, so a refused PATCH changes nothing.
+        let have = self.file_size(&disk.file_path);
+        if let Some(size) = new_size {
+            if size < have {
+                return Err(Error::ShrinkDisk);
+            }
+            if size > have && (no_space || self.used() + (size - have) > self.cfg.pool_size) {
+                return Err(Error::NotEnoughSpace);
+            }
+        }
+        if let Some(size) = new_size.filter(|s| *s > have) {
+            let real = self.real_path(&disk.file_path);
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&real)
+                .map_err(storage("open", &real))?;
+            file.set_len(size).map_err(storage("resize", &real))?;
+            if let Some(f) = self.files.iter_mut().find(|f| f.name == disk.file_path) {
+                f.modified = now_secs();
+            }
+            log::info!("disk {} grown to {size} bytes", disk.slot);
+        }
+        if disk.export != self.disks[index].export {
+            log::info!(
+                "disk {} export {}",
+                disk.slot,
+                if disk.export { "on" } else { "off" }
+            );
+        }
+        self.disks[index] = disk.clone();
+        self.save()?;
+        Ok(self.disk_record(&disk))
+    }
+
+    /// `DELETE /rest/disk/<id>`: the backing file stays, as on RouterOS.
+    pub fn remove_disk(&mut self, id: &str) -> Result<(), Error> {
+        let id = parse_id(id).ok_or(Error::NotFound)?;
+        if id == POOL_ID {
+            return Err(Error::Protected {
+                what: "the storage pool".into(),
+            });
+        }
+        let index = self
+            .disks
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or(Error::NotFound)?;
+        let disk = self.disks.remove(index);
+        log::info!("disk {} removed (file {} kept)", disk.slot, disk.file_path);
+        self.save()
+    }
+
+    // ---- /file -------------------------------------------------------------
+
+    fn file_record(&self, f: &FileRec) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert(".id".into(), ros_id(f.id).into());
+        m.insert("name".into(), f.name.clone().into());
+        let kind = if f.dir {
+            "directory".to_string()
+        } else {
+            match f.name.rsplit('/').next().and_then(|b| b.rsplit_once('.')) {
+                Some((_, ext)) if !ext.is_empty() => format!(".{ext} file"),
+                _ => "file".to_string(),
+            }
+        };
+        m.insert("type".into(), kind.into());
+        if !f.dir {
+            m.insert("size".into(), self.file_size(&f.name).to_string().into());
+        }
+        m.insert("last-modified".into(), format_time(f.modified).into());
+        m
+    }
+
+    fn pool_dir_record(&self) -> Map<String, Value> {
+        self.file_record(&FileRec {
+            id: POOL_ID,
+            name: self.cfg.pool_slot.clone(),
+            dir: true,
+            modified: self.started_at,
+        })
+    }
+
+    pub fn list_files(&self) -> Vec<Map<String, Value>> {
+        let mut out = vec![self.pool_dir_record()];
+        out.extend(self.files.iter().map(|f| self.file_record(f)));
+        out
+    }
+
+    pub fn get_file(&self, id: &str) -> Result<Map<String, Value>, Error> {
+        let id = parse_id(id).ok_or(Error::NoSuchItem)?;
+        if id == POOL_ID {
+            return Ok(self.pool_dir_record());
+        }
+        let f = self.files.iter().find(|f| f.id == id).ok_or(Error::NoSuchItem)?;
+        Ok(self.file_record(f))
+    }
+
+    /// `PUT /rest/file`: a directory (`type=directory`) or a small file with
+    /// `contents`, on the pool.
+    pub fn add_file(&mut self, body: &Map<String, Value>) -> Result<Map<String, Value>, Error> {
+        let p = Params(body);
+        p.check_known(&["name", "type", "contents"])?;
+        let name = p.text("name")?.ok_or(Error::MissingArgument { name: "name" })?;
+        let name = clean_name(name)
+            .filter(|n| n.starts_with(&format!("{}/", self.cfg.pool_slot)))
+            .ok_or_else(|| Error::InvalidValue {
+                argument: "name".into(),
+            })?;
+        let dir = match p.text("type")? {
+            Some("directory") => true,
+            None | Some("file") => false,
+            Some(_) => {
+                return Err(Error::InvalidValue {
+                    argument: "type".into(),
+                })
+            }
+        };
+        if self.files.iter().any(|f| f.name == name) {
+            return Err(Error::FileExists);
+        }
+        let contents = p.text("contents")?.unwrap_or("").to_string();
+        if !dir && self.used() + contents.len() as u64 > self.cfg.pool_size {
+            return Err(Error::NotEnoughSpace);
+        }
+        self.make_parents(&name)?;
+        let real = self.real_path(&name);
+        if dir {
+            fs::create_dir_all(&real).map_err(storage("create", &real))?;
+        } else {
+            fs::write(&real, contents.as_bytes()).map_err(storage("write", &real))?;
+        }
+        let rec = FileRec {
+            id: self.next_file,
+            name,
+            dir,
+            modified: now_secs(),
+        };
+        self.next_file += 1;
+        log::info!("file {} added", rec.name);
+        self.files.push(rec.clone());
+        self.save()?;
+        Ok(self.file_record(&rec))
+    }
+
+    /// `DELETE /rest/file/<id>`: refused for a disk's backing file and for a
+    /// directory with entries in it.
+    pub fn remove_file(&mut self, id: &str) -> Result<(), Error> {
+        let id = parse_id(id).ok_or(Error::NotFound)?;
+        if id == POOL_ID {
+            return Err(Error::Protected {
+                what: "the pool's mount point".into(),
+            });
+        }
+        let index = self
+            .files
+            .iter()
+            .position(|f| f.id == id)
+            .ok_or(Error::NotFound)?;
+        let file = self.files[index].clone();
+        if let Some(d) = self.disks.iter().find(|d| d.file_path == file.name) {
+            return Err(Error::FileInUse { slot: d.slot.clone() });
+        }
+        let real = self.real_path(&file.name);
+        if file.dir {
+            let prefix = format!("{}/", file.name);
+            if self.files.iter().any(|f| f.name.starts_with(&prefix)) {
+                return Err(Error::DirectoryNotEmpty);
+            }
+            match fs::remove_dir(&real) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(storage("remove", &real)(e)),
+            }
+        } else {
+            match fs::remove_file(&real) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(storage("remove", &real)(e)),
+            }
+        }
+        self.files.remove(index);
+        log::info!("file {} removed", file.name);
+        self.save()
+    }
+}
+
+/// Writes JSON to `path` so a crash leaves either the old or the new file:
+/// temporary file, fsync, rename, fsync of the directory.
+fn write_atomic(path: &Path, value: &Value) -> Result<(), Error> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(value).map_err(|e| Error::Storage {
+        op: "encode",
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    })?;
+    let mut file = fs::File::create(&tmp).map_err(storage("create", &tmp))?;
+    file.write_all(&text).map_err(storage("write", &tmp))?;
+    file.sync_all().map_err(storage("sync", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(storage("rename", path))?;
+    if let Some(dir) = path.parent() {
+        let d = fs::File::open(dir).map_err(storage("open", dir))?;
+        d.sync_all().map_err(storage("sync", dir))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1073741824"), Some(1 << 30));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4k"), Some(4096));
+        assert_eq!(parse_size("1T"), Some(1 << 40));
+        assert_eq!(parse_size("G"), None);
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn ids_and_times() {
+        assert_eq!(ros_id(31), "*1F");
+        assert_eq!(parse_id("*1F"), Some(31));
+        assert_eq!(parse_id("1F"), None);
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13:20");
+        assert_eq!(format_uptime(5), "5s");
+        assert_eq!(format_uptime(694_861), "1w1d1h1m1s");
+        assert_eq!(version_of("7.24.4 (stable)"), (7, 24));
+        assert_eq!(version_of("7.9"), (7, 9));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(clean_name("/pool/a.img").as_deref(), Some("pool/a.img"));
+        assert_eq!(clean_name("pool/../x"), None);
+        assert_eq!(clean_name("pool//x"), None);
+        assert_eq!(clean_name("pool/x/"), None);
+        assert_eq!(clean_name(""), None);
+    }
+}

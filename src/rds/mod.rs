@@ -1,0 +1,590 @@
+//! The RouterOS REST client for the RDS: disks, files, the pool and the system resource, each operation idempotent and documented for a second call.
+//!
+//! `Client` is cheap to clone and safe to share between threads; clones share
+//! one connection pool, one in-flight cap and one credentials cache.
+//!
+//! Layout: `config` (what the client is told), `tls` (trust), `transport`
+//! (one REST call with auth, cap, deadline and retries), `types` (typed
+//! records), `error` (the one error type).
+
+mod config;
+mod error;
+mod tls;
+mod transport;
+mod types;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+pub use config::{format_fingerprint, parse_fingerprint, Address, ClientConfig, Scheme, Trust};
+pub use error::{Error, Kind, Op};
+pub use tls::certificate_fingerprint;
+pub use types::{Disk, File, Pool, SystemResource, Version};
+
+use transport::{escape_segment, Method, Transport};
+use types::{as_record, as_records, strip_leading_slash, DecodeError};
+
+/// `file-path`/`file-size` on `/disk` (file-backed disks).
+const FILE_DISKS: (&str, Version) = ("file-backed disks (file-path, file-size)", Version::new(7, 17, 0));
+/// `nvme-tcp-server-nqn` on `/disk`.
+const EXPORT_NQN: (&str, Version) = ("nvme-tcp-server-nqn", Version::new(7, 21, 0));
+
+/// How long a read version is trusted: an upgrade reboots the RDS, so a
+/// stale answer is short-lived and a failed request would show it anyway.
+const VERSION_TTL: Duration = Duration::from_secs(300);
+
+/// What `create_disk` makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDisk {
+    /// The disk's name on the RDS (at most 32 characters on RouterOS 7.24).
+    pub slot: String,
+    /// Backing file on the pool, e.g. `storage-pool/csi/pvc-x.img` (a
+    /// leading `/` is ignored).
+    pub file_path: String,
+    /// Exact size in bytes, sent as a plain byte count.
+    pub size_bytes: u64,
+    /// Free text, e.g. the CSI volume name.
+    pub comment: String,
+    /// NVMe/TCP subsystem NQN; `None` leaves RouterOS's default (the slot),
+    /// which also works on RouterOS older than 7.21.
+    pub nqn: Option<String>,
+    /// NVMe/TCP port, usually 4420.
+    pub port: u16,
+}
+
+/// What `remove_disk` found to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    /// The disk entry existed and was removed.
+    pub disk: bool,
+    /// The backing file existed and was removed.
+    pub file: bool,
+}
+
+/// A RouterOS REST client for one RDS.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    transport: Transport,
+    version: Mutex<Option<(Instant, Option<Version>, String)>>,
+}
+
+impl Client {
+    /// Builds the client: parses the address, sets up TLS trust and reads the
+    /// credentials files. No request is sent yet.
+    pub fn new(config: ClientConfig) -> Result<Client, Error> {
+        let transport = Transport::new(&config)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                transport,
+                version: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The RDS address this client talks to, e.g. `https://10.0.0.5:443`.
+    pub fn address(&self) -> &Address {
+        self.inner.transport.address()
+    }
+
+    fn call(
+        &self,
+        op: Op,
+        target: &str,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value, Error> {
+        self.inner.transport.call(op, target, method, path, query, body)
+    }
+
+    fn decode_err(op: Op, target: &str) -> impl Fn(DecodeError) -> Error + '_ {
+        move |e| Error::Decode {
+            op,
+            target: target.to_string(),
+            what: e.0,
+        }
+    }
+
+    /// `GET /rest/system/resource`: version, board, uptime, load. A cheap
+    /// health probe; also refreshes the cached version. Read-only.
+    pub fn system_resource(&self) -> Result<SystemResource, Error> {
+        self.read_system_resource(Op::ReadSystemResource, "")
+    }
+
+    /// `system_resource` on behalf of `op` on `target`, so a failure names
+    /// the operation the caller asked for.
+    fn read_system_resource(&self, op: Op, target: &str) -> Result<SystemResource, Error> {
+        let answer = self.call(op, target, Method::Get, "/rest/system/resource", &[], None)?;
+        // Some RouterOS versions answer a singleton menu with a one-item list.
+        let value = match &answer {
+            Value::Array(items) if items.len() == 1 => &items[0],
+            other => other,
+        };
+        let rec = as_record(value).map_err(Self::decode_err(op, target))?;
+        let res = SystemResource::from_record(rec).map_err(Self::decode_err(op, target))?;
+        if res.version.is_none() {
+            log::warn!(
+                "cannot parse the routeros version {:?}; version checks are skipped",
+                res.version_text
+            );
+        }
+        if let Ok(mut cached) = self.inner.version.lock() {
+            *cached = Some((Instant::now(), res.version, res.version_text.clone()));
+        }
+        Ok(res)
+    }
+
+    /// The RouterOS version, read at most every few minutes. `None` when the
+    /// RDS reports a version this client cannot parse.
+    pub fn version(&self) -> Result<Option<Version>, Error> {
+        Ok(self.version_text(Op::ReadSystemResource, "")?.0)
+    }
+
+    fn version_text(&self, op: Op, target: &str) -> Result<(Option<Version>, String), Error> {
+        if let Ok(cached) = self.inner.version.lock() {
+            if let Some((at, version, text)) = cached.as_ref() {
+                if at.elapsed() < VERSION_TTL {
+                    return Ok((*version, text.clone()));
+                }
+            }
+        }
+        let res = self.read_system_resource(op, target)?;
+        Ok((res.version, res.version_text))
+    }
+
+    /// Fails with `Error::TooOld` when the RDS is older than `feature` needs.
+    fn require(&self, op: Op, target: &str, feature: (&'static str, Version)) -> Result<(), Error> {
+        let (version, text) = self.version_text(op, target)?;
+        match version {
+            Some(v) if !v.at_least(feature.1) => Err(Error::TooOld {
+                op,
+                target: target.to_string(),
+                feature: feature.0,
+                needs: feature.1,
+                version: text,
+            }),
+            // Unparseable versions go ahead: RouterOS's own `unknown
+            // parameter` answer then maps to `Kind::TooOld`.
+            _ => Ok(()),
+        }
+    }
+
+    /// The storage pool's capacity: the `/disk` entry whose slot, or else
+    /// whose mount point, is `slot_or_mount_point`. Read-only.
+    pub fn pool(&self, slot_or_mount_point: &str) -> Result<Pool, Error> {
+        let op = Op::ReadPool;
+        let name = strip_leading_slash(slot_or_mount_point);
+        let disk = match self.find_disk(op, &name)? {
+            Some(disk) => disk,
+            None => self
+                .all_disks(op, &name)?
+                .into_iter()
+                .find(|d| d.mount_point.as_deref().map(strip_leading_slash).as_deref() == Some(&name))
+                .ok_or_else(|| Error::NoDisk {
+                    op,
+                    slot: name.clone(),
+                })?,
+        };
+        Pool::from_disk(&disk).map_err(Self::decode_err(op, &name))
+    }
+
+    /// The disk with this slot, or `None`. Read-only.
+    pub fn disk(&self, slot: &str) -> Result<Option<Disk>, Error> {
+        self.find_disk(Op::ReadDisk, slot)
+    }
+
+    fn find_disk(&self, op: Op, slot: &str) -> Result<Option<Disk>, Error> {
+        let answer = self.call(op, slot, Method::Get, "/rest/disk", &[("slot", slot)], None)?;
+        let mut found = Vec::new();
+        for rec in as_records(&answer).map_err(Self::decode_err(op, slot))? {
+            let disk = Disk::from_record(rec).map_err(Self::decode_err(op, slot))?;
+            // The filter is RouterOS's; checking again costs nothing.
+            if disk.slot == slot {
+                found.push(disk);
+            }
+        }
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            n => Err(Error::Decode {
+                op,
+                target: slot.to_string(),
+                what: format!("{n} disks have this slot"),
+            }),
+        }
+    }
+
+    fn all_disks(&self, op: Op, target: &str) -> Result<Vec<Disk>, Error> {
+        let answer = self.call(op, target, Method::Get, "/rest/disk", &[], None)?;
+        as_records(&answer)
+            .map_err(Self::decode_err(op, target))?
+            .into_iter()
+            .map(|rec| Disk::from_record(rec).map_err(Self::decode_err(op, target)))
+            .collect()
+    }
+
+    /// Every disk whose slot starts with `slot_prefix` (all disks for an
+    /// empty prefix), in RouterOS's order. Read-only.
+    pub fn list_disks(&self, slot_prefix: &str) -> Result<Vec<Disk>, Error> {
+        let mut disks = self.all_disks(Op::ListDisks, slot_prefix)?;
+        disks.retain(|d| d.slot.starts_with(slot_prefix));
+        Ok(disks)
+    }
+
+    fn get_disk_by_id(&self, op: Op, slot: &str, id: &str) -> Result<Disk, Error> {
+        let path = format!("/rest/disk/{}", escape_segment(id));
+        let answer = self.call(op, slot, Method::Get, &path, &[], None)?;
+        let rec = as_record(&answer).map_err(Self::decode_err(op, slot))?;
+        Disk::from_record(rec).map_err(Self::decode_err(op, slot))
+    }
+
+    /// `PATCH /rest/disk/<id>`, returning the disk as RouterOS answers it
+    /// (or re-read, if the answer is not a disk record).
+    fn patch_disk(&self, op: Op, slot: &str, id: &str, changes: &Value) -> Result<Disk, Error> {
+        let path = format!("/rest/disk/{}", escape_segment(id));
+        let answer = self.call(op, slot, Method::Patch, &path, &[], Some(changes))?;
+        match as_record(&answer).and_then(Disk::from_record) {
+            Ok(disk) => Ok(disk),
+            Err(_) => self.get_disk_by_id(op, slot, id),
+        }
+    }
+
+    /// Creates a file-backed disk and exports it over NVMe/TCP:
+    /// `PUT /rest/disk` (type=file, exact `file-size` in bytes,
+    /// `mount-filesystem=false`, comment), then `PATCH` the export (on, port,
+    /// NQN), then reads it back and checks export, port, NQN and size.
+    ///
+    /// Called twice with the same `NewDisk` it returns the same disk. A create
+    /// that failed half-way leaves a disk with the same slot and file path
+    /// whose export is off; calling `create_disk` again finishes it (so does a
+    /// retried PUT that RouterOS had already applied). A disk with the same
+    /// slot but another file path, a smaller size, or a different export is
+    /// someone else's: `Error::Exists` (`Kind::AlreadyExists`).
+    pub fn create_disk(&self, new: &NewDisk) -> Result<Disk, Error> {
+        let op = Op::CreateDisk;
+        let slot = new.slot.as_str();
+        self.require(op, slot, FILE_DISKS)?;
+        if new.nqn.is_some() {
+            self.require(op, slot, EXPORT_NQN)?;
+        }
+        let file_path = strip_leading_slash(&new.file_path);
+        let disk = match self.find_disk(op, slot)? {
+            Some(existing) => {
+                self.check_same_disk(op, new, &file_path, &existing)?;
+                log::debug!("create disk {slot}: exists already, finishing it");
+                existing
+            }
+            None => {
+                let body = json!({
+                    "type": "file",
+                    "slot": slot,
+                    "file-path": file_path,
+                    "file-size": new.size_bytes.to_string(),
+                    "mount-filesystem": "false",
+                    "comment": new.comment,
+                });
+                match self.call(op, slot, Method::Put, "/rest/disk", &[], Some(&body)) {
+                    Ok(answer) => match as_record(&answer).and_then(Disk::from_record) {
+                        Ok(disk) => disk,
+                        Err(_) => self.find_disk(op, slot)?.ok_or_else(|| Error::Decode {
+                            op,
+                            target: slot.to_string(),
+                            what: "the created disk is not listed".to_string(),
+                        })?,
+                    },
+                    // A concurrent create, or our own PUT that RouterOS applied
+                    // before the answer was lost: look at what is there.
+                    Err(e) if e.kind() == Kind::AlreadyExists => {
+                        let existing = self.find_disk(op, slot)?.ok_or(e)?;
+                        self.check_same_disk(op, new, &file_path, &existing)?;
+                        existing
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let exported = disk.nvme_tcp_export
+            && disk.effective_port() == new.port
+            && new.nqn.as_deref().map_or(true, |nqn| disk.effective_nqn() == nqn);
+        let id = disk.id.clone();
+        if !exported {
+            let mut changes = Map::new();
+            changes.insert("nvme-tcp-export".into(), "true".into());
+            changes.insert("nvme-tcp-server-port".into(), new.port.to_string().into());
+            if let Some(nqn) = &new.nqn {
+                changes.insert("nvme-tcp-server-nqn".into(), nqn.clone().into());
+            }
+            self.patch_disk(Op::ExportDisk, slot, &id, &Value::Object(changes))?;
+        }
+        let disk = self.get_disk_by_id(op, slot, &id)?;
+        self.verify_created(op, new, &file_path, &disk)?;
+        Ok(disk)
+    }
+
+    /// Whether an existing disk is the one `new` describes (possibly with its
+    /// export still off or half-set by our own earlier attempt).
+    fn check_same_disk(&self, op: Op, new: &NewDisk, file_path: &str, d: &Disk) -> Result<(), Error> {
+        let exists = |field, expected: String, found: String| {
+            Err(Error::Exists {
+                op,
+                slot: new.slot.clone(),
+                field,
+                expected,
+                found,
+            })
+        };
+        if d.kind.as_deref().is_some_and(|k| k != "file") {
+            return exists("type", "file".into(), d.kind.clone().unwrap_or_default());
+        }
+        let found_path = d.file_path.clone().unwrap_or_default();
+        if found_path != file_path {
+            return exists("file-path", file_path.to_string(), found_path);
+        }
+        if let Some(bytes) = d.bytes() {
+            if bytes < new.size_bytes {
+                return exists("size", new.size_bytes.to_string(), bytes.to_string());
+            }
+        }
+        if d.nvme_tcp_export {
+            if d.effective_port() != new.port {
+                return exists(
+                    "nvme-tcp-server-port",
+                    new.port.to_string(),
+                    d.effective_port().to_string(),
+                );
+            }
+            if let Some(nqn) = &new.nqn {
+                if d.effective_nqn() != nqn {
+                    return exists("nvme-tcp-server-nqn", nqn.clone(), d.effective_nqn().into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn verify_created(&self, op: Op, new: &NewDisk, file_path: &str, d: &Disk) -> Result<(), Error> {
+        let verify = |field, expected: String, found: String| {
+            if expected == found {
+                Ok(())
+            } else {
+                Err(Error::Verify {
+                    op,
+                    slot: new.slot.clone(),
+                    field,
+                    expected,
+                    found,
+                })
+            }
+        };
+        verify(
+            "file-path",
+            file_path.to_string(),
+            d.file_path.clone().unwrap_or_default(),
+        )?;
+        verify("nvme-tcp-export", "true".into(), d.nvme_tcp_export.to_string())?;
+        verify(
+            "nvme-tcp-server-port",
+            new.port.to_string(),
+            d.effective_port().to_string(),
+        )?;
+        if let Some(nqn) = &new.nqn {
+            verify("nvme-tcp-server-nqn", nqn.clone(), d.effective_nqn().into())?;
+        }
+        let size = d.bytes().map(|b| b.to_string()).unwrap_or_default();
+        // A disk we finished may be larger than asked if it was grown since.
+        if d.bytes().map_or(true, |b| b < new.size_bytes) {
+            verify("size", new.size_bytes.to_string(), size)?;
+        }
+        Ok(())
+    }
+
+    /// Grows a disk to `new_size` bytes (`PATCH file-size`), then reads it
+    /// back and checks `size` grew. A disk already at least that large is
+    /// returned unchanged (so a second call is a no-op); disks never shrink.
+    pub fn grow_disk(&self, slot: &str, new_size: u64) -> Result<Disk, Error> {
+        let op = Op::GrowDisk;
+        let disk = self.find_disk(op, slot)?.ok_or_else(|| Error::NoDisk {
+            op,
+            slot: slot.to_string(),
+        })?;
+        if disk.kind.as_deref().is_some_and(|k| k != "file") {
+            return Err(Error::NotAFileDisk {
+                op,
+                slot: slot.to_string(),
+                kind: disk.kind.unwrap_or_default(),
+            });
+        }
+        if disk.bytes().is_some_and(|b| b >= new_size) {
+            return Ok(disk);
+        }
+        self.require(op, slot, FILE_DISKS)?;
+        self.patch_disk(op, slot, &disk.id, &json!({ "file-size": new_size.to_string() }))?;
+        let grown = self.get_disk_by_id(op, slot, &disk.id)?;
+        match grown.bytes() {
+            Some(b) if b >= new_size => Ok(grown),
+            found => Err(Error::Verify {
+                op,
+                slot: slot.to_string(),
+                field: "size",
+                expected: new_size.to_string(),
+                found: found.map(|b| b.to_string()).unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Sets a disk's comment; a second call with the same comment changes
+    /// nothing. Returns the disk as it now is.
+    pub fn set_comment(&self, slot: &str, comment: &str) -> Result<Disk, Error> {
+        let op = Op::SetComment;
+        let disk = self.find_disk(op, slot)?.ok_or_else(|| Error::NoDisk {
+            op,
+            slot: slot.to_string(),
+        })?;
+        if disk.comment == comment {
+            return Ok(disk);
+        }
+        self.patch_disk(op, slot, &disk.id, &json!({ "comment": comment }))
+    }
+
+    /// Removes a volume in three steps, each treating "not found" as done:
+    /// export off, `DELETE` the disk, `DELETE` its backing file (RouterOS
+    /// keeps the file when a disk is removed). Calling it again after a crash
+    /// between steps finishes the job; calling it for a gone volume is a
+    /// no-op returning `Removed { disk: false, file: false }`.
+    ///
+    /// Refuses (`Kind::Rejected`) a disk that is not file-backed or whose
+    /// backing file is not `file_path`, so a wrong slot never destroys
+    /// someone else's data.
+    pub fn remove_disk(&self, slot: &str, file_path: &str) -> Result<Removed, Error> {
+        let op = Op::RemoveDisk;
+        let file_path = strip_leading_slash(file_path);
+        let mut removed = Removed {
+            disk: false,
+            file: false,
+        };
+        if let Some(disk) = self.find_disk(op, slot)? {
+            if disk.kind.as_deref().is_some_and(|k| k != "file") {
+                return Err(Error::NotAFileDisk {
+                    op,
+                    slot: slot.to_string(),
+                    kind: disk.kind.unwrap_or_default(),
+                });
+            }
+            if let Some(found) = &disk.file_path {
+                if *found != file_path {
+                    return Err(Error::FilePathMismatch {
+                        op,
+                        slot: slot.to_string(),
+                        expected: file_path,
+                        found: found.clone(),
+                    });
+                }
+            }
+            let path = format!("/rest/disk/{}", escape_segment(&disk.id));
+            if disk.nvme_tcp_export {
+                let off = json!({ "nvme-tcp-export": "false" });
+                match self.call(Op::UnexportDisk, slot, Method::Patch, &path, &[], Some(&off)) {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match self.call(op, slot, Method::Delete, &path, &[], None) {
+                Ok(_) => removed.disk = true,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        removed.file = self.remove_file_as(op, slot, &file_path)?;
+        Ok(removed)
+    }
+
+    /// Files and directories whose name (without a leading `/`) starts with
+    /// `prefix`; give `dir/` for everything under a directory. Read-only.
+    pub fn list_files(&self, prefix: &str) -> Result<Vec<File>, Error> {
+        let op = Op::ListFiles;
+        let prefix = strip_leading_slash(prefix);
+        let answer = self.call(op, &prefix, Method::Get, "/rest/file", &[], None)?;
+        let mut files = Vec::new();
+        for rec in as_records(&answer).map_err(Self::decode_err(op, &prefix))? {
+            let file = File::from_record(rec).map_err(Self::decode_err(op, &prefix))?;
+            if file.name.starts_with(&prefix) {
+                files.push(file);
+            }
+        }
+        Ok(files)
+    }
+
+    /// Removes one file or empty directory by its full name. Returns whether
+    /// it existed; a second call returns `false`. RouterOS refuses to remove
+    /// the backing file of an existing disk (`Kind::Rejected`).
+    pub fn remove_file(&self, name: &str) -> Result<bool, Error> {
+        self.remove_file_as(
+            Op::RemoveFile,
+            &strip_leading_slash(name),
+            &strip_leading_slash(name),
+        )
+    }
+
+    fn remove_file_as(&self, op: Op, target: &str, name: &str) -> Result<bool, Error> {
+        let answer = self.call(op, target, Method::Get, "/rest/file", &[("name", name)], None)?;
+        let mut removed = false;
+        for rec in as_records(&answer).map_err(Self::decode_err(op, target))? {
+            let file = File::from_record(rec).map_err(Self::decode_err(op, target))?;
+            if file.name != name {
+                continue;
+            }
+            let path = format!("/rest/file/{}", escape_segment(&file.id));
+            match self.call(op, target, Method::Delete, &path, &[], None) {
+                Ok(_) => removed = true,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Makes a directory on the RDS (`PUT /rest/file type=directory`,
+    /// RouterOS 7.9+). An existing directory is fine, so a second call is a
+    /// no-op.
+    pub fn make_directory(&self, path: &str) -> Result<(), Error> {
+        let op = Op::MakeDirectory;
+        let path = strip_leading_slash(path);
+        let existing = self.call(op, &path, Method::Get, "/rest/file", &[("name", &path)], None)?;
+        let exists = as_records(&existing)
+            .map_err(Self::decode_err(op, &path))?
+            .into_iter()
+            .filter_map(|rec| File::from_record(rec).ok())
+            .any(|f| f.name == path && f.is_directory());
+        if exists {
+            return Ok(());
+        }
+        let body = json!({ "name": path, "type": "directory" });
+        match self.call(op, &path, Method::Put, "/rest/file", &[], Some(&body)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == Kind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_is_shareable() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Client>();
+        fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
+        assert_error::<Error>();
+    }
+}

@@ -1,7 +1,13 @@
-//! The host: injectable roots for /sys, /dev and /proc (so tests can use fake
-//! trees), and the few libc calls std lacks. Every `unsafe` block is here.
+//! The host: injectable roots for /sys, /dev, /proc and /etc (so tests can use
+//! fake trees), and the few libc calls std lacks (signals, mount, statvfs,
+//! pidfd/poll for `exec`). Every `unsafe` block of the driver is here.
 
+use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The termination signals, blocked in every thread so that only the main
 /// thread receives them, synchronously, through [`TerminationSignals::wait`].
@@ -38,5 +44,249 @@ impl TerminationSignals {
             return Err(io::Error::from_raw_os_error(rc));
         }
         Ok(if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Host roots (node plugin)
+// ---------------------------------------------------------------------------
+
+/// Where the node plugin finds the host's /sys, /dev, /proc and /etc. In
+/// production these are the real ones (or the host's, mounted into the
+/// container); tests point them at fake trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roots {
+    pub sys: PathBuf,
+    pub dev: PathBuf,
+    pub proc: PathBuf,
+    pub etc: PathBuf,
+}
+
+impl Default for Roots {
+    fn default() -> Self {
+        Roots {
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+            proc: PathBuf::from("/proc"),
+            etc: PathBuf::from("/etc"),
+        }
+    }
+}
+
+impl Roots {
+    /// `<sys>/<rel>`.
+    pub fn sys(&self, rel: &str) -> PathBuf {
+        self.sys.join(rel)
+    }
+
+    /// `<dev>/<rel>`.
+    pub fn dev(&self, rel: &str) -> PathBuf {
+        self.dev.join(rel)
+    }
+
+    /// `<proc>/<rel>`.
+    pub fn proc(&self, rel: &str) -> PathBuf {
+        self.proc.join(rel)
+    }
+
+    /// `<etc>/<rel>`.
+    pub fn etc(&self, rel: &str) -> PathBuf {
+        self.etc.join(rel)
+    }
+}
+
+/// A device number split the way sysfs (`dev`) and mountinfo print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DevNum {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DevNum {
+    /// From a `st_rdev`/`st_dev` value.
+    pub fn from_raw(dev: u64) -> DevNum {
+        DevNum {
+            major: libc::major(dev as libc::dev_t),
+            minor: libc::minor(dev as libc::dev_t),
+        }
+    }
+
+    /// `"259:3"` (a sysfs `dev` file or a mountinfo field).
+    pub fn parse(text: &str) -> Option<DevNum> {
+        let (major, minor) = text.trim().split_once(':')?;
+        Some(DevNum {
+            major: major.parse().ok()?,
+            minor: minor.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for DevNum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// mount(2). `source` None passes NULL (remounts); `fstype`/`data` likewise.
+pub fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let source = source.map(cstring).transpose()?;
+    let target = cstring(target)?;
+    let fstype = fstype
+        .map(|s| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput)))
+        .transpose()?;
+    let data = data
+        .map(|s| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput)))
+        .transpose()?;
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: every pointer is either NULL or a NUL-terminated string that
+    // outlives the call; mount(2) does not keep them.
+    let rc = unsafe {
+        libc::mount(
+            ptr(&source),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            ptr(&data) as *const libc::c_void,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// umount2(2) with `flags` (0, or `libc::MNT_DETACH` for test clean-up).
+pub fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
+    let target = cstring(target)?;
+    // SAFETY: `target` is a NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::umount2(target.as_ptr(), flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What statvfs(3) says about a mounted filesystem, in bytes and inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+    pub used_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+    pub used_inodes: u64,
+    pub read_only: bool,
+}
+
+/// statvfs(3) of the filesystem at `path`.
+pub fn statvfs(path: &Path) -> io::Result<FsStats> {
+    let c = cstring(path)?;
+    // SAFETY: statvfs is plain data; the call fills it through a valid
+    // pointer and reads the NUL-terminated path only during the call.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st
+    };
+    let frsize = st.f_frsize as u64;
+    let total = st.f_blocks as u64 * frsize;
+    let free = st.f_bfree as u64 * frsize;
+    Ok(FsStats {
+        total_bytes: total,
+        available_bytes: st.f_bavail as u64 * frsize,
+        used_bytes: total.saturating_sub(free),
+        total_inodes: st.f_files as u64,
+        free_inodes: st.f_ffree as u64,
+        used_inodes: (st.f_files as u64).saturating_sub(st.f_ffree as u64),
+        read_only: st.f_flag & libc::ST_RDONLY != 0,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Process plumbing for `exec`
+// ---------------------------------------------------------------------------
+
+/// A file descriptor that becomes readable when process `pid` exits
+/// (pidfd_open(2), Linux 5.3+). `Err` on older kernels: the caller falls back.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // (or -1); no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just handed us this descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Makes reads from `fd` return `WouldBlock` instead of waiting.
+pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor the caller owns; F_GETFL/F_SETFL touch
+    // only its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// poll(2) for readability (input or hang-up) of `fds`, waiting at most
+/// `timeout`. Returns, per descriptor, whether it is ready.
+pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // Round up so a sub-millisecond remainder does not spin.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+    loop {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs
+        // that lives across the call.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if rc >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(pfds
+        .iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+        .collect())
+}
+
+/// Sends SIGKILL to every process in process group `pgid`.
+pub fn kill_process_group(pgid: u32) -> io::Result<()> {
+    // SAFETY: kill(2) with a negative pid signals that process group; no
+    // memory is involved.
+    let rc = unsafe { libc::kill(-(pgid as libc::pid_t), libc::SIGKILL) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

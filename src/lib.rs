@@ -14,6 +14,9 @@ pub mod server;
 pub mod status;
 pub mod volume;
 
+// The node plugin (attach over NVMe/TCP, format, mount).
+pub mod exec;
+
 /// The CSI driver name unless `--driver-name` says otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";
 

@@ -15,7 +15,9 @@ pub mod status;
 pub mod volume;
 
 // The node plugin (attach over NVMe/TCP, format, mount).
+pub mod device;
 pub mod exec;
+pub mod mount;
 
 /// The CSI driver name unless `--driver-name` says otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";

@@ -18,6 +18,7 @@ pub mod volume;
 pub mod device;
 pub mod exec;
 pub mod mount;
+pub mod nvme;
 
 /// The CSI driver name unless `--driver-name` says otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";

@@ -19,6 +19,7 @@ pub mod device;
 pub mod exec;
 pub mod mount;
 pub mod nvme;
+pub mod orphan;
 
 /// The CSI driver name unless `--driver-name` says otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";

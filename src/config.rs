@@ -19,6 +19,8 @@ pub struct ServeConfig {
     pub log_level: log::LevelFilter,
     pub max_in_flight: usize,
     pub shutdown_grace: Duration,
+    /// With --node: the node plugin's settings (see `node_settings`).
+    pub node_settings: Option<crate::node::Settings>,
 }
 
 /// A flag whose value breaks a rule; the message names both.
@@ -56,6 +58,10 @@ impl ServeConfig {
             check_node_id(id)
                 .map_err(|rule| ConfigError(format!("{} {id:?}: {rule}", v.describe("node-id"))))?;
         }
+        let node_settings = match (&node_id, node) {
+            (Some(id), true) => Some(node_settings(v, id)?),
+            _ => None,
+        };
         let driver_name = required(v, "driver-name")?.to_string();
         check_driver_name(&driver_name)
             .map_err(|rule| ConfigError(format!("{} {driver_name:?}: {rule}", v.describe("driver-name"))))?;
@@ -68,8 +74,67 @@ impl ServeConfig {
             log_level: log_level(v)?,
             max_in_flight: number(v, "max-in-flight", 1, 100_000)? as usize,
             shutdown_grace: Duration::from_secs(number(v, "shutdown-grace", 0, 3600)?),
+            node_settings,
         })
     }
+}
+
+// ---------------------------------------------------------------------------
+// NodeConfig: the node plugin's flags
+// ---------------------------------------------------------------------------
+
+/// An absolute directory flag (a host root).
+fn root_dir(v: &Values, flag: &str) -> Result<std::path::PathBuf, ConfigError> {
+    let raw = required(v, flag)?;
+    if !raw.starts_with('/') {
+        return Err(ConfigError(format!(
+            "{} {raw:?}: must be an absolute path",
+            v.describe(flag)
+        )));
+    }
+    Ok(std::path::PathBuf::from(raw))
+}
+
+/// The node plugin's settings from its flags, each error naming the flag.
+pub fn node_settings(v: &Values, node_id: &str) -> Result<crate::node::Settings, ConfigError> {
+    use crate::volume::{Nqn, NqnPrefix};
+    let bin = required(v, "nvme-bin")?.to_string();
+    if bin.contains('/') && !bin.starts_with('/') {
+        return Err(ConfigError(format!(
+            "{} {bin:?}: give a program name or an absolute path",
+            v.describe("nvme-bin")
+        )));
+    }
+    let prefix_raw = required(v, "nqn-prefix")?;
+    let prefix = NqnPrefix::parse(prefix_raw)
+        .map_err(|rule| ConfigError(format!("{} {prefix_raw:?}: {rule}", v.describe("nqn-prefix"))))?;
+    let host_nqn = match v.get("host-nqn") {
+        None => None,
+        Some(s) => Some(
+            Nqn::parse(&s.value)
+                .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe("host-nqn"))))?
+                .to_string(),
+        ),
+    };
+    let roots = crate::host::Roots {
+        sys: root_dir(v, "sys-root")?,
+        dev: root_dir(v, "dev-root")?,
+        proc: root_dir(v, "proc-root")?,
+        etc: root_dir(v, "etc-root")?,
+    };
+    let attempts = number(v, "connect-attempts", 1, 20)? as u32;
+    Ok(crate::node::Settings {
+        node_id: node_id.to_string(),
+        max_volumes_per_node: number(v, "max-volumes-per-node", 0, 100_000)? as i64,
+        roots,
+        nvme: crate::nvme::Settings {
+            bin,
+            host_nqn,
+            prefix,
+            device_wait: Duration::from_secs(number(v, "device-wait", 1, 600)?),
+            policy: crate::nvme::Settings::connect_policy(attempts),
+        },
+    })
 }
 
 /// The log level flag, shared by every subcommand.
@@ -231,6 +296,78 @@ mod tests {
         let c = serve(&[], &[("RDS_CSI_NODE", "yes"), ("NODE_NAME", "worker-1")]).unwrap();
         assert!(c.node);
         assert_eq!(c.node_id.as_deref(), Some("worker-1"));
+    }
+
+    #[test]
+    fn node_settings_defaults_and_flags() {
+        let c = serve(&["--node", "--node-id", "n1"], &[]).unwrap();
+        let n = c.node_settings.expect("node settings with --node");
+        assert_eq!(n.node_id, "n1");
+        assert_eq!(n.max_volumes_per_node, 0);
+        assert_eq!(n.roots, crate::host::Roots::default());
+        assert_eq!(n.nvme.bin, "nvme");
+        assert_eq!(n.nvme.host_nqn, None);
+        assert_eq!(n.nvme.prefix.as_str(), "nqn.2000-02.com.mikrotik");
+        assert_eq!(n.nvme.device_wait, Duration::from_secs(30));
+        assert_eq!(n.nvme.policy.max_attempts, 5);
+        assert_eq!(n.nvme.policy.initial, Duration::from_secs(1));
+        let c = serve(
+            &[
+                "--node",
+                "--node-id",
+                "n1",
+                "--nvme-bin",
+                "/opt/fabric/nvme",
+                "--sys-root",
+                "/host/sys",
+                "--host-nqn",
+                "nqn.2014-08.org.nvmexpress:uuid:abc",
+                "--nqn-prefix",
+                "nqn.2024-01.io.example",
+                "--max-volumes-per-node",
+                "16",
+                "--device-wait",
+                "5",
+                "--connect-attempts",
+                "2",
+            ],
+            &[],
+        )
+        .unwrap();
+        let n = c.node_settings.unwrap();
+        assert_eq!(n.nvme.bin, "/opt/fabric/nvme");
+        assert_eq!(n.roots.sys, std::path::PathBuf::from("/host/sys"));
+        assert_eq!(
+            n.nvme.host_nqn.as_deref(),
+            Some("nqn.2014-08.org.nvmexpress:uuid:abc")
+        );
+        assert_eq!(n.nvme.prefix.as_str(), "nqn.2024-01.io.example");
+        assert_eq!(n.max_volumes_per_node, 16);
+        assert_eq!(n.nvme.device_wait, Duration::from_secs(5));
+        assert_eq!(n.nvme.policy.max_attempts, 2);
+        assert!(serve(&["--controller"], &[]).unwrap().node_settings.is_none());
+    }
+
+    #[test]
+    fn bad_node_flags_are_named() {
+        let base = ["--node", "--node-id", "n1"];
+        let cases: &[(&[&str], &str)] = &[
+            (&["--nvme-bin", "bin/nvme"], "--nvme-bin"),
+            (&["--sys-root", "sys"], "--sys-root"),
+            (&["--dev-root", ""], "--dev-root"),
+            (&["--host-nqn", "not-an-nqn"], "--host-nqn"),
+            (&["--nqn-prefix", "nqn.x:"], "--nqn-prefix"),
+            (&["--max-volumes-per-node", "-1"], "--max-volumes-per-node"),
+            (&["--device-wait", "0"], "--device-wait"),
+            (&["--connect-attempts", "0"], "--connect-attempts"),
+            (&["--connect-attempts", "many"], "--connect-attempts"),
+        ];
+        for (args, needle) in cases {
+            let mut all: Vec<&str> = base.to_vec();
+            all.extend_from_slice(args);
+            let e = serve(&all, &[]).unwrap_err();
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod volume;
 pub mod device;
 pub mod exec;
 pub mod mount;
+pub mod node;
 pub mod nvme;
 pub mod orphan;
 

@@ -10,9 +10,13 @@ use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
 use rds_csi::host::TerminationSignals;
 use rds_csi::identity::IdentityService;
+use rds_csi::node::NodeService;
 use rds_csi::proto::grpc;
 use rds_csi::server::{self, Dispatcher};
 use rds_csi::{error_chain, version};
+
+/// The start-up orphan clean-up may delay serving by about this much at most.
+const ORPHAN_CLEAN_UP_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1), &|k| std::env::var(k).ok()) {
@@ -78,17 +82,24 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         cfg.endpoint
     );
     let dispatcher = Dispatcher::new(cfg.max_in_flight);
+    let mut checks = Vec::new();
+    // The node plugin cleans up its orphaned connections before serving.
+    let node = cfg.node_settings.clone().map(|s| Arc::new(NodeService::new(s)));
+    if let Some(node) = &node {
+        checks.push(node.readiness());
+        node.clean_up_orphans(ORPHAN_CLEAN_UP_BUDGET);
+    }
     let identity = Arc::new(IdentityService::new(
         cfg.driver_name.clone(),
         cfg.controller,
-        Vec::new(),
+        checks,
     ));
     let mut services = vec![grpc::identity_service(identity, &dispatcher)];
     if cfg.controller {
         services.push(grpc::controller_service(Arc::new(Unbuilt), &dispatcher));
     }
-    if cfg.node {
-        services.push(grpc::node_service(Arc::new(Unbuilt), &dispatcher));
+    if let Some(node) = node {
+        services.push(grpc::node_service(node, &dispatcher));
     }
     let running = server::start(&cfg.endpoint, dispatcher, services)?;
     let signal = signals.wait()?;
@@ -97,8 +108,7 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Placeholder until the Controller and Node services land: every method
-/// answers UNIMPLEMENTED through the dispatcher (and is logged).
+/// Placeholder until the Controller service lands: every method answers
+/// UNIMPLEMENTED through the dispatcher (and is logged).
 struct Unbuilt;
 impl grpc::Controller for Unbuilt {}
-impl grpc::Node for Unbuilt {}

@@ -44,7 +44,7 @@ pub enum Error {
     /// blkid could not run, timed out, or failed.
     Probe {
         device: PathBuf,
-        source: exec::Error,
+        source: Box<exec::Error>,
     },
     /// blkid answered something we cannot read as yes or no.
     ProbeUnclear {
@@ -57,6 +57,10 @@ pub enum Error {
         device: PathBuf,
         found: String,
     },
+    /// A blank device where formatting is not allowed (read-only access).
+    Unformatted {
+        device: PathBuf,
+    },
     /// The device holds a filesystem other than the one asked for.
     OtherFilesystem {
         device: PathBuf,
@@ -66,7 +70,7 @@ pub enum Error {
     Format {
         device: PathBuf,
         fs: FsType,
-        source: exec::Error,
+        source: Box<exec::Error>,
     },
     BadMountFlag {
         flag: String,
@@ -106,7 +110,7 @@ pub enum Error {
     Resize {
         device: PathBuf,
         fs: String,
-        source: exec::Error,
+        source: Box<exec::Error>,
     },
     UnsupportedResize {
         target: PathBuf,
@@ -133,6 +137,11 @@ impl fmt::Display for Error {
             Error::ForeignSignature { device, found } => write!(
                 f,
                 "{} holds {found}, not an ext4 or xfs filesystem; leaving it alone",
+                device.display()
+            ),
+            Error::Unformatted { device } => write!(
+                f,
+                "{} holds no filesystem and the volume is read-only: not formatting it",
                 device.display()
             ),
             Error::OtherFilesystem {
@@ -194,7 +203,7 @@ impl std::error::Error for Error {
             | Error::RemoveTarget { source, .. }
             | Error::Stat { source, .. } => Some(source),
             Error::Probe { source, .. } | Error::Format { source, .. } | Error::Resize { source, .. } => {
-                Some(source)
+                Some(source.as_ref())
             }
             _ => None,
         }
@@ -480,7 +489,7 @@ pub fn probe(device: &Path) -> Result<Probe, Error> {
     )
     .map_err(|source| Error::Probe {
         device: device.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     interpret_blkid(out.code, &out.stdout, &out.stderr).map_err(|answer| Error::ProbeUnclear {
         device: device.to_path_buf(),
@@ -489,10 +498,14 @@ pub fn probe(device: &Path) -> Result<Probe, Error> {
 }
 
 /// Makes sure `device` holds a `wanted` filesystem: formats it only when the
-/// probe is definitely empty. Returns true when it formatted. Called twice,
-/// the second call finds the filesystem and does nothing.
-pub fn ensure_filesystem(device: &Path, wanted: FsType) -> Result<bool, Error> {
+/// probe is definitely empty and `may_format` (false for read-only access,
+/// where a blank device is an error). Returns true when it formatted.
+/// Called twice, the second call finds the filesystem and does nothing.
+pub fn ensure_filesystem(device: &Path, wanted: FsType, may_format: bool) -> Result<bool, Error> {
     match probe(device)? {
+        Probe::Empty if !may_format => Err(Error::Unformatted {
+            device: device.to_path_buf(),
+        }),
         Probe::Empty => {
             let program = match wanted {
                 FsType::Ext4 => "mkfs.ext4",
@@ -504,7 +517,7 @@ pub fn ensure_filesystem(device: &Path, wanted: FsType) -> Result<bool, Error> {
                 Error::Format {
                     device: device.to_path_buf(),
                     fs: wanted,
-                    source,
+                    source: Box::new(source),
                 }
             })?;
             log::info!("formatted {} as {wanted}", device.display());
@@ -715,7 +728,7 @@ pub fn grow_filesystem(device: &Path, mount_point: &Path, fstype: &str) -> Resul
     exec::run_ok(program, &[arg], RESIZE_TIMEOUT).map_err(|source| Error::Resize {
         device: device.to_path_buf(),
         fs: fstype.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(())
 }
@@ -858,7 +871,7 @@ garbage line
             .status()
             .unwrap();
         assert!(st.success());
-        let e = ensure_filesystem(&node, FsType::Ext4).unwrap_err();
+        let e = ensure_filesystem(&node, FsType::Ext4, true).unwrap_err();
         assert!(matches!(e, Error::OpenDevice { .. }), "{e}");
         // An empty regular file reads as no data: not "empty" either.
         let empty = d.join("empty.img");
@@ -874,12 +887,14 @@ garbage line
         let f = fs::File::create(&img).unwrap();
         f.set_len(64 << 20).unwrap();
         assert_eq!(probe(&img).unwrap(), Probe::Empty);
-        assert!(ensure_filesystem(&img, FsType::Ext4).unwrap());
+        let e = ensure_filesystem(&img, FsType::Ext4, false).unwrap_err();
+        assert!(matches!(e, Error::Unformatted { .. }), "{e}");
+        assert!(ensure_filesystem(&img, FsType::Ext4, true).unwrap());
         assert_eq!(probe(&img).unwrap(), Probe::Filesystem("ext4".into()));
         // Twice: nothing to do.
-        assert!(!ensure_filesystem(&img, FsType::Ext4).unwrap());
+        assert!(!ensure_filesystem(&img, FsType::Ext4, true).unwrap());
         // The other filesystem is refused, never reformatted.
-        let e = ensure_filesystem(&img, FsType::Xfs).unwrap_err();
+        let e = ensure_filesystem(&img, FsType::Xfs, true).unwrap_err();
         assert!(matches!(e, Error::OtherFilesystem { .. }), "{e}");
         assert_eq!(probe(&img).unwrap(), Probe::Filesystem("ext4".into()));
         fs::remove_dir_all(&d).unwrap();

@@ -152,7 +152,9 @@ pub fn parse_list_subsys(text: &str) -> Result<Vec<ListedSubsystem>, String> {
     let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let mut out = Vec::new();
     for host in hosts {
-        let Some(subs) = host.get("Subsystems") else { continue };
+        let Some(subs) = host.get("Subsystems") else {
+            continue;
+        };
         let subs = subs.as_array().ok_or("\"Subsystems\" is not a list")?;
         for sub in subs {
             let nqn = s(sub, "NQN");
@@ -213,20 +215,35 @@ impl fmt::Display for AttemptError {
 #[derive(Debug)]
 pub enum Error {
     /// The NQN is not under the managed prefix: never touched.
-    NotManaged { nqn: String, prefix: String },
+    NotManaged {
+        nqn: String,
+        prefix: String,
+    },
     /// The kernel is reconnecting the controller: not interfering.
-    Reconnecting { nqn: String, states: String },
+    Reconnecting {
+        nqn: String,
+        states: String,
+    },
     Connect {
         nqn: String,
         target: String,
         attempts: u32,
         gave_up: GaveUp,
         elapsed: Duration,
-        source: AttemptError,
+        source: Box<AttemptError>,
     },
-    Disconnect { nqn: String, source: exec::Error },
-    StillConnected { nqn: String, states: String },
-    Rescan { controller: String, source: exec::Error },
+    Disconnect {
+        nqn: String,
+        source: Box<exec::Error>,
+    },
+    StillConnected {
+        nqn: String,
+        states: String,
+    },
+    Rescan {
+        controller: String,
+        source: Box<exec::Error>,
+    },
     Sysfs(device::Error),
 }
 
@@ -273,11 +290,11 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Connect { source, .. } => match source {
+            Error::Connect { source, .. } => match source.as_ref() {
                 AttemptError::Command(e) => Some(e),
                 AttemptError::Device(e) => Some(e),
             },
-            Error::Disconnect { source, .. } | Error::Rescan { source, .. } => Some(source),
+            Error::Disconnect { source, .. } | Error::Rescan { source, .. } => Some(source.as_ref()),
             Error::Sysfs(e) => Some(e),
             _ => None,
         }
@@ -398,7 +415,10 @@ impl Nvme {
                 })
             }
             Lookup::Ready(sub, _) => {
-                warn!("{nqn} is connected but not live ({}): reconnecting it", sub.states());
+                warn!(
+                    "{nqn} is connected but not live ({}): reconnecting it",
+                    sub.states()
+                );
                 self.disconnect(nqn)?;
             }
             Lookup::NoDevice(sub, why) => {
@@ -428,7 +448,10 @@ impl Nvme {
                     }
                 }
             }
-            let wait = self.settings.device_wait.min(attempt.remaining.max(Duration::from_secs(1)));
+            let wait = self
+                .settings
+                .device_wait
+                .min(attempt.remaining.max(Duration::from_secs(1)));
             match self.sysfs.wait_for_device(nqn, wait) {
                 Ok((subsystem, device)) => Ok((subsystem, device)),
                 Err(e) => {
@@ -464,7 +487,7 @@ impl Nvme {
                 attempts: f.attempts,
                 gave_up: f.gave_up,
                 elapsed: f.elapsed,
-                source: f.error,
+                source: Box::new(f.error),
             }),
         }
     }
@@ -486,7 +509,7 @@ impl Nvme {
         exec::run_ok(&self.settings.bin, &["disconnect", "-n", nqn], timeout).map_err(|source| {
             Error::Disconnect {
                 nqn: nqn.to_string(),
-                source,
+                source: Box::new(source),
             }
         })?;
         let gone_limit = GONE_TIMEOUT.min(limit.saturating_sub(started.elapsed()));
@@ -519,7 +542,7 @@ impl Nvme {
         )
         .map_err(|source| Error::Rescan {
             controller: controller.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(())
     }
@@ -576,17 +599,41 @@ mod tests {
         use Failure::*;
         for (text, want) in [
             ("could not add new controller: connection refused", Transient),
-            ("Failed to write to /dev/nvme-fabrics: Connection refused", Transient),
-            ("Failed to write to /dev/nvme-fabrics: No route to host", Transient),
-            ("Failed to write to /dev/nvme-fabrics: Network is unreachable", Transient),
-            ("Failed to write to /dev/nvme-fabrics: Connection timed out", Transient),
-            ("Failed to write to /dev/nvme-fabrics: Input/output error", Transient),
+            (
+                "Failed to write to /dev/nvme-fabrics: Connection refused",
+                Transient,
+            ),
+            (
+                "Failed to write to /dev/nvme-fabrics: No route to host",
+                Transient,
+            ),
+            (
+                "Failed to write to /dev/nvme-fabrics: Network is unreachable",
+                Transient,
+            ),
+            (
+                "Failed to write to /dev/nvme-fabrics: Connection timed out",
+                Transient,
+            ),
+            (
+                "Failed to write to /dev/nvme-fabrics: Input/output error",
+                Transient,
+            ),
             ("failed to resolve host rds.lan", Transient),
             ("already connected", AlreadyConnected),
-            ("Failed to write to /dev/nvme-fabrics: Operation already in progress", AlreadyConnected),
-            ("could not add new controller: invalid arguments/configuration", Definite),
+            (
+                "Failed to write to /dev/nvme-fabrics: Operation already in progress",
+                AlreadyConnected,
+            ),
+            (
+                "could not add new controller: invalid arguments/configuration",
+                Definite,
+            ),
             ("Failed to write to /dev/nvme-fabrics: Invalid argument", Definite),
-            ("Failed to open /dev/nvme-fabrics: No such file or directory", Definite),
+            (
+                "Failed to open /dev/nvme-fabrics: No such file or directory",
+                Definite,
+            ),
             ("failed to open nvme-fabrics device", Definite),
             ("Permission denied", Definite),
             ("", Definite),
@@ -599,7 +646,9 @@ mod tests {
             stderr: String::new(),
         };
         assert_eq!(classify(&timed_out), Transient);
-        let missing = exec::Error::Resolve { program: "nvme".into() };
+        let missing = exec::Error::Resolve {
+            program: "nvme".into(),
+        };
         assert_eq!(classify(&missing), Definite);
         let failed = exec::Error::Failed {
             command: "nvme connect".into(),
@@ -644,7 +693,12 @@ mod tests {
         assert_eq!(subs[0].paths[0].state, "live");
         assert_eq!(subs[0].paths[0].address, "traddr=10.0.0.1,trsvcid=4420");
         // Exact NQNs, so pvc-1 is not confused with pvc-10.
-        assert_eq!(subs.iter().filter(|s| s.nqn == "nqn.2000-02.com.mikrotik:pvc-1").count(), 1);
+        assert_eq!(
+            subs.iter()
+                .filter(|s| s.nqn == "nqn.2000-02.com.mikrotik:pvc-1")
+                .count(),
+            1
+        );
     }
 
     #[test]

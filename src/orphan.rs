@@ -67,7 +67,11 @@ pub fn select(
         if sub.namespaces.is_empty() {
             out.push((
                 sub.nqn.clone(),
-                Verdict::Orphan(format!("{} ({}) has no namespace block device", sub.name, sub.states())),
+                Verdict::Orphan(format!(
+                    "{} ({}) has no namespace block device",
+                    sub.name,
+                    sub.states()
+                )),
             ));
             continue;
         }

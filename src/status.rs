@@ -62,6 +62,73 @@ pub fn require<'a>(field: &str, value: &'a str) -> Result<&'a str, RpcStatus> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Node plugin errors: one function per domain error type.
+// ---------------------------------------------------------------------------
+
+/// NVMe attach/detach errors. A kernel still reconnecting or a connect that
+/// kept failing transiently is UNAVAILABLE (kubelet retries); a connect that
+/// failed definitely (not exported, bad arguments, no nvme tool) and an NQN
+/// outside the managed prefix are FAILED_PRECONDITION.
+pub fn nvme_error(e: &crate::nvme::Error) -> RpcStatus {
+    use crate::nvme::Error as E;
+    use crate::retry::GaveUp;
+    let msg = crate::error_chain(e);
+    match e {
+        E::NotManaged { .. } => failed_precondition(msg),
+        E::Reconnecting { .. } => unavailable(msg),
+        E::Connect {
+            gave_up: GaveUp::Definite,
+            ..
+        } => failed_precondition(msg),
+        E::Connect { .. } => unavailable(msg),
+        E::Disconnect { .. } | E::StillConnected { .. } | E::Rescan { .. } | E::Sysfs(_) => internal(msg),
+    }
+}
+
+/// sysfs errors: a device that did not appear in time is UNAVAILABLE.
+pub fn device_error(e: &crate::device::Error) -> RpcStatus {
+    use crate::device::Error as E;
+    let msg = crate::error_chain(e);
+    match e {
+        E::WaitDevice { .. } => unavailable(msg),
+        E::ReadDir { .. } | E::ReadAttr { .. } | E::ParseAttr { .. } => internal(msg),
+    }
+}
+
+/// Filesystem and mount errors: a device holding something we will not
+/// format over is FAILED_PRECONDITION, a bad mount flag INVALID_ARGUMENT.
+pub fn mount_error(e: &crate::mount::Error) -> RpcStatus {
+    use crate::mount::Error as E;
+    let msg = crate::error_chain(e);
+    match e {
+        E::BadMountFlag { .. } => invalid_argument(msg),
+        E::ForeignSignature { .. } | E::OtherFilesystem { .. } | E::Unformatted { .. } => {
+            failed_precondition(msg)
+        }
+        E::UnsupportedResize { .. } => invalid_argument(msg),
+        _ => internal(msg),
+    }
+}
+
+/// Node service errors; wrapped domain errors map as above.
+pub fn node_error(e: &crate::node::Error) -> RpcStatus {
+    use crate::node::Error as E;
+    match e {
+        E::Nvme(e) => nvme_error(e),
+        E::Device(e) => device_error(e),
+        E::Mount(e) => mount_error(e),
+        E::StagedOtherDevice { .. } | E::StagedOtherwise { .. } | E::PublishedOtherwise { .. } => {
+            already_exists(crate::error_chain(e))
+        }
+        E::NotStaged { .. } | E::InUse { .. } | E::NotAttached { .. } | E::OtherVolume { .. } => {
+            failed_precondition(crate::error_chain(e))
+        }
+        E::NoSuchVolumePath { .. } | E::NotMounted { .. } => not_found(crate::error_chain(e)),
+        E::SizeNotReached { .. } => unavailable(crate::error_chain(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,9 @@ fn capabilities_follow_the_enabled_services() {
 
 #[test]
 fn probe_is_ready_and_logged_at_debug_only() {
+    // A node is ready with the nvme_tcp module and an nvme tool; give it both.
+    let host = TempDir::new("ready-host");
+    fs::create_dir_all(host.join("sys/module/nvme_tcp")).unwrap();
     let mut d = Driver::start_with(DriverOpts {
         args: vec![
             "--node".into(),
@@ -70,6 +73,10 @@ fn probe_is_ready_and_logged_at_debug_only() {
             "n1".into(),
             "--log-level".into(),
             "info".into(),
+            "--sys-root".into(),
+            host.join("sys").display().to_string(),
+            "--nvme-bin".into(),
+            "/bin/true".into(),
         ],
         ..Default::default()
     });

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod driver;
+pub mod fabric;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

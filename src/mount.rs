@@ -479,9 +479,36 @@ fn read_start(device: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// [`read_start`] on a thread of its own, given up after `limit`: a read
+/// from a namespace whose controller is reconnecting blocks in the kernel
+/// until it is back, and the call must not hang with it (the thread is
+/// left to finish whenever the kernel lets it).
+fn read_start_within(device: &Path, limit: Duration) -> Result<(), Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = device.to_path_buf();
+    std::thread::Builder::new()
+        .name("probe-read".into())
+        .spawn(move || {
+            let _ = tx.send(read_start(&path));
+        })
+        .map_err(|source| Error::ReadDevice {
+            device: device.to_path_buf(),
+            source,
+        })?;
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        Err(Error::ReadDevice {
+            device: device.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {:.0}s", limit.as_secs_f64()),
+            ),
+        })
+    })
+}
+
 /// What is on `device`; `Err` whenever the answer is not certain.
 pub fn probe(device: &Path) -> Result<Probe, Error> {
-    read_start(device)?;
+    read_start_within(device, PROBE_TIMEOUT)?;
     let out = exec::run(
         "blkid",
         &[Path::new("-p"), Path::new("-o"), Path::new("export"), device],
@@ -877,6 +904,20 @@ garbage line
         let empty = d.join("empty.img");
         fs::write(&empty, b"").unwrap();
         assert!(matches!(probe(&empty), Err(Error::ReadDevice { .. })));
+        // A read that does not come back in time is an error too (a FIFO
+        // with no writer blocks its reader, like a reconnecting namespace).
+        let fifo = d.join("hangs");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let started = std::time::Instant::now();
+        let e = read_start_within(&fifo, Duration::from_millis(200)).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Unblock the leftover reader thread.
+        drop(fs::OpenOptions::new().write(true).open(&fifo));
         fs::remove_dir_all(&d).unwrap();
     }
 

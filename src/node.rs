@@ -449,7 +449,7 @@ impl NodeService {
                 let _ = mount::remove_target(file);
             }
         }
-        match self.users_of_nqn(nqn) {
+        match self.users_of_nqn(nqn, &[]) {
             Ok(users) if users.is_empty() => {
                 if let Err(e) = self.nvme.disconnect(nqn) {
                     warn!("roll-back: {}", crate::error_chain(&e));
@@ -460,15 +460,15 @@ impl NodeService {
         }
     }
 
-    /// Where the NQN's namespaces are in use now.
-    fn users_of_nqn(&self, nqn: &str) -> Result<Vec<String>, Error> {
+    /// Where the NQN's namespaces are in use now, `except` these mount points.
+    fn users_of_nqn(&self, nqn: &str, except: &[&Path]) -> Result<Vec<String>, Error> {
         let Some(sub) = self.sysfs().subsystem(nqn)? else {
             return Ok(Vec::new());
         };
         let table = self.mount_table()?;
         let mut users = Vec::new();
         for ns in &sub.namespaces {
-            users.extend(orphan::device_users(self.sysfs(), &table, ns)?);
+            users.extend(orphan::device_users(self.sysfs(), &table, ns, except)?);
         }
         Ok(users)
     }
@@ -495,6 +495,14 @@ impl NodeService {
                             prefix: self.nvme.prefix().as_str().to_string(),
                         }));
                     }
+                    // Never tear down another volume because its device
+                    // ended up at this volume's staging path.
+                    if self.nvme.prefix().volume_of(&sub.nqn).is_some_and(|v| &v != id) {
+                        return Err(Error::OtherVolume {
+                            path: staging,
+                            nqn: sub.nqn,
+                        });
+                    }
                     nqn = Some(sub.nqn);
                 }
                 None => warn!(
@@ -502,6 +510,17 @@ impl NodeService {
                     m.dev,
                     m.entry.mount_point.display()
                 ),
+            }
+        }
+        // Refuse before changing anything while the device is still used
+        // beyond this staging path (published somewhere, say).
+        if let Some(nqn) = &nqn {
+            let users = self.users_of_nqn(nqn, &[&staging, &block_file])?;
+            if !users.is_empty() {
+                return Err(Error::InUse {
+                    nqn: nqn.clone(),
+                    users,
+                });
             }
         }
         for p in [&block_file, &staging] {
@@ -526,7 +545,7 @@ impl NodeService {
         let Some(nqn) = nqn else {
             return Ok(());
         };
-        let users = self.users_of_nqn(&nqn)?;
+        let users = self.users_of_nqn(&nqn, &[])?;
         if !users.is_empty() {
             return Err(Error::InUse { nqn, users });
         }

@@ -5,6 +5,7 @@
 //! logged; nothing outside the prefix is ever touched (a node may boot from
 //! NVMe-oF).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -15,11 +16,18 @@ use crate::nvme::Nvme;
 use crate::volume::NqnPrefix;
 
 /// Where a namespace's device is in use: mount points of it or of its
-/// partitions, and the devices stacked on it. Empty means unused.
-pub fn device_users(sysfs: &Sysfs, table: &MountTable, ns: &Namespace) -> Result<Vec<String>, device::Error> {
+/// partitions (other than `except`), and the devices stacked on it. Empty
+/// means unused.
+pub fn device_users(
+    sysfs: &Sysfs,
+    table: &MountTable,
+    ns: &Namespace,
+    except: &[&Path],
+) -> Result<Vec<String>, device::Error> {
     let mut users: Vec<String> = table
         .users_of(ns.dev)
         .into_iter()
+        .filter(|p| !except.contains(&p.as_path()))
         .map(|p| format!("mounted at {}", p.display()))
         .collect();
     for (part, dev) in sysfs.partitions(&ns.name)? {
@@ -77,7 +85,7 @@ pub fn select(
         }
         let mut users = Vec::new();
         for ns in &sub.namespaces {
-            users.extend(device_users(sysfs, table, ns)?);
+            users.extend(device_users(sysfs, table, ns, &[])?);
         }
         let names: Vec<&str> = sub.namespaces.iter().map(|n| n.name.as_str()).collect();
         let verdict = if users.is_empty() {

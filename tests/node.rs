@@ -780,3 +780,33 @@ fn probe_names_what_the_node_lacks() {
         "{log}"
     );
 }
+
+#[test]
+fn unstage_never_tears_down_another_volume() {
+    let node = Node::start(true);
+    let vol = create_volume(&node.sim, "mine", GIB);
+    let other = create_volume(&node.sim, "theirs", GIB);
+    let staging = node.fabric.path("s");
+    expect_ok("stage", &node, node.stage(&vol, &staging, false, "ext4", &[]));
+    // Unstage of another volume id at this staging path: refused, untouched.
+    let (c, msg) = code(node.unstage(&other, &staging).unwrap_err());
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains(&vol.nqn), "{msg}");
+    assert!(fabric::mounted_at(&staging).is_some());
+    assert!(node.fabric.connected(&vol.nqn));
+    // Still published: unstage refuses and changes nothing.
+    let target = node.fabric.path("pod/v");
+    expect_ok(
+        "publish",
+        &node,
+        node.publish(&vol, &staging, &target, false, false),
+    );
+    let (c, msg) = code(node.unstage(&vol, &staging).unwrap_err());
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("in use") && msg.contains("pod/v"), "{msg}");
+    assert!(node.fabric.connected(&vol.nqn));
+    assert!(fabric::mounted_at(&staging).is_some());
+    expect_ok("unpublish", &node, node.unpublish(&vol, &target));
+    expect_ok("unstage", &node, node.unstage(&vol, &staging));
+    assert!(!node.fabric.connected(&vol.nqn));
+}

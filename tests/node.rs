@@ -147,13 +147,24 @@ fn storage_class_connection_parameters_reach_nvme_connect() {
         "7"
     );
 
-    // Without the keys: the defaults -1 / 5 / kernel keep-alive.
+    // Without the keys: the defaults -1 / 5 / kernel keep-alive. (And the
+    // capability's mount flags reach the mount.)
     let vol2 = create_volume(&node.sim, "defaults", GIB);
+    let staging2 = node.fabric.path("staging2");
+    let req = fabric::stage_request(
+        &vol2,
+        &staging2,
+        fabric::capability_with_flags(false, "ext4", &["noatime", "discard"]),
+        context(&vol2, &[]),
+    );
     expect_ok(
         "stage defaults",
         &node,
-        node.stage(&vol2, &node.fabric.path("staging2"), false, "ext4", &[]),
+        node.client().node_stage_volume(&req, opt(120)),
     );
+    let m = fabric::mounted_at(&staging2).expect("staged");
+    assert!(m.options.split(',').any(|o| o == "noatime"), "{m:?}");
+    assert!(m.super_options.split(',').any(|o| o == "discard"), "{m:?}");
     let c = &node.fabric.connects_of(&vol2.nqn)[0];
     assert_eq!(
         (c.opt("-l"), c.opt("-c"), c.opt("-k")),
@@ -564,6 +575,34 @@ fn a_reconnecting_controller_makes_stats_abnormal() {
     assert!(s.volume_condition.abnormal && s.volume_condition.message.contains("nothing is mounted"));
     let (c, _) = code(node.stats(&vol, &node.fabric.path("missing")).unwrap_err());
     assert_eq!(c, RpcStatusCode::NOT_FOUND);
+
+    // The filesystem went read-only under a writable mount (what ext4's
+    // errors=remount-ro does): abnormal.
+    rds_csi::host::mount(None, &staging, None, libc::MS_REMOUNT | libc::MS_RDONLY, None)
+        .expect("remount the filesystem read-only");
+    let s = expect_ok("stats", &node, node.stats(&vol, &target));
+    assert!(s.volume_condition.abnormal);
+    assert!(
+        s.volume_condition.message.contains("read-only"),
+        "{}",
+        s.volume_condition.message
+    );
+    rds_csi::host::mount(None, &staging, None, libc::MS_REMOUNT, None).expect("remount read-write");
+    let s = expect_ok("stats", &node, node.stats(&vol, &target));
+    assert!(!s.volume_condition.abnormal, "{}", s.volume_condition.message);
+
+    // The controller went away under the mount: the mounted device is no
+    // longer the NQN's device.
+    node.fabric.run(&["disconnect", "-n", &vol.nqn]);
+    let s = expect_ok("stats", &node, node.stats(&vol, &target));
+    assert!(s.volume_condition.abnormal);
+    assert!(
+        s.volume_condition
+            .message
+            .contains("no longer an attached NVMe namespace"),
+        "{}",
+        s.volume_condition.message
+    );
 }
 
 #[test]
@@ -762,6 +801,13 @@ fn probe_names_what_the_node_lacks() {
     let d = start_driver(&fabric, &[]);
     let ready = d.identity().probe(&csi::ProbeRequest::new(), opt(5)).unwrap();
     assert!(ready.ready.value, "{}", d.log_text());
+    drop(d);
+    let d = start_driver(&fabric, &["--max-volumes-per-node", "7"]);
+    let info = d
+        .node()
+        .node_get_info(&csi::NodeGetInfoRequest::new(), opt(5))
+        .unwrap();
+    assert_eq!((info.node_id.as_str(), info.max_volumes_per_node), ("n1", 7));
     drop(d);
     fs::remove_dir(fabric.sys.join("module/nvme_tcp")).unwrap();
     let mut args = fabric.driver_args();

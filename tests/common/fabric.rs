@@ -276,6 +276,11 @@ pub fn context(vol: &Volume, extra: &[(&str, &str)]) -> HashMap<String, String> 
 
 /// A capability: `fs` "" with `block` for a block volume.
 pub fn capability(block: bool, fs: &str) -> MessageField<csi::VolumeCapability> {
+    capability_with_flags(block, fs, &[])
+}
+
+/// A capability with mount flags (ignored for block).
+pub fn capability_with_flags(block: bool, fs: &str, flags: &[&str]) -> MessageField<csi::VolumeCapability> {
     use csi::volume_capability::{access_mode::Mode, AccessMode, BlockVolume, MountVolume};
     let mut c = csi::VolumeCapability::new();
     if block {
@@ -283,6 +288,7 @@ pub fn capability(block: bool, fs: &str) -> MessageField<csi::VolumeCapability> 
     } else {
         let mut m = MountVolume::new();
         m.fs_type = fs.to_string();
+        m.mount_flags = flags.iter().map(|f| f.to_string()).collect();
         c.set_mount(m);
     }
     let mut am = AccessMode::new();

@@ -376,17 +376,23 @@ fn a_definite_connect_failure_is_not_retried() {
 fn a_delayed_device_is_waited_for_and_a_concurrent_call_is_aborted() {
     let node = Node::start(true);
     let vol = create_volume(&node.sim, "delay", GIB);
-    node.fabric.fault(&["device-delay", "1500"]);
+    node.fabric.fault(&["device-delay", "3000"]);
     let staging = node.fabric.path("s");
     let req = fabric::stage_request(&vol, &staging, capability(false, "ext4"), context(&vol, &[]));
     let client = node.client();
     let started = Instant::now();
     let first = std::thread::spawn(move || client.node_stage_volume(&req, opt(120)));
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the first call has connected it holds the volume and waits for
+    // the device: a second call now is refused at once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.fabric.connects_of(&vol.nqn).is_empty() {
+        assert!(Instant::now() < deadline, "the first stage never connected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (c, msg) = code(node.stage(&vol, &staging, false, "ext4", &[]).unwrap_err());
     assert_eq!(c, RpcStatusCode::ABORTED, "{msg}");
     expect_ok("first stage", &node, first.join().unwrap());
-    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(started.elapsed() >= Duration::from_millis(3000));
     // One connect: the device wait, not a retry, covered the delay.
     assert_eq!(node.fabric.connects_of(&vol.nqn).len(), 1);
     assert!(fabric::mounted_at(&staging).is_some());

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod host;
 pub mod identity;
 pub mod locks;

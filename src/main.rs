@@ -8,9 +8,11 @@ use log::info;
 
 use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
+use rds_csi::controller::{ControllerService, RdsHealth};
 use rds_csi::host::TerminationSignals;
-use rds_csi::identity::IdentityService;
+use rds_csi::identity::{IdentityService, Readiness};
 use rds_csi::proto::grpc;
+use rds_csi::rds;
 use rds_csi::server::{self, Dispatcher};
 use rds_csi::{error_chain, version};
 
@@ -57,7 +59,17 @@ fn run(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
 
 fn init_logging(level: log::LevelFilter) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level).format_timestamp_millis();
+    // Our own debug lines are the useful ones; the HTTP and TLS libraries'
+    // join in only at trace.
+    let deps = if level >= log::LevelFilter::Trace {
+        level
+    } else {
+        level.min(log::LevelFilter::Info)
+    };
+    builder
+        .filter_level(deps)
+        .filter_module("rds_csi", level)
+        .format_timestamp_millis();
     // RUST_LOG can still refine levels per module when debugging.
     if let Ok(filters) = std::env::var("RUST_LOG") {
         builder.parse_filters(&filters);
@@ -78,18 +90,27 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         cfg.endpoint
     );
     let dispatcher = Dispatcher::new(cfg.max_in_flight);
-    let identity = Arc::new(IdentityService::new(
-        cfg.driver_name.clone(),
-        cfg.controller,
-        Vec::new(),
-    ));
-    let mut services = vec![grpc::identity_service(identity, &dispatcher)];
-    if cfg.controller {
-        services.push(grpc::controller_service(Arc::new(Unbuilt), &dispatcher));
+    let mut readiness: Vec<Arc<dyn Readiness>> = Vec::new();
+    let mut services = Vec::new();
+    if let Some(cc) = cfg.controller_config.clone() {
+        let rds = rds::Client::new(cc.rds)?;
+        readiness.push(RdsHealth::start(
+            rds.clone(),
+            cc.settings.pool.clone(),
+            cc.check_interval,
+        ));
+        let controller = ControllerService::new(rds, cc.settings);
+        services.push(grpc::controller_service(Arc::new(controller), &dispatcher));
     }
     if cfg.node {
         services.push(grpc::node_service(Arc::new(Unbuilt), &dispatcher));
     }
+    let identity = Arc::new(IdentityService::new(
+        cfg.driver_name.clone(),
+        cfg.controller,
+        readiness,
+    ));
+    services.push(grpc::identity_service(identity, &dispatcher));
     let running = server::start(&cfg.endpoint, dispatcher, services)?;
     let signal = signals.wait()?;
     info!("{signal} received");
@@ -97,8 +118,7 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Placeholder until the Controller and Node services land: every method
-/// answers UNIMPLEMENTED through the dispatcher (and is logged).
+/// Placeholder until the Node service lands: every method answers
+/// UNIMPLEMENTED through the dispatcher (and is logged).
 struct Unbuilt;
-impl grpc::Controller for Unbuilt {}
 impl grpc::Node for Unbuilt {}

@@ -130,7 +130,12 @@ impl Dispatcher {
         let guard = match self.admit(method) {
             Ok(guard) => guard,
             Err(refusal) => {
-                finish(&call, started, sink, Err(refusal));
+                // On the completion-queue thread: let it drive the reply
+                // instead of waiting for it here (which would deadlock).
+                let sent = reply(&call, started, sink, Err(refusal));
+                ctx.spawn(async move {
+                    let _ = sent.await;
+                });
                 return;
             }
         };
@@ -150,7 +155,13 @@ impl Dispatcher {
                     )))
                 });
                 if let Some(sink) = lock(&worker_slot).take() {
-                    finish(&call, started, sink, result);
+                    let sent = reply(&call, started, sink, result);
+                    // Hold the call until gRPC has sent the reply (see `reply`).
+                    match block_on(sent, REPLY_WAIT) {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => debug!("rpc {method}: the reply was not delivered: {e}"),
+                        None => debug!("rpc {method}: gRPC did not confirm the reply within {REPLY_WAIT:?}"),
+                    }
                 }
             });
         if let Err(err) = spawned {
@@ -160,7 +171,10 @@ impl Dispatcher {
                     "cannot start a thread for {method}: {err}; retry later"
                 ));
                 warn!("rpc {method}: cannot spawn a worker thread: {err}");
-                drop(sink.fail(refusal));
+                let sent = sink.fail(refusal);
+                ctx.spawn(async move {
+                    let _ = sent.await;
+                });
             }
         }
     }
@@ -209,16 +223,24 @@ impl Dispatcher {
     }
 }
 
-/// Sends the reply and writes the call's one log line.
-fn finish<Resp>(call: &CallInfo, started: Instant, sink: UnarySink<Resp>, result: Result<Resp, RpcStatus>) {
+/// Queues the reply and writes the call's one log line.
+///
+/// The returned future must be kept until it completes: it holds gRPC's
+/// reference to the call, and dropping that before gRPC has finished the
+/// call makes gRPC core cancel it — the client then sees CANCELLED instead
+/// of the answer.
+fn reply<Resp>(
+    call: &CallInfo,
+    started: Instant,
+    sink: UnarySink<Resp>,
+    result: Result<Resp, RpcStatus>,
+) -> grpcio::UnarySinkResult {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let volume = if call.volume_id.is_empty() {
         String::new()
     } else {
         format!(" volume={}", call.volume_id)
     };
-    // The futures returned by success/fail only report whether the reply
-    // reached the wire; the reply itself is queued now, so they are dropped.
     match result {
         Ok(resp) => {
             if QUIET_METHODS.contains(&call.method) {
@@ -226,7 +248,7 @@ fn finish<Resp>(call: &CallInfo, started: Instant, sink: UnarySink<Resp>, result
             } else {
                 info!("rpc {}{volume} code=OK duration={ms:.1}ms", call.method);
             }
-            drop(sink.success(resp));
+            sink.success(resp)
         }
         Err(st) => {
             let code = status::code_name(st.code());
@@ -244,10 +266,13 @@ fn finish<Resp>(call: &CallInfo, started: Instant, sink: UnarySink<Resp>, result
                     st.message()
                 );
             }
-            drop(sink.fail(st));
+            sink.fail(st)
         }
     }
 }
+
+/// How long a worker waits for gRPC to confirm its reply was sent.
+const REPLY_WAIT: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking handler is caught before it can poison these counters;
@@ -452,7 +477,7 @@ impl Running {
             self.server.cancel_all_calls();
         }
         // The shutdown future completes once gRPC has flushed the replies.
-        wait_with_timeout(stopped, Duration::from_secs(2));
+        let _ = block_on(stopped, Duration::from_secs(2));
         let path = self.endpoint.path();
         if let Ok(meta) = fs::symlink_metadata(path) {
             if meta.file_type().is_socket() {
@@ -465,10 +490,10 @@ impl Running {
     }
 }
 
-/// Polls a future to completion on this thread, giving up after `limit`.
-/// (grpcio's shutdown notification is a future; no executor is worth
-/// pulling in for this one wait.)
-fn wait_with_timeout<F: std::future::Future + Unpin>(mut fut: F, limit: Duration) {
+/// Polls a future to completion on this thread, giving up (`None`) after
+/// `limit`. grpcio reports a sent reply and a finished shutdown as futures;
+/// no executor is worth pulling in for these waits.
+fn block_on<F: std::future::Future + Unpin>(mut fut: F, limit: Duration) -> Option<F::Output> {
     use std::task::{Context, Wake, Waker};
     struct Unparker(thread::Thread);
     impl Wake for Unparker {
@@ -480,12 +505,12 @@ fn wait_with_timeout<F: std::future::Future + Unpin>(mut fut: F, limit: Duration
     let mut cx = Context::from_waker(&waker);
     let end = Instant::now() + limit;
     loop {
-        if std::pin::Pin::new(&mut fut).poll(&mut cx).is_ready() {
-            return;
+        if let std::task::Poll::Ready(out) = std::pin::Pin::new(&mut fut).poll(&mut cx) {
+            return Some(out);
         }
         let now = Instant::now();
         if now >= end {
-            return;
+            return None;
         }
         thread::park_timeout(end - now);
     }

@@ -105,7 +105,9 @@ impl Driver {
     pub fn wait_for_socket(&mut self, limit: Duration) {
         let end = Instant::now() + limit;
         while Instant::now() < end {
-            if self.socket.exists() {
+            // Connectable, not merely present: a stale socket file from an
+            // earlier run exists before the driver replaces it.
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

@@ -4,6 +4,7 @@
 //! helper.
 #![allow(dead_code)]
 
+pub mod csi;
 pub mod driver;
 
 use std::io::{BufRead, BufReader};

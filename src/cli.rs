@@ -112,6 +112,14 @@ pub const FLAGS: &[Flag] = &[
         help: "on SIGTERM/SIGINT, how long calls in flight may take to finish",
         fallback_env: &[],
     },
+    Flag {
+        name: "check-config",
+        metavar: None,
+        subs: SERVE,
+        default: None,
+        help: "validate the flags and environment, print the settings, and exit (0 valid, 2 not) without serving",
+        fallback_env: &[],
+    },
     // --- controller: the RDS and how volumes are laid out on it ---------
     Flag {
         name: "rds-address",

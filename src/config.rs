@@ -24,6 +24,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Present when `--controller` is given.
     pub controller_config: Option<ControllerConfig>,
+    /// `--check-config`: validate, print, exit.
+    pub check_only: bool,
 }
 
 /// A flag whose value breaks a rule; the message names both.
@@ -78,6 +80,7 @@ impl ServeConfig {
             } else {
                 None
             },
+            check_only: flag_bool(v, "check-config")?,
         })
     }
 }

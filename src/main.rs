@@ -31,6 +31,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(Sub::Serve, values) => match ServeConfig::from_values(&values) {
+            Ok(cfg) if cfg.check_only => {
+                println!("configuration is valid:\n{cfg:#?}");
+                ExitCode::SUCCESS
+            }
             Ok(cfg) => run(serve(cfg)),
             Err(e) => usage_error(&e),
         },

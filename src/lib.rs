@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod ctl;
 pub mod host;
 pub mod identity;
 pub mod locks;

@@ -38,7 +38,14 @@ fn main() -> ExitCode {
             Ok(cfg) => run(serve(cfg)),
             Err(e) => usage_error(&e),
         },
-        Command::Run(Sub::Doctor, _) | Command::Ctl(_) => {
+        Command::Ctl(args) => match rds_csi::ctl::run(args, &|k| std::env::var(k).ok()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rds-csi ctl: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Command::Run(Sub::Doctor, _) => {
             eprintln!("rds-csi: this command is not available yet");
             ExitCode::from(2)
         }

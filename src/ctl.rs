@@ -693,7 +693,7 @@ fn list(c: &Ctx, a: &Args) -> Result<Output, CtlError> {
             .controller
             .list_volumes(&req, c.opt())
             .map_err(|e| call_error("ListVolumes", e))?;
-        rows.extend(r.entries.into_iter());
+        rows.extend(r.entries);
         if r.next_token.is_empty() {
             break;
         }

@@ -44,24 +44,36 @@ if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-
 		say "musl target unavailable: builds fall back to static glibc"
 fi
 
-# --- zig for the musl build (PyPI) ------------------------------------------
+# --- Python tools from PyPI, in .tools/venv ----------------------------------
+# prometheus-client: the metrics tests parse /metrics with a real Prometheus
+# text parser (required). zig + cargo-zigbuild: the C/C++ toolchain of the
+# static musl build (optional: without them the build is static glibc).
 # Versions pinned: gRPC 1.56 is known to build with this clang/musl pair
 # (given the two flags in scripts/env.sh).
-ZIGLANG_VERSION=0.17.1
-ZIGBUILD_VERSION=0.24.0
-want="ziglang==$ZIGLANG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION"
-if [ "$(cat "$tools/venv/.installed" 2>/dev/null)" != "$want" ]; then
-	say "installing $want into .tools/venv"
+PY_TEST_TOOLS="prometheus-client==0.26.0"
+ZIG_TOOLS="ziglang==0.17.1 cargo-zigbuild==0.24.0"
+if [ ! -x "$tools/venv/bin/python3" ]; then
+	say "creating .tools/venv"
 	rm -rf "$tools/venv"
-	if python3 -m venv "$tools/venv" &&
-		"$tools/venv/bin/pip" install -q --disable-pip-version-check $want; then
-		echo "$want" >"$tools/venv/.installed"
+	python3 -m venv "$tools/venv"
+fi
+pip_install() { "$tools/venv/bin/pip" install -q --disable-pip-version-check "$@"; }
+if [ "$(cat "$tools/venv/.installed-test" 2>/dev/null)" != "$PY_TEST_TOOLS" ]; then
+	say "installing $PY_TEST_TOOLS into .tools/venv"
+	# shellcheck disable=SC2086
+	pip_install $PY_TEST_TOOLS
+	echo "$PY_TEST_TOOLS" >"$tools/venv/.installed-test"
+fi
+if [ "$(cat "$tools/venv/.installed-zig" 2>/dev/null)" != "$ZIG_TOOLS" ]; then
+	say "installing $ZIG_TOOLS into .tools/venv"
+	# shellcheck disable=SC2086
+	if pip_install $ZIG_TOOLS; then
+		echo "$ZIG_TOOLS" >"$tools/venv/.installed-zig"
 	else
 		say "zig unavailable from PyPI: builds fall back to static glibc"
-		rm -rf "$tools/venv"
 	fi
 else
-	say "zig $ZIGLANG_VERSION present"
+	say "zig present"
 fi
 
 # cargo-zigbuild's own wrappers live under a hashed cache path; gRPC's CMake

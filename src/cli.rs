@@ -120,6 +120,14 @@ pub const FLAGS: &[Flag] = &[
         help: "validate the flags and environment, print the settings, and exit (0 valid, 2 not) without serving",
         fallback_env: &[],
     },
+    Flag {
+        name: "metrics-address",
+        metavar: Some("ADDR:PORT"),
+        subs: SERVE,
+        default: None,
+        help: "serve Prometheus metrics at http://ADDR:PORT/metrics (off unless given; e.g. 0.0.0.0:9808)",
+        fallback_env: &[],
+    },
     // --- controller: the RDS and how volumes are laid out on it ---------
     Flag {
         name: "rds-address",

@@ -26,6 +26,8 @@ pub struct ServeConfig {
     pub controller_config: Option<ControllerConfig>,
     /// `--check-config`: validate, print, exit.
     pub check_only: bool,
+    /// `--metrics-address`: where to serve /metrics, if at all.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// A flag whose value breaks a rule; the message names both.
@@ -81,6 +83,16 @@ impl ServeConfig {
                 None
             },
             check_only: flag_bool(v, "check-config")?,
+            metrics_address: match v.get("metrics-address") {
+                None => None,
+                Some(s) => Some(s.value.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "{} {:?}: expected ADDR:PORT, e.g. 0.0.0.0:9808 or [::]:9808",
+                        v.describe("metrics-address"),
+                        s.value
+                    ))
+                })?),
+            },
         })
     }
 }

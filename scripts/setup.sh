@@ -8,7 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-tools="$root/.tools"
+# The real path: venvs and the compiler wrappers record the path they were
+# made at, and .tools may be a link shared by several worktrees.
+mkdir -p "$root/.tools"
+tools=$(cd "$root/.tools" && pwd -P)
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -85,10 +88,7 @@ fi
 HELM_SDK_VERSION=0.2.2
 HELM_SDK_SHA256=28cc13abaf134c3a7e37f070c939be8d9cdc9825c3c8b8b2d35161073bcd4578
 want_helm="helm-python-sdk==$HELM_SDK_VERSION"
-# The real path: a venv records the path it was made at, and .tools may be a
-# link shared by several worktrees.
-mkdir -p "$tools"
-helm_venv="$(cd "$tools" && pwd -P)/helm"
+helm_venv="$tools/helm"
 if [ "$(cat "$helm_venv/.installed" 2>/dev/null)" != "$want_helm" ]; then
 	say "installing $want_helm into .tools/helm"
 	rm -rf "$helm_venv"

@@ -125,7 +125,7 @@ pub const FLAGS: &[Flag] = &[
         metavar: Some("ADDR:PORT"),
         subs: SERVE,
         default: None,
-        help: "serve Prometheus metrics at http://ADDR:PORT/metrics (off unless given; e.g. 0.0.0.0:9808)",
+        help: "serve Prometheus metrics at http://ADDR:PORT/metrics (off unless given; e.g. 0.0.0.0:9090)",
         fallback_env: &[],
     },
     // --- controller: the RDS and how volumes are laid out on it ---------

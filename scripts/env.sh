@@ -18,6 +18,7 @@ RDS_TOOLS=${RDS_TOOLS:-$RDS_ROOT/.tools}
 export RDS_ROOT RDS_TOOLS
 
 rds_musl_available() {
+	[ -f "$RDS_TOOLS/venv/.installed-zig" ] || return 1
 	[ -x "$RDS_TOOLS/venv/bin/cargo-zigbuild" ] || return 1
 	"$RDS_TOOLS/venv/bin/python3" -m ziglang version >/dev/null 2>&1 || return 1
 	rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl

@@ -6,7 +6,10 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::cli::Values;
+use crate::controller::ControllerSettings;
+use crate::rds;
 use crate::server::Endpoint;
+use crate::volume::{self, NqnPrefix, SizePolicy};
 
 /// Everything `rds-csi serve` needs.
 #[derive(Debug, Clone)]
@@ -19,6 +22,12 @@ pub struct ServeConfig {
     pub log_level: log::LevelFilter,
     pub max_in_flight: usize,
     pub shutdown_grace: Duration,
+    /// Present when `--controller` is given.
+    pub controller_config: Option<ControllerConfig>,
+    /// `--check-config`: validate, print, exit.
+    pub check_only: bool,
+    /// `--metrics-address`: where to serve /metrics, if at all.
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// With --node: the node plugin's settings (see `node_settings`).
     pub node_settings: Option<crate::node::Settings>,
 }
@@ -74,9 +83,128 @@ impl ServeConfig {
             log_level: log_level(v)?,
             max_in_flight: number(v, "max-in-flight", 1, 100_000)? as usize,
             shutdown_grace: Duration::from_secs(number(v, "shutdown-grace", 0, 3600)?),
+            controller_config: if controller {
+                Some(ControllerConfig::from_values(v)?)
+            } else {
+                None
+            },
+            check_only: flag_bool(v, "check-config")?,
+            metrics_address: match v.get("metrics-address") {
+                None => None,
+                Some(s) => Some(s.value.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "{} {:?}: expected ADDR:PORT, e.g. 0.0.0.0:9808 or [::]:9808",
+                        v.describe("metrics-address"),
+                        s.value
+                    ))
+                })?),
+            },
             node_settings,
         })
     }
+}
+
+/// The controller's settings: how to reach the RDS and how volumes are laid
+/// out on it.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub rds: rds::ClientConfig,
+    pub settings: ControllerSettings,
+    /// How often the background readiness check asks the RDS.
+    pub check_interval: Duration,
+}
+
+impl ControllerConfig {
+    pub fn from_values(v: &Values) -> Result<Self, ConfigError> {
+        let mut rds = rds_client_config(v)?;
+        rds.retry.deadline = Duration::from_secs(number(v, "rds-retry-for", 0, 3600)?);
+        rds.max_in_flight = number(v, "rds-max-in-flight", 1, 64)? as usize;
+        let pool = required(v, "rds-pool")?.to_string();
+        let base_raw = v
+            .get("volume-base-path")
+            .map(|s| s.value.clone())
+            .unwrap_or_else(|| format!("{pool}/csi"));
+        let base_path = volume::resolve_volume_path(&base_raw, None).map_err(|rule| {
+            ConfigError(format!("{} {base_raw:?}: {rule}", v.describe("volume-base-path")))
+        })?;
+        let nvme_address = match v.get("nvme-address") {
+            Some(s) => volume::check_address(&s.value).map_err(|rule| {
+                ConfigError(format!("{} {:?}: {rule}", v.describe("nvme-address"), s.value))
+            })?,
+            // The RDS usually serves REST and NVMe/TCP on one address.
+            None => {
+                let host = rds::Address::parse(&rds.address)
+                    .map(|a| a.host)
+                    .map_err(|e| ConfigError(format!("{}: {e}", v.describe("rds-address"))))?;
+                volume::check_address(&host).map_err(|rule| {
+                    ConfigError(format!(
+                        "--nvme-address: the host of --rds-address {host:?} {rule}; give --nvme-address"
+                    ))
+                })?
+            }
+        };
+        let reserve_raw = required(v, "capacity-reserve")?;
+        let capacity_reserve = volume::parse_bytes(reserve_raw)
+            .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe("capacity-reserve"))))?;
+        Ok(ControllerConfig {
+            rds,
+            settings: ControllerSettings {
+                pool,
+                base_path,
+                nqn_prefix: nqn_prefix(v)?,
+                nvme_address,
+                capacity_reserve,
+                sizes: SizePolicy::default(),
+                allow_multi_node_block: flag_bool(v, "allow-multi-node-block")?,
+            },
+            check_interval: Duration::from_secs(number(v, "rds-check-interval", 1, 3600)?),
+        })
+    }
+}
+
+/// How to reach the RDS: address, trust, credentials files, timeouts.
+/// Shared by `serve --controller` and `doctor`.
+pub fn rds_client_config(v: &Values) -> Result<rds::ClientConfig, ConfigError> {
+    let address = v.get("rds-address").map(|s| s.value.clone()).ok_or_else(|| {
+        ConfigError(
+            "--controller needs the RDS: give --rds-address https://<rds>[:port] (or RDS_CSI_RDS_ADDRESS)"
+                .into(),
+        )
+    })?;
+    rds::Address::parse(&address).map_err(|e| ConfigError(format!("{}: {e}", v.describe("rds-address"))))?;
+    let mut cfg = rds::ClientConfig::new(
+        address,
+        required(v, "rds-username-file")?,
+        required(v, "rds-password-file")?,
+    );
+    let ca = v.get("rds-ca-file").map(|s| s.value.clone());
+    let fingerprint = v.get("rds-tls-fingerprint").map(|s| s.value.clone());
+    let insecure = flag_bool(v, "rds-insecure-skip-verify")?;
+    cfg.trust = match (ca, fingerprint, insecure) {
+        (None, None, false) => rds::Trust::System,
+        (Some(path), None, false) => rds::Trust::CaFile(path.into()),
+        (None, Some(fp), false) => rds::Trust::Fingerprint(
+            rds::parse_fingerprint(&fp)
+                .map_err(|e| ConfigError(format!("{}: {e}", v.describe("rds-tls-fingerprint"))))?,
+        ),
+        (None, None, true) => rds::Trust::InsecureSkipVerify,
+        _ => {
+            return Err(ConfigError(
+                "give at most one of --rds-ca-file, --rds-tls-fingerprint and --rds-insecure-skip-verify"
+                    .into(),
+            ))
+        }
+    };
+    let timeout = Duration::from_secs(number(v, "rds-timeout", 1, 600)?);
+    cfg.request_timeout = timeout;
+    cfg.connect_timeout = cfg.connect_timeout.min(timeout);
+    Ok(cfg)
+}
+
+/// The managed NQN prefix (`--nqn-prefix`).
+pub fn nqn_prefix(v: &Values) -> Result<NqnPrefix, ConfigError> {
+    let raw = required(v, "nqn-prefix")?;
+    NqnPrefix::parse(raw).map_err(|rule| ConfigError(format!("{} {raw:?}: {rule}", v.describe("nqn-prefix"))))
 }
 
 // ---------------------------------------------------------------------------
@@ -97,7 +225,7 @@ fn root_dir(v: &Values, flag: &str) -> Result<std::path::PathBuf, ConfigError> {
 
 /// The node plugin's settings from its flags, each error naming the flag.
 pub fn node_settings(v: &Values, node_id: &str) -> Result<crate::node::Settings, ConfigError> {
-    use crate::volume::{Nqn, NqnPrefix};
+    use crate::volume::Nqn;
     let bin = required(v, "nvme-bin")?.to_string();
     if bin.contains('/') && !bin.starts_with('/') {
         return Err(ConfigError(format!(
@@ -105,9 +233,7 @@ pub fn node_settings(v: &Values, node_id: &str) -> Result<crate::node::Settings,
             v.describe("nvme-bin")
         )));
     }
-    let prefix_raw = required(v, "nqn-prefix")?;
-    let prefix = NqnPrefix::parse(prefix_raw)
-        .map_err(|rule| ConfigError(format!("{} {prefix_raw:?}: {rule}", v.describe("nqn-prefix"))))?;
+    let prefix = nqn_prefix(v)?;
     let host_nqn = match v.get("host-nqn") {
         None => None,
         Some(s) => Some(
@@ -253,7 +379,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = serve(&["--controller"], &[]).unwrap();
+        let c = serve(&["--controller", "--rds-address", "https://rds.lan"], &[]).unwrap();
         assert!(c.controller && !c.node);
         assert_eq!(c.endpoint.to_string(), "unix:///csi/csi.sock");
         assert_eq!(c.driver_name, "rds.csi.srvlab.io");
@@ -264,7 +390,18 @@ mod tests {
 
     #[test]
     fn both_services_in_one_process() {
-        let c = serve(&["--controller", "--node", "--node-id", "n1"], &[]).unwrap();
+        let c = serve(
+            &[
+                "--controller",
+                "--rds-address",
+                "https://rds.lan",
+                "--node",
+                "--node-id",
+                "n1",
+            ],
+            &[],
+        )
+        .unwrap();
         assert!(c.controller && c.node);
         assert_eq!(c.node_id.as_deref(), Some("n1"));
     }
@@ -274,13 +411,70 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&[], "--controller, --node"),
             (&["--node"], "--node-id"),
-            (&["--controller", "--endpoint", "tcp://x"], "--endpoint"),
-            (&["--controller", "--driver-name", "Bad_Name"], "--driver-name"),
-            (&["--controller", "--log-level", "loud"], "--log-level"),
-            (&["--controller", "--max-in-flight", "0"], "--max-in-flight"),
-            (&["--controller", "--max-in-flight", "many"], "--max-in-flight"),
-            (&["--controller", "--shutdown-grace", "-1"], "--shutdown-grace"),
-            (&["--controller=maybe"], "--controller"),
+            (
+                &[
+                    "--controller",
+                    "--rds-address",
+                    "https://rds.lan",
+                    "--endpoint",
+                    "tcp://x",
+                ],
+                "--endpoint",
+            ),
+            (
+                &[
+                    "--controller",
+                    "--rds-address",
+                    "https://rds.lan",
+                    "--driver-name",
+                    "Bad_Name",
+                ],
+                "--driver-name",
+            ),
+            (
+                &[
+                    "--controller",
+                    "--rds-address",
+                    "https://rds.lan",
+                    "--log-level",
+                    "loud",
+                ],
+                "--log-level",
+            ),
+            (
+                &[
+                    "--controller",
+                    "--rds-address",
+                    "https://rds.lan",
+                    "--max-in-flight",
+                    "0",
+                ],
+                "--max-in-flight",
+            ),
+            (
+                &[
+                    "--controller",
+                    "--rds-address",
+                    "https://rds.lan",
+                    "--max-in-flight",
+                    "many",
+                ],
+                "--max-in-flight",
+            ),
+            (
+                &[
+                    "--controller",
+                    "--rds-address",
+                    "https://rds.lan",
+                    "--shutdown-grace",
+                    "-1",
+                ],
+                "--shutdown-grace",
+            ),
+            (
+                &["--controller=maybe", "--rds-address", "https://rds.lan"],
+                "--controller",
+            ),
             (&["--node", "--node-id", "a b"], "--node-id"),
         ];
         for (args, needle) in cases {
@@ -291,11 +485,78 @@ mod tests {
 
     #[test]
     fn env_errors_name_the_variable() {
-        let e = serve(&["--controller"], &[("RDS_CSI_MAX_IN_FLIGHT", "x")]).unwrap_err();
+        let e = serve(
+            &["--controller", "--rds-address", "https://rds.lan"],
+            &[("RDS_CSI_MAX_IN_FLIGHT", "x")],
+        )
+        .unwrap_err();
         assert!(e.0.contains("RDS_CSI_MAX_IN_FLIGHT"), "{e}");
         let c = serve(&[], &[("RDS_CSI_NODE", "yes"), ("NODE_NAME", "worker-1")]).unwrap();
         assert!(c.node);
         assert_eq!(c.node_id.as_deref(), Some("worker-1"));
+    }
+
+    #[test]
+    fn controller_settings_and_their_defaults() {
+        let c = serve(&["--controller", "--rds-address", "https://10.0.0.5"], &[]).unwrap();
+        let cc = c.controller_config.unwrap();
+        assert_eq!(cc.settings.pool, "storage-pool");
+        assert_eq!(cc.settings.base_path, "storage-pool/csi");
+        assert_eq!(cc.settings.nvme_address, "10.0.0.5");
+        assert_eq!(cc.settings.nqn_prefix.as_str(), "nqn.2000-02.com.mikrotik");
+        assert_eq!(cc.settings.capacity_reserve, 0);
+        assert_eq!(cc.rds.trust, rds::Trust::System);
+        assert_eq!(cc.rds.max_in_flight, 4);
+        let c = serve(
+            &[
+                "--controller",
+                "--rds-address",
+                "https://[fd00::5]:8443",
+                "--rds-pool",
+                "raid1",
+                "--capacity-reserve",
+                "50Gi",
+                "--rds-tls-fingerprint",
+                &"ab".repeat(32),
+            ],
+            &[],
+        )
+        .unwrap();
+        let cc = c.controller_config.unwrap();
+        assert_eq!(cc.settings.base_path, "raid1/csi");
+        assert_eq!(cc.settings.nvme_address, "fd00::5");
+        assert_eq!(cc.settings.capacity_reserve, 50 << 30);
+        assert_eq!(cc.rds.trust, rds::Trust::Fingerprint([0xab; 32]));
+    }
+
+    #[test]
+    fn controller_flags_are_checked() {
+        let rds = ["--controller", "--rds-address", "https://rds.lan"];
+        let cases: &[(&[&str], &str)] = &[
+            (&["--controller"], "--rds-address"),
+            (&["--controller", "--rds-address", "ftp://x"], "--rds-address"),
+            (&["--rds-tls-fingerprint", "abc"], "--rds-tls-fingerprint"),
+            (
+                &["--rds-ca-file", "/ca.pem", "--rds-insecure-skip-verify"],
+                "--rds-ca-file",
+            ),
+            (&["--capacity-reserve", "lots"], "--capacity-reserve"),
+            (&["--nqn-prefix", "iqn.x"], "--nqn-prefix"),
+            (&["--nvme-address", "bad host"], "--nvme-address"),
+            (&["--volume-base-path", "a/../b"], "--volume-base-path"),
+            (&["--rds-timeout", "0"], "--rds-timeout"),
+            (&["--rds-max-in-flight", "0"], "--rds-max-in-flight"),
+        ];
+        for (extra, needle) in cases {
+            let mut args: Vec<&str> = if extra.first() == Some(&"--controller") {
+                vec![]
+            } else {
+                rds.to_vec()
+            };
+            args.extend_from_slice(extra);
+            let e = serve(&args, &[]).unwrap_err();
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
     }
 
     #[test]
@@ -345,7 +606,10 @@ mod tests {
         assert_eq!(n.max_volumes_per_node, 16);
         assert_eq!(n.nvme.device_wait, Duration::from_secs(5));
         assert_eq!(n.nvme.policy.max_attempts, 2);
-        assert!(serve(&["--controller"], &[]).unwrap().node_settings.is_none());
+        assert!(serve(&["--controller", "--rds-address", "https://10.0.0.5"], &[])
+            .unwrap()
+            .node_settings
+            .is_none());
     }
 
     #[test]

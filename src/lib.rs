@@ -4,9 +4,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod controller;
+pub mod ctl;
 pub mod host;
 pub mod identity;
 pub mod locks;
+pub mod metrics;
 pub mod proto;
 pub mod rds;
 pub mod retry;

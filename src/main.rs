@@ -8,10 +8,13 @@ use log::info;
 
 use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
+use rds_csi::controller::{ControllerService, RdsHealth};
 use rds_csi::host::TerminationSignals;
-use rds_csi::identity::IdentityService;
+use rds_csi::identity::{IdentityService, Readiness};
+use rds_csi::metrics;
 use rds_csi::node::NodeService;
 use rds_csi::proto::grpc;
+use rds_csi::rds;
 use rds_csi::server::{self, Dispatcher};
 use rds_csi::{error_chain, version};
 
@@ -33,10 +36,21 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(Sub::Serve, values) => match ServeConfig::from_values(&values) {
+            Ok(cfg) if cfg.check_only => {
+                println!("configuration is valid:\n{cfg:#?}");
+                ExitCode::SUCCESS
+            }
             Ok(cfg) => run(serve(cfg)),
             Err(e) => usage_error(&e),
         },
-        Command::Run(Sub::Doctor, _) | Command::Ctl(_) => {
+        Command::Ctl(args) => match rds_csi::ctl::run(args, &|k| std::env::var(k).ok()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rds-csi ctl: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Command::Run(Sub::Doctor, _) => {
             eprintln!("rds-csi: this command is not available yet");
             ExitCode::from(2)
         }
@@ -61,7 +75,17 @@ fn run(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
 
 fn init_logging(level: log::LevelFilter) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level).format_timestamp_millis();
+    // Our own debug lines are the useful ones; the HTTP and TLS libraries'
+    // join in only at trace.
+    let deps = if level >= log::LevelFilter::Trace {
+        level
+    } else {
+        level.min(log::LevelFilter::Info)
+    };
+    builder
+        .filter_level(deps)
+        .filter_module("rds_csi", level)
+        .format_timestamp_millis();
     // RUST_LOG can still refine levels per module when debugging.
     if let Ok(filters) = std::env::var("RUST_LOG") {
         builder.parse_filters(&filters);
@@ -82,25 +106,40 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         cfg.endpoint
     );
     let dispatcher = Dispatcher::new(cfg.max_in_flight);
-    let mut checks = Vec::new();
+    if let Some(addr) = cfg.metrics_address {
+        metrics::serve(addr)?;
+        let d = dispatcher.clone();
+        metrics::register_gauge_fn("rds_csi_rpc_in_flight", move || {
+            vec![(Vec::new(), d.in_flight() as f64)]
+        });
+    }
+    let mut readiness: Vec<Arc<dyn Readiness>> = Vec::new();
+    let mut services = Vec::new();
     // The node plugin cleans up its orphaned connections before serving.
     let node = cfg.node_settings.clone().map(|s| Arc::new(NodeService::new(s)));
     if let Some(node) = &node {
-        checks.push(node.readiness());
+        readiness.push(node.readiness());
         node.clean_up_orphans(ORPHAN_CLEAN_UP_BUDGET);
     }
-    let identity = Arc::new(IdentityService::new(
-        cfg.driver_name.clone(),
-        cfg.controller,
-        checks,
-    ));
-    let mut services = vec![grpc::identity_service(identity, &dispatcher)];
-    if cfg.controller {
-        services.push(grpc::controller_service(Arc::new(Unbuilt), &dispatcher));
+    if let Some(cc) = cfg.controller_config.clone() {
+        let rds = rds::Client::new(cc.rds)?;
+        readiness.push(RdsHealth::start(
+            rds.clone(),
+            cc.settings.pool.clone(),
+            cc.check_interval,
+        ));
+        let controller = ControllerService::new(rds, cc.settings);
+        services.push(grpc::controller_service(Arc::new(controller), &dispatcher));
     }
     if let Some(node) = node {
         services.push(grpc::node_service(node, &dispatcher));
     }
+    let identity = Arc::new(IdentityService::new(
+        cfg.driver_name.clone(),
+        cfg.controller,
+        readiness,
+    ));
+    services.push(grpc::identity_service(identity, &dispatcher));
     let running = server::start(&cfg.endpoint, dispatcher, services)?;
     let signal = signals.wait()?;
     info!("{signal} received");
@@ -108,7 +147,3 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Placeholder until the Controller service lands: every method answers
-/// UNIMPLEMENTED through the dispatcher (and is logged).
-struct Unbuilt;
-impl grpc::Controller for Unbuilt {}

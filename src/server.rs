@@ -130,7 +130,12 @@ impl Dispatcher {
         let guard = match self.admit(method) {
             Ok(guard) => guard,
             Err(refusal) => {
-                finish(&call, started, sink, Err(refusal), Replier::QueueThread);
+                // On the completion-queue thread: let it drive the reply
+                // instead of waiting for it here (which would deadlock).
+                let sent = reply(&call, started, sink, Err(refusal));
+                ctx.spawn(async move {
+                    let _ = sent.await;
+                });
                 return;
             }
         };
@@ -150,7 +155,13 @@ impl Dispatcher {
                     )))
                 });
                 if let Some(sink) = lock(&worker_slot).take() {
-                    finish(&call, started, sink, result, Replier::Worker);
+                    let sent = reply(&call, started, sink, result);
+                    // Hold the call until gRPC has sent the reply (see `reply`).
+                    match block_on(sent, REPLY_WAIT) {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => debug!("rpc {method}: the reply was not delivered: {e}"),
+                        None => debug!("rpc {method}: gRPC did not confirm the reply within {REPLY_WAIT:?}"),
+                    }
                 }
             });
         if let Err(err) = spawned {
@@ -160,7 +171,10 @@ impl Dispatcher {
                     "cannot start a thread for {method}: {err}; retry later"
                 ));
                 warn!("rpc {method}: cannot spawn a worker thread: {err}");
-                drop(sink.fail(refusal));
+                let sent = sink.fail(refusal);
+                ctx.spawn(async move {
+                    let _ = sent.await;
+                });
             }
         }
     }
@@ -209,41 +223,27 @@ impl Dispatcher {
     }
 }
 
-/// How long a worker keeps its reference to the call after queueing the
-/// reply, waiting for gRPC to finish the call.
-const REPLY_WAIT: Duration = Duration::from_secs(5);
-
-/// Where `finish` runs: on a worker thread it waits for the reply to be
-/// sent; on the completion-queue thread (refusals before any worker exists)
-/// it must not, since that thread is the one that completes the wait.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Replier {
-    Worker,
-    QueueThread,
-}
-
-/// Queues the reply. On a worker, also waits until gRPC has finished the
-/// call: dropping the worker's reference to the call while the status is
-/// still in flight races with grpcio's own reference on the queue thread,
-/// and when the last reference goes before the call finished, gRPC core
-/// cancels it (the client then sees CANCELLED for a call the log shows as
-/// OK; seen about once in 2000 calls with a new channel per call).
-fn send<F: std::future::Future<Output = grpcio::Result<()>> + Unpin>(reply: F, replier: Replier) {
-    match replier {
-        Replier::Worker => wait_with_timeout(reply, REPLY_WAIT),
-        Replier::QueueThread => drop(reply),
-    }
-}
-
-/// Sends the reply and writes the call's one log line.
-fn finish<Resp>(
+/// Queues the reply and writes the call's one log line.
+///
+/// The returned future must be kept until it completes: it holds gRPC's
+/// reference to the call, and dropping that before gRPC has finished the
+/// call makes gRPC core cancel it — the client then sees CANCELLED instead
+/// of the answer.
+fn reply<Resp>(
     call: &CallInfo,
     started: Instant,
     sink: UnarySink<Resp>,
     result: Result<Resp, RpcStatus>,
-    replier: Replier,
-) {
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+) -> grpcio::UnarySinkResult {
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = seconds * 1000.0;
+    let code = match &result {
+        Ok(_) => "OK",
+        Err(st) => status::code_name(st.code()),
+    };
+    let labels = [("method", call.method), ("code", code)];
+    crate::metrics::inc("rds_csi_rpc_requests_total", &labels);
+    crate::metrics::observe("rds_csi_rpc_duration_seconds", &labels, seconds);
     let volume = if call.volume_id.is_empty() {
         String::new()
     } else {
@@ -256,10 +256,9 @@ fn finish<Resp>(
             } else {
                 info!("rpc {}{volume} code=OK duration={ms:.1}ms", call.method);
             }
-            send(sink.success(resp), replier);
+            sink.success(resp)
         }
         Err(st) => {
-            let code = status::code_name(st.code());
             // Refusals the sidecars retry by design are not warnings.
             if matches!(st.code(), RpcStatusCode::ABORTED | RpcStatusCode::NOT_FOUND) {
                 info!(
@@ -274,10 +273,13 @@ fn finish<Resp>(
                     st.message()
                 );
             }
-            send(sink.fail(st), replier);
+            sink.fail(st)
         }
     }
 }
+
+/// How long a worker waits for gRPC to confirm its reply was sent.
+const REPLY_WAIT: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking handler is caught before it can poison these counters;
@@ -482,7 +484,7 @@ impl Running {
             self.server.cancel_all_calls();
         }
         // The shutdown future completes once gRPC has flushed the replies.
-        wait_with_timeout(stopped, Duration::from_secs(2));
+        let _ = block_on(stopped, Duration::from_secs(2));
         let path = self.endpoint.path();
         if let Ok(meta) = fs::symlink_metadata(path) {
             if meta.file_type().is_socket() {
@@ -495,10 +497,10 @@ impl Running {
     }
 }
 
-/// Polls a future to completion on this thread, giving up after `limit`.
-/// (grpcio's shutdown notification is a future; no executor is worth
-/// pulling in for this one wait.)
-fn wait_with_timeout<F: std::future::Future + Unpin>(mut fut: F, limit: Duration) {
+/// Polls a future to completion on this thread, giving up (`None`) after
+/// `limit`. grpcio reports a sent reply and a finished shutdown as futures;
+/// no executor is worth pulling in for these waits.
+fn block_on<F: std::future::Future + Unpin>(mut fut: F, limit: Duration) -> Option<F::Output> {
     use std::task::{Context, Wake, Waker};
     struct Unparker(thread::Thread);
     impl Wake for Unparker {
@@ -510,12 +512,12 @@ fn wait_with_timeout<F: std::future::Future + Unpin>(mut fut: F, limit: Duration
     let mut cx = Context::from_waker(&waker);
     let end = Instant::now() + limit;
     loop {
-        if std::pin::Pin::new(&mut fut).poll(&mut cx).is_ready() {
-            return;
+        if let std::task::Poll::Ready(out) = std::pin::Pin::new(&mut fut).poll(&mut cx) {
+            return Some(out);
         }
         let now = Instant::now();
         if now >= end {
-            return;
+            return None;
         }
         thread::park_timeout(end - now);
     }

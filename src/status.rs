@@ -52,6 +52,29 @@ constructors! {
     unimplemented => UNIMPLEMENTED,
 }
 
+/// Maps a RouterOS client failure to a status, once for the whole driver.
+/// `what` says which CSI operation on which volume failed; the client's own
+/// message adds which REST operation and what the RDS said.
+pub fn from_rds(what: &str, err: &crate::rds::Error) -> RpcStatus {
+    use crate::rds::Kind;
+    let message = format!("{what}: {}", crate::error_chain(err));
+    let code = match err.kind() {
+        // Transient after the client's own retries: the sidecar retries later.
+        Kind::Unavailable => RpcStatusCode::UNAVAILABLE,
+        Kind::NotEnoughSpace => RpcStatusCode::RESOURCE_EXHAUSTED,
+        Kind::NotFound => RpcStatusCode::NOT_FOUND,
+        Kind::AlreadyExists => RpcStatusCode::ALREADY_EXISTS,
+        // RouterOS refused a value derived from the request's parameters.
+        Kind::InvalidValue => RpcStatusCode::INVALID_ARGUMENT,
+        // The operator fixes credentials or trust; until then the RDS is
+        // unavailable to us, and retrying is right.
+        Kind::Unauthorized | Kind::Tls => RpcStatusCode::UNAVAILABLE,
+        Kind::TooOld | Kind::Rejected | Kind::Config => RpcStatusCode::FAILED_PRECONDITION,
+        Kind::Protocol => RpcStatusCode::INTERNAL,
+    };
+    RpcStatus::with_message(code, message)
+}
+
 /// A required string field: present and non-empty, or INVALID_ARGUMENT
 /// naming the field.
 pub fn require<'a>(field: &str, value: &'a str) -> Result<&'a str, RpcStatus> {

@@ -279,6 +279,32 @@ impl SizePolicy {
     }
 }
 
+/// Parses a byte count: plain digits, or a number with a binary suffix
+/// `K`/`M`/`G`/`T` or `Ki`/`Mi`/`Gi`/`Ti` (RouterOS and Kubernetes both read
+/// these as powers of 1024), e.g. `50Gi`, `1073741824`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count (e.g. 1073741824 or 1Gi)"))?;
+    let mult: u64 = match suffix {
+        "" => 1,
+        "K" | "Ki" => 1 << 10,
+        "M" | "Mi" => 1 << 20,
+        "G" | "Gi" => 1 << 30,
+        "T" | "Ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {suffix:?} (use K, M, G, T or Ki, Mi, Gi, Ti)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 // ---------------------------------------------------------------------------
 // Filesystems and connection parameters
 // ---------------------------------------------------------------------------
@@ -642,9 +668,10 @@ const RECORD_TAG: &str = "rds-csi/v1";
 /// compatible repeat from a conflicting one), PV/PVC names for operators,
 /// and the nodes it is published to.
 ///
-/// Format: `rds-csi/v1 name=<n> params=<hex> pv=<..> pvc=<ns>/<name> nodes=<a>,<b>`
+/// Format: `rds-csi/v1 name=<n> params=<hex> pv=<..> pvc=<ns>/<name> nodes=<a>,<b> -- <note>`
 /// — space-separated `key=value`, values restricted to characters that need
-/// no escaping (names are validated before they get here).
+/// no escaping (names are validated before they get here); a disk's earlier
+/// comment, if it had one, is kept as the free-text note after ` -- `.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ownership {
     pub name: String,
@@ -652,7 +679,11 @@ pub struct Ownership {
     pub pv: Option<String>,
     pub pvc: Option<String>,
     pub nodes: Vec<String>,
+    /// The comment the disk had before this driver recorded itself on it.
+    pub note: String,
 }
+
+const NOTE_SEPARATOR: &str = " -- ";
 
 impl Ownership {
     pub fn to_comment(&self) -> String {
@@ -666,17 +697,25 @@ impl Ownership {
         if !self.nodes.is_empty() {
             s.push_str(&format!(" nodes={}", self.nodes.join(",")));
         }
+        if !self.note.is_empty() {
+            s.push_str(NOTE_SEPARATOR);
+            s.push_str(&self.note);
+        }
         s
     }
 
     /// `None` for a comment that is not ours (a disk made by hand or by the
     /// Go driver, which left no record).
     pub fn from_comment(comment: &str) -> Option<Ownership> {
-        let mut words = comment.split_whitespace();
+        let (record, note) = comment.split_once(NOTE_SEPARATOR).unwrap_or((comment, ""));
+        let mut words = record.split_whitespace();
         if words.next()? != RECORD_TAG {
             return None;
         }
-        let mut own = Ownership::default();
+        let mut own = Ownership {
+            note: note.to_string(),
+            ..Default::default()
+        };
         for word in words {
             let (k, v) = word.split_once('=')?;
             match k {
@@ -806,6 +845,19 @@ mod tests {
             Err(CapacityError::Invalid(_))
         ));
         assert!(matches!(p.size_for(-1, 0), Err(CapacityError::Invalid(_))));
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("1073741824"), Ok(GIB));
+        assert_eq!(parse_bytes("1Gi"), Ok(GIB));
+        assert_eq!(parse_bytes("1G"), Ok(GIB));
+        assert_eq!(parse_bytes("50Gi"), Ok(50 * GIB));
+        assert_eq!(parse_bytes("512Mi"), Ok(512 * MIB));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        for bad in ["", "Gi", "1.5Gi", "1GB", "-1", "99999999999999T"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -977,6 +1029,7 @@ mod tests {
             pv: Some("pvc-3f2a".into()),
             pvc: Some("apps/data".into()),
             nodes: vec!["worker-1".into()],
+            note: String::new(),
         };
         let c = own.to_comment();
         assert!(c.starts_with("rds-csi/v1 name=pvc-3f2a1b4c"), "{c}");
@@ -984,7 +1037,10 @@ mod tests {
         let mut none = own;
         none.nodes.clear();
         none.pv = None;
-        assert_eq!(Ownership::from_comment(&none.to_comment()), Some(none));
+        assert_eq!(Ownership::from_comment(&none.to_comment()), Some(none.clone()));
+        let mut noted = none.clone();
+        noted.note = "old comment -- with its own separator".into();
+        assert_eq!(Ownership::from_comment(&noted.to_comment()), Some(noted));
         assert_eq!(Ownership::from_comment("made by hand"), None);
         assert_eq!(Ownership::from_comment(""), None);
     }

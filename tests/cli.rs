@@ -94,3 +94,25 @@ fn flags_can_come_from_the_environment() {
         .unwrap();
     assert_eq!(info.name, "env.csi.example");
 }
+
+#[test]
+fn check_config_validates_without_serving() {
+    let (code, out, err) = run_cli(
+        &[
+            "serve",
+            "--controller",
+            "--rds-address",
+            "https://rds.lan",
+            "--check-config",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("configuration is valid") && out.contains("rds.lan"),
+        "{out}"
+    );
+    let (code, _, err) = run_cli(&["serve", "--controller", "--check-config"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--rds-address"), "{err}");
+}

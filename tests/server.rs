@@ -188,3 +188,135 @@ fn sigint_also_stops_cleanly() {
     assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
     assert!(!d.socket.exists());
 }
+
+// The slow calls below are real ones: CreateVolume against an rds-sim that
+// answers every REST request after a delay.
+
+#[test]
+fn slow_calls_do_not_delay_a_fast_one() {
+    use common::csi::{create_request, ControllerEnv, GIB};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let env = Arc::new(ControllerEnv::start(&[]));
+    // Each create makes several REST calls; four go to the RDS at a time.
+    env.sim.fault(serde_json::json!({"latency_ms": 300}));
+    let slow: Vec<_> = (0..63)
+        .map(|i| {
+            let env = Arc::clone(&env);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let r = env.create(&create_request(&format!("vol-slow-{i}"), GIB, &[]));
+                (r.is_ok(), started.elapsed())
+            })
+        })
+        .collect();
+    // Let the slow calls get going, then time a fast one among them.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let info = env
+        .driver
+        .identity()
+        .get_plugin_info(&csi::GetPluginInfoRequest::new(), opt(10))
+        .unwrap();
+    let fast = started.elapsed();
+    assert_eq!(info.name, "rds.csi.srvlab.io");
+    let results: Vec<(bool, Duration)> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    let still_running = results
+        .iter()
+        .filter(|(_, took)| *took > Duration::from_millis(500) + fast)
+        .count();
+    // Some creates may give up waiting for a turn at the RDS (4 requests at
+    // a time): slow either way, which is all this test needs.
+    assert!(results.iter().any(|(ok, _)| *ok), "no slow create succeeded");
+    // The fast call was answered while most slow ones were still running.
+    assert!(
+        still_running > 32,
+        "only {still_running} slow calls outlived the fast one"
+    );
+    assert!(fast < Duration::from_millis(300), "the fast call took {fast:?}");
+}
+
+#[test]
+fn the_in_flight_bound_refuses_at_once() {
+    use common::csi::{create_request, status_of, ControllerEnv, GIB};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let env = Arc::new(ControllerEnv::start(&["--max-in-flight", "2"]));
+    env.sim.fault(serde_json::json!({"latency_ms": 400}));
+    let busy: Vec<_> = (0..2)
+        .map(|i| {
+            let env = Arc::clone(&env);
+            std::thread::spawn(move || env.create(&create_request(&format!("vol-busy-{i}"), GIB, &[])))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let err = status_of(env.create(&create_request("vol-third", GIB, &[])).unwrap_err());
+    assert_eq!(err.code(), RpcStatusCode::RESOURCE_EXHAUSTED, "{}", err.message());
+    assert!(err.message().contains("limit 2"), "{}", err.message());
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+    // Probe is exempt: a busy driver is not a dead one.
+    assert!(env
+        .driver
+        .identity()
+        .probe(&csi::ProbeRequest::new(), opt(5))
+        .is_ok());
+    for t in busy {
+        t.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn sigterm_lets_a_call_in_flight_finish_then_removes_the_socket() {
+    use common::csi::{create_request, ControllerEnv, GIB};
+    let mut env = ControllerEnv::start(&[]);
+    env.sim.fault(serde_json::json!({"latency_ms": 300}));
+    let client = env.controller();
+    let call =
+        std::thread::spawn(move || client.create_volume(&create_request("vol-drain", GIB, &[]), opt(30)));
+    std::thread::sleep(Duration::from_millis(400));
+    env.driver.signal(libc::SIGTERM);
+    let resp = call.join().unwrap().expect("the call in flight completes");
+    assert_eq!(resp.volume.capacity_bytes, GIB);
+    assert_eq!(env.driver.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    assert!(!env.driver.socket.exists(), "socket left behind");
+    assert!(env.disk(&resp.volume.volume_id).is_some());
+    let log = env.driver.log_text();
+    assert!(
+        log.contains("SIGTERM received") && log.contains("1 call(s) in flight"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_grace_period_bounds_the_wait() {
+    use common::csi::{create_request, ControllerEnv, GIB};
+    use std::time::Instant;
+    let mut env = ControllerEnv::start(&["--shutdown-grace", "1"]);
+    env.sim.fault(serde_json::json!({"latency_ms": 3000}));
+    let client = env.controller();
+    let call =
+        std::thread::spawn(move || client.create_volume(&create_request("vol-slow-stop", GIB, &[]), opt(30)));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    env.driver.signal(libc::SIGTERM);
+    assert_eq!(env.driver.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        call.join().unwrap().is_err(),
+        "the abandoned call cannot have succeeded"
+    );
+    assert!(
+        env.driver.log_text().contains("grace period over"),
+        "{}",
+        env.driver.log_text()
+    );
+}

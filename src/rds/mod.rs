@@ -313,7 +313,7 @@ impl Client {
         };
         let exported = disk.nvme_tcp_export
             && disk.effective_port() == new.port
-            && new.nqn.as_deref().map_or(true, |nqn| disk.effective_nqn() == nqn);
+            && new.nqn.as_deref().is_none_or(|nqn| disk.effective_nqn() == nqn);
         let id = disk.id.clone();
         if !exported {
             let mut changes = Map::new();
@@ -400,7 +400,7 @@ impl Client {
         }
         let size = d.bytes().map(|b| b.to_string()).unwrap_or_default();
         // A disk we finished may be larger than asked if it was grown since.
-        if d.bytes().map_or(true, |b| b < new.size_bytes) {
+        if d.bytes().is_none_or(|b| b < new.size_bytes) {
             verify("size", new.size_bytes.to_string(), size)?;
         }
         Ok(())

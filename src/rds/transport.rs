@@ -278,7 +278,9 @@ impl Transport {
         body: Option<&Value>,
     ) -> Result<Value, Error> {
         let body = body.map(Value::to_string);
+        let mut attempts = 0;
         let result = retry::run_blocking(&self.retry, Error::is_transient, |attempt| {
+            attempts = attempt.number;
             let timeout = self
                 .request_timeout
                 .min(attempt.remaining.max(MIN_ATTEMPT_TIMEOUT));
@@ -290,6 +292,7 @@ impl Transport {
             }
             result
         });
+        record_metrics(op, &result, attempts);
         result.map_err(|failure| {
             if failure.gave_up == retry::GaveUp::Definite || failure.attempts <= 1 {
                 failure.error
@@ -480,6 +483,26 @@ pub(crate) fn escape_segment(segment: &str) -> String {
         }
     }
     out
+}
+
+/// Counts one REST operation by outcome (after retries), and its retries.
+fn record_metrics(op: Op, result: &Result<Value, retry::Failure<Error>>, attempts: u32) {
+    let operation = op.to_string().replace(' ', "_");
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(f) => format!("{:?}", f.error.kind()).to_ascii_lowercase(),
+    };
+    crate::metrics::inc(
+        "rds_csi_rds_requests_total",
+        &[("operation", &operation), ("outcome", &outcome)],
+    );
+    if attempts > 1 {
+        crate::metrics::add(
+            "rds_csi_rds_retries_total",
+            &[("operation", &operation)],
+            f64::from(attempts - 1),
+        );
+    }
 }
 
 #[cfg(test)]

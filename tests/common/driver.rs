@@ -105,8 +105,8 @@ impl Driver {
     pub fn wait_for_socket(&mut self, limit: Duration) {
         let end = Instant::now() + limit;
         while Instant::now() < end {
-            // Connectable, not merely present: a stale socket from an
-            // earlier run exists before the driver has replaced it.
+            // Connectable, not merely present: a stale socket file from an
+            // earlier run exists before the driver replaces it.
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }

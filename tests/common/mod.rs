@@ -4,6 +4,7 @@
 //! helper.
 #![allow(dead_code)]
 
+pub mod csi;
 pub mod driver;
 pub mod fabric;
 

@@ -1,0 +1,738 @@
+//! The Controller service through the real binary against a running
+//! `rds-sim`: the volume lifecycle checked on the emulator's state at each
+//! step, idempotency, concurrency, validation, full pools, outages and
+//! crashes between steps.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::csi::*;
+use common::driver::opt;
+use common::{Sim, SimOptions};
+use grpcio::RpcStatusCode;
+use rds_csi::proto::csi;
+use rds_csi::proto::csi::volume_capability::access_mode::Mode;
+use serde_json::json;
+
+const PVC: &str = "pvc-3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+const PVC_SLOT: &str = "pvc-3f2a1b4c5d6e4f708a9b0c1d2e3f";
+
+fn capacity(env: &ControllerEnv) -> i64 {
+    env.controller()
+        .get_capacity(&csi::GetCapacityRequest::new(), opt(10))
+        .unwrap()
+        .available_capacity
+}
+
+fn list_ids(env: &ControllerEnv) -> Vec<String> {
+    env.controller()
+        .list_volumes(&csi::ListVolumesRequest::new(), opt(10))
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.volume.volume_id.clone())
+        .collect()
+}
+
+#[test]
+fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
+    let env = ControllerEnv::start(&[]);
+    let before = capacity(&env);
+    assert_eq!(before, 100 * GIB);
+
+    let resp = env
+        .create(&create_request(
+            PVC,
+            GIB,
+            &[
+                ("ctrlLossTmo", "-1"),
+                ("reconnectDelay", "7"),
+                ("keepAliveTmo", "30"),
+                ("csi.storage.k8s.io/pv/name", PVC),
+                ("csi.storage.k8s.io/pvc/name", "data"),
+                ("csi.storage.k8s.io/pvc/namespace", "apps"),
+            ],
+        ))
+        .unwrap();
+    let vol = resp.volume.unwrap();
+    assert_eq!(vol.volume_id, PVC_SLOT);
+    assert_eq!(vol.capacity_bytes, GIB);
+    let nqn = format!("nqn.2000-02.com.mikrotik:{PVC_SLOT}");
+    let ctx = &vol.volume_context;
+    assert_eq!(ctx["nqn"], nqn);
+    assert_eq!(ctx["nvmeAddress"], "127.0.0.1");
+    assert_eq!(ctx["nvmePort"], "4420");
+    assert_eq!(ctx["fsType"], "ext4");
+    assert_eq!(ctx["ctrlLossTmo"], "-1");
+    assert_eq!(ctx["reconnectDelay"], "7");
+    assert_eq!(ctx["keepAliveTmo"], "30");
+
+    // On the RDS: a file disk, exported under the NQN, exact size, our record.
+    let disk = env.disk(PVC_SLOT).expect("disk created");
+    assert_eq!(disk["type"], "file");
+    assert_eq!(disk["file-path"], format!("/storage-pool/csi/{PVC_SLOT}.img"));
+    assert_eq!(disk["size"], "1073741824");
+    assert_eq!(disk["nvme-tcp-export"], "true");
+    assert_eq!(disk["nvme-tcp-server-nqn"], nqn);
+    assert_eq!(disk["nvme-tcp-server-port"], "4420");
+    assert_eq!(disk["mount-filesystem"], "false");
+    let comment = disk["comment"].as_str().unwrap();
+    assert!(
+        comment.starts_with(&format!("rds-csi/v1 name={PVC} ")),
+        "{comment}"
+    );
+    assert!(comment.contains("pvc=apps/data"), "{comment}");
+    let file = format!("storage-pool/csi/{PVC_SLOT}.img");
+    let host_file = env.sim.backing_path(&file);
+    assert_eq!(std::fs::metadata(&host_file).unwrap().len(), 1 << 30);
+    assert!(env.sim.exports_file()["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["nqn"] == nqn));
+
+    assert_eq!(capacity(&env), before - GIB);
+    assert_eq!(list_ids(&env), vec![PVC_SLOT.to_string()]);
+
+    // Publish records the node on the disk; a second node is fenced off.
+    let published = env.publish(PVC_SLOT, "node-a", rwo()).unwrap();
+    assert_eq!(published.publish_context["nqn"], nqn);
+    assert_eq!(published.publish_context["nvmeAddress"], "127.0.0.1");
+    assert!(env.disk(PVC_SLOT).unwrap()["comment"]
+        .as_str()
+        .unwrap()
+        .contains("nodes=node-a"));
+    let err = status_of(env.publish(PVC_SLOT, "node-b", rwo()).unwrap_err());
+    assert_eq!(err.code(), RpcStatusCode::FAILED_PRECONDITION);
+    assert!(err.message().contains("node-a"), "{}", err.message());
+
+    // Expand: grown on the RDS, the filesystem still to grow on the node.
+    let grown = env.expand(PVC_SLOT, 2 * GIB, false).unwrap();
+    assert_eq!(grown.capacity_bytes, 2 * GIB);
+    assert!(grown.node_expansion_required);
+    assert_eq!(env.disk(PVC_SLOT).unwrap()["size"], "2147483648");
+    assert_eq!(std::fs::metadata(&host_file).unwrap().len(), 2 << 30);
+
+    // Still published: deleting is refused.
+    let err = status_of(env.delete(PVC_SLOT).unwrap_err());
+    assert_eq!(err.code(), RpcStatusCode::FAILED_PRECONDITION);
+    assert!(err.message().contains("node-a"), "{}", err.message());
+
+    env.unpublish(PVC_SLOT, "node-a").unwrap();
+    assert!(!env.disk(PVC_SLOT).unwrap()["comment"]
+        .as_str()
+        .unwrap()
+        .contains("nodes="));
+
+    env.delete(PVC_SLOT).unwrap();
+    assert!(env.disk(PVC_SLOT).is_none(), "disk left behind");
+    assert!(
+        !env.files().iter().any(|f| f.ends_with(".img")),
+        "backing file left: {:?}",
+        env.files()
+    );
+    assert!(!host_file.exists());
+    assert!(env.sim.exports_file()["exports"].as_array().unwrap().is_empty());
+    assert_eq!(capacity(&env), before);
+    assert!(list_ids(&env).is_empty());
+}
+
+#[test]
+fn every_rpc_twice_gives_the_same_answer() {
+    let env = ControllerEnv::start(&[]);
+    let mut req = create_request("vol-twice", 3 * GIB / 2, &[("fsType", "xfs")]);
+    req.volume_capabilities = vec![mount_cap("", Mode::SINGLE_NODE_WRITER)];
+    let first = env.create(&req).unwrap();
+    let second = env.create(&req).unwrap();
+    assert_eq!(first, second);
+    let id = first.volume.volume_id.clone();
+    // 1.5 GiB is already a whole number of MiB.
+    assert_eq!(first.volume.capacity_bytes, 3 * GIB / 2);
+
+    assert_eq!(
+        env.publish(&id, "n1", rwo()).unwrap(),
+        env.publish(&id, "n1", rwo()).unwrap()
+    );
+    let e1 = env.expand(&id, 2 * GIB, false).unwrap();
+    let e2 = env.expand(&id, 2 * GIB, false).unwrap();
+    assert_eq!(e1, e2);
+    env.unpublish(&id, "n1").unwrap();
+    env.unpublish(&id, "n1").unwrap();
+    // A create repeated after an expansion is still the same volume.
+    assert_eq!(env.create(&req).unwrap().volume.volume_id, id);
+    env.delete(&id).unwrap();
+    env.delete(&id).unwrap();
+    assert!(env.volume_slots().is_empty());
+    // Unknown volumes: unpublish and delete succeed.
+    env.unpublish("pvc-nothere", "n1").unwrap();
+    env.delete("pvc-nothere").unwrap();
+    env.delete("Not A Volume").unwrap();
+}
+
+#[test]
+fn same_name_with_a_different_request_is_already_exists() {
+    let env = ControllerEnv::start(&[]);
+    env.create(&create_request("vol-a", GIB, &[])).unwrap();
+    for (req, why) in [
+        (create_request("vol-a", 2 * GIB, &[]), "bigger"),
+        (
+            create_request("vol-a", GIB, &[("reconnectDelay", "9")]),
+            "other parameters",
+        ),
+        (
+            {
+                let mut r = create_request("vol-a", GIB, &[]);
+                r.volume_capabilities = vec![mount_cap("xfs", Mode::SINGLE_NODE_WRITER)];
+                r
+            },
+            "other filesystem",
+        ),
+    ] {
+        let err = status_of(env.create(&req).unwrap_err());
+        assert_eq!(
+            err.code(),
+            RpcStatusCode::ALREADY_EXISTS,
+            "{why}: {}",
+            err.message()
+        );
+        assert!(err.message().contains("vol-a"), "{}", err.message());
+    }
+    assert_eq!(env.volume_slots().len(), 1);
+}
+
+#[test]
+fn concurrent_creates_of_one_name_make_exactly_one_disk() {
+    let env = Arc::new(ControllerEnv::start(&[]));
+    env.sim.fault(json!({"latency_ms": 20}));
+    let barrier = Arc::new(Barrier::new(64));
+    let threads: Vec<_> = (0..64)
+        .map(|_| {
+            let (env, barrier) = (Arc::clone(&env), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                env.create(&create_request("vol-race", GIB, &[]))
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut aborted = 0;
+    for t in threads {
+        match t.join().unwrap() {
+            Ok(resp) => ids.push(resp.volume.volume_id.clone()),
+            Err(e) => {
+                let st = status_of(e);
+                assert_eq!(st.code(), RpcStatusCode::ABORTED, "{}", st.message());
+                aborted += 1;
+            }
+        }
+    }
+    assert!(!ids.is_empty(), "nobody created the volume");
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "different volumes: {ids:?}");
+    assert_eq!(ids.len() + aborted, 64);
+    assert_eq!(env.volume_slots(), vec![ids[0].clone()]);
+}
+
+#[test]
+fn each_bad_value_is_invalid_argument_naming_it() {
+    let env = ControllerEnv::start(&[]);
+    let bad_params: &[(&str, &str)] = &[
+        ("fsType", "btrfs"),
+        ("nvmeAddress", "not a host"),
+        ("nvmePort", "0"),
+        ("nvmePort", "70000"),
+        ("volumePath", "storage-pool/csi/../../etc"),
+        ("volumePath", "other-pool/x"),
+        ("ctrlLossTmo", "-2"),
+        ("reconnectDelay", "0"),
+        ("keepAliveTmo", "-1"),
+        ("ctrlLossTimeout", "5"),
+    ];
+    for (k, v) in bad_params {
+        let err = status_of(
+            env.create(&create_request("vol-bad", GIB, &[(k, v)]))
+                .unwrap_err(),
+        );
+        assert_eq!(
+            err.code(),
+            RpcStatusCode::INVALID_ARGUMENT,
+            "{k}={v}: {}",
+            err.message()
+        );
+        assert!(err.message().contains(k), "{k}={v}: {}", err.message());
+    }
+
+    type Mutation = fn(&mut csi::CreateVolumeRequest);
+    let fields: &[(&str, Mutation)] = &[
+        ("name", |r| r.name.clear()),
+        ("name", |r| r.name = "bad name!".into()),
+        ("volume_capabilities", |r| r.volume_capabilities.clear()),
+        ("access_type", |r| {
+            r.volume_capabilities = vec![csi::VolumeCapability::new()]
+        }),
+        ("access_mode", |r| {
+            r.volume_capabilities = vec![mount_cap("ext4", Mode::UNKNOWN)]
+        }),
+        ("fs_type", |r| {
+            r.volume_capabilities = vec![mount_cap("ntfs", Mode::SINGLE_NODE_WRITER)]
+        }),
+        ("MULTI_NODE_MULTI_WRITER", |r| {
+            r.volume_capabilities = vec![mount_cap("ext4", Mode::MULTI_NODE_MULTI_WRITER)]
+        }),
+        ("--allow-multi-node-block", |r| {
+            r.volume_capabilities = vec![block_cap(Mode::MULTI_NODE_MULTI_WRITER)]
+        }),
+        ("capacity_range", |r| {
+            r.capacity_range.as_mut().unwrap().required_bytes = -1
+        }),
+        ("limit_bytes", |r| {
+            r.capacity_range.as_mut().unwrap().limit_bytes = 1000
+        }),
+        ("volume_content_source", |r| {
+            r.volume_content_source = Some(csi::VolumeContentSource::new()).into()
+        }),
+        ("fsType", |r| {
+            r.parameters.insert("fsType".into(), "xfs".into());
+        }),
+    ];
+    for (field, mutate) in fields {
+        let mut req = create_request("vol-bad", 2 * GIB, &[]);
+        mutate(&mut req);
+        let err = status_of(env.create(&req).unwrap_err());
+        assert_eq!(
+            err.code(),
+            RpcStatusCode::INVALID_ARGUMENT,
+            "{field}: {}",
+            err.message()
+        );
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    // A limit no size fits is OUT_OF_RANGE.
+    let mut req = create_request("vol-bad", GIB + 1, &[]);
+    req.capacity_range.as_mut().unwrap().limit_bytes = GIB + 2;
+    let err = status_of(env.create(&req).unwrap_err());
+    assert_eq!(err.code(), RpcStatusCode::OUT_OF_RANGE, "{}", err.message());
+    // Nothing was created by any of them.
+    assert!(env.volume_slots().is_empty(), "{:?}", env.volume_slots());
+    assert!(!env.files().iter().any(|f| f.ends_with(".img")));
+}
+
+#[test]
+fn multi_node_block_only_when_enabled() {
+    let env = ControllerEnv::start(&["--allow-multi-node-block"]);
+    let mut req = create_request("vol-shared", GIB, &[]);
+    req.volume_capabilities = vec![block_cap(Mode::MULTI_NODE_MULTI_WRITER)];
+    let id = env.create(&req).unwrap().volume.volume_id.clone();
+    env.publish(&id, "n1", block_cap(Mode::MULTI_NODE_MULTI_WRITER))
+        .unwrap();
+    env.publish(&id, "n2", block_cap(Mode::MULTI_NODE_MULTI_WRITER))
+        .unwrap();
+    let comment = env.disk(&id).unwrap()["comment"].as_str().unwrap().to_string();
+    assert!(comment.contains("nodes=n1,n2"), "{comment}");
+    // Filesystems stay single-node even then.
+    let mut req = create_request("vol-shared-fs", GIB, &[]);
+    req.volume_capabilities = vec![mount_cap("ext4", Mode::MULTI_NODE_MULTI_WRITER)];
+    assert_eq!(code_of(env.create(&req)), RpcStatusCode::INVALID_ARGUMENT);
+}
+
+#[test]
+fn a_full_pool_is_resource_exhausted_and_leaves_nothing_behind() {
+    let env = ControllerEnv::with_pool(3 << 30, &["--capacity-reserve", "1Gi"]);
+    assert_eq!(capacity(&env), 2 * GIB);
+    env.create(&create_request("vol-fits", GIB, &[])).unwrap();
+    let err = status_of(
+        env.create(&create_request("vol-too-big", 2 * GIB, &[]))
+            .unwrap_err(),
+    );
+    assert_eq!(err.code(), RpcStatusCode::RESOURCE_EXHAUSTED);
+    // The message carries the numbers.
+    assert!(
+        err.message().contains(&(2 * GIB).to_string()),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains(&GIB.to_string()), "{}", err.message());
+    // The RDS itself refusing (a race with another user of the pool) is
+    // mapped the same way, and nothing is left either.
+    env.sim.fault(json!({"no_space": true}));
+    let err = status_of(
+        env.create(&create_request("vol-refused", GIB / 2, &[]))
+            .unwrap_err(),
+    );
+    assert_eq!(err.code(), RpcStatusCode::RESOURCE_EXHAUSTED, "{}", err.message());
+    env.sim.reset_faults();
+    assert_eq!(env.volume_slots().len(), 1);
+    assert_eq!(env.files().iter().filter(|f| f.ends_with(".img")).count(), 1);
+}
+
+#[test]
+fn an_rds_outage_is_unavailable_and_the_retry_completes_without_leaks() {
+    let env = ControllerEnv::start(&[]);
+    let req = create_request("vol-outage", GIB, &[]);
+    env.sim.fault(json!({"down_for_ms": 4000}));
+    let started = Instant::now();
+    let err = status_of(env.create(&req).unwrap_err());
+    assert_eq!(err.code(), RpcStatusCode::UNAVAILABLE, "{}", err.message());
+    // --rds-retry-for 2: the call gives up in seconds, not minutes.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    env.sim.wait_until_up(Duration::from_secs(10));
+    let id = env.create(&req).unwrap().volume.volume_id.clone();
+    assert_eq!(env.volume_slots(), vec![id.clone()]);
+
+    env.sim.fault(json!({"down_for_ms": 4000}));
+    assert_eq!(code_of(env.delete(&id)), RpcStatusCode::UNAVAILABLE);
+    env.sim.wait_until_up(Duration::from_secs(10));
+    env.delete(&id).unwrap();
+    assert!(env.volume_slots().is_empty());
+    assert!(
+        !env.files().iter().any(|f| f.ends_with(".img")),
+        "{:?}",
+        env.files()
+    );
+}
+
+#[test]
+fn delete_finishes_whatever_step_a_crash_stopped_at() {
+    let env = ControllerEnv::start(&[]);
+    // Crash after "export off": the disk is still there, unexported.
+    let a = env
+        .create(&create_request("vol-step1", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let disk = env.disk(&a).unwrap();
+    let (st, _) = env.sim.request(
+        "PATCH",
+        &format!("/rest/disk/{}", disk[".id"].as_str().unwrap()),
+        Some(&json!({"nvme-tcp-export": "false"})),
+    );
+    assert_eq!(st, 200);
+    env.delete(&a).unwrap();
+    assert!(env.disk(&a).is_none());
+    assert!(!env.files().iter().any(|f| f.contains(&a)));
+
+    // Crash after "disk removed": only the backing file is left.
+    let b = env
+        .create(&create_request("vol-step2", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let disk = env.disk(&b).unwrap();
+    let (st, _) = env.sim.request(
+        "DELETE",
+        &format!("/rest/disk/{}", disk[".id"].as_str().unwrap()),
+        None,
+    );
+    assert!(st == 200 || st == 204, "{st}");
+    assert!(
+        env.files().iter().any(|f| f.contains(&b)),
+        "the file stays with the disk gone"
+    );
+    env.delete(&b).unwrap();
+    assert!(!env.files().iter().any(|f| f.contains(&b)), "{:?}", env.files());
+}
+
+#[test]
+fn a_driver_killed_during_delete_is_finished_by_the_next_delete() {
+    let mut env = ControllerEnv::start(&[]);
+    let id = env
+        .create(&create_request("vol-killed", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    // Slow the RDS so the kill lands somewhere inside the delete's steps.
+    env.sim.fault(json!({"latency_ms": 400}));
+    let client = env.controller();
+    let id2 = id.clone();
+    let call = std::thread::spawn(move || {
+        let mut req = csi::DeleteVolumeRequest::new();
+        req.volume_id = id2;
+        client.delete_volume(&req, opt(30))
+    });
+    std::thread::sleep(Duration::from_millis(1300));
+    env.restart_driver();
+    let _ = call.join();
+    env.sim.reset_faults();
+    env.delete(&id).unwrap();
+    assert!(env.disk(&id).is_none());
+    assert!(!env.files().iter().any(|f| f.contains(&id)), "{:?}", env.files());
+}
+
+#[test]
+fn the_attachment_survives_a_controller_restart() {
+    let mut env = ControllerEnv::start(&[]);
+    let id = env
+        .create(&create_request("vol-fence", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    env.publish(&id, "node-a", rwo()).unwrap();
+    env.restart_driver();
+    let err = status_of(env.publish(&id, "node-b", rwo()).unwrap_err());
+    assert_eq!(err.code(), RpcStatusCode::FAILED_PRECONDITION);
+    assert!(err.message().contains("node-a"), "{}", err.message());
+    env.publish(&id, "node-a", rwo()).unwrap();
+}
+
+#[test]
+fn volumes_of_the_go_driver_work_for_every_rpc() {
+    // RouterOS releases before 7.24 took 40-character slots.
+    let sim = Sim::with(SimOptions {
+        extra_args: vec!["--max-slot-len".into(), "40".into()],
+        ..Default::default()
+    });
+    let legacy = "pvc-0e7c2a9d-41b3-4c55-9f0e-6a1d2b3c4d5e";
+    sim.client()
+        .create_disk(&rds_csi::rds::NewDisk {
+            slot: legacy.into(),
+            file_path: format!("storage-pool/csi/{legacy}.img"),
+            size_bytes: 1 << 30,
+            comment: String::new(),
+            nqn: Some(format!("nqn.2000-02.com.mikrotik:{legacy}")),
+            port: 4420,
+        })
+        .unwrap();
+    let env = ControllerEnv::with_sim(sim, &[]);
+    assert_eq!(list_ids(&env), vec![legacy.to_string()]);
+
+    let mut v = csi::ValidateVolumeCapabilitiesRequest::new();
+    v.volume_id = legacy.into();
+    v.volume_capabilities = vec![rwo()];
+    assert!(env
+        .controller()
+        .validate_volume_capabilities(&v, opt(10))
+        .unwrap()
+        .confirmed
+        .is_some());
+    let mut g = csi::ControllerGetVolumeRequest::new();
+    g.volume_id = legacy.into();
+    assert_eq!(
+        env.controller()
+            .controller_get_volume(&g, opt(10))
+            .unwrap()
+            .volume
+            .capacity_bytes,
+        GIB
+    );
+
+    let ctx = env.publish(legacy, "node-a", rwo()).unwrap().publish_context;
+    assert_eq!(ctx["nqn"], format!("nqn.2000-02.com.mikrotik:{legacy}"));
+    assert_eq!(
+        code_of(env.publish(legacy, "node-b", rwo())),
+        RpcStatusCode::FAILED_PRECONDITION
+    );
+    assert_eq!(
+        env.expand(legacy, 2 * GIB, false).unwrap().capacity_bytes,
+        2 * GIB
+    );
+    env.unpublish(legacy, "node-a").unwrap();
+    env.delete(legacy).unwrap();
+    assert!(env.volume_slots().is_empty());
+    assert!(!env.files().iter().any(|f| f.ends_with(".img")));
+}
+
+#[test]
+fn list_volumes_pages_and_rejects_bad_tokens() {
+    let env = ControllerEnv::start(&[]);
+    let mut made: Vec<String> = (0..5)
+        .map(|i| {
+            env.create(&create_request(&format!("vol-page-{i}"), GIB, &[]))
+                .unwrap()
+                .volume
+                .volume_id
+                .clone()
+        })
+        .collect();
+    made.sort();
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let mut req = csi::ListVolumesRequest::new();
+        req.max_entries = 2;
+        req.starting_token = token.clone();
+        let resp = env.controller().list_volumes(&req, opt(10)).unwrap();
+        assert!(resp.entries.len() <= 2);
+        seen.extend(resp.entries.iter().map(|e| e.volume.volume_id.clone()));
+        if resp.next_token.is_empty() {
+            break;
+        }
+        token = resp.next_token;
+    }
+    assert_eq!(seen, made);
+    let mut req = csi::ListVolumesRequest::new();
+    req.starting_token = "not/a token".into();
+    assert_eq!(
+        code_of(env.controller().list_volumes(&req, opt(10))),
+        RpcStatusCode::ABORTED
+    );
+}
+
+#[test]
+fn validate_volume_capabilities_confirms_only_what_is_supported() {
+    let env = ControllerEnv::start(&[]);
+    let id = env
+        .create(&create_request("vol-validate", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let ask = |cap: csi::VolumeCapability, vol: &str| {
+        let mut req = csi::ValidateVolumeCapabilitiesRequest::new();
+        req.volume_id = vol.into();
+        req.volume_capabilities = vec![cap];
+        env.controller().validate_volume_capabilities(&req, opt(10))
+    };
+    assert!(ask(rwo(), &id).unwrap().confirmed.is_some());
+    let resp = ask(mount_cap("ext4", Mode::MULTI_NODE_MULTI_WRITER), &id).unwrap();
+    assert!(resp.confirmed.is_none());
+    assert!(
+        resp.message.contains("MULTI_NODE_MULTI_WRITER"),
+        "{}",
+        resp.message
+    );
+    assert_eq!(code_of(ask(rwo(), "pvc-unknown")), RpcStatusCode::NOT_FOUND);
+}
+
+#[test]
+fn expansion_never_shrinks_and_block_needs_no_node_step() {
+    let env = ControllerEnv::start(&[]);
+    let id = env
+        .create(&create_request("vol-grow", 2 * GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let smaller = env.expand(&id, GIB, false).unwrap();
+    assert_eq!(smaller.capacity_bytes, 2 * GIB);
+    assert_eq!(env.disk(&id).unwrap()["size"], "2147483648");
+    let block = env.expand(&id, 3 * GIB, true).unwrap();
+    assert_eq!(block.capacity_bytes, 3 * GIB);
+    assert!(!block.node_expansion_required);
+    assert_eq!(
+        code_of(env.expand("pvc-unknown", GIB, false)),
+        RpcStatusCode::NOT_FOUND
+    );
+}
+
+#[test]
+fn capabilities_advertise_what_is_implemented() {
+    use csi::controller_service_capability::rpc::Type;
+    let env = ControllerEnv::start(&[]);
+    let caps = env
+        .controller()
+        .controller_get_capabilities(&csi::ControllerGetCapabilitiesRequest::new(), opt(10))
+        .unwrap();
+    let types: Vec<Type> = caps
+        .capabilities
+        .iter()
+        .map(|c| c.rpc().type_.enum_value_or_default())
+        .collect();
+    for t in [
+        Type::CREATE_DELETE_VOLUME,
+        Type::PUBLISH_UNPUBLISH_VOLUME,
+        Type::EXPAND_VOLUME,
+        Type::GET_CAPACITY,
+        Type::LIST_VOLUMES,
+    ] {
+        assert!(types.contains(&t), "{t:?} missing");
+    }
+    for t in [
+        Type::CREATE_DELETE_SNAPSHOT,
+        Type::CLONE_VOLUME,
+        Type::MODIFY_VOLUME,
+    ] {
+        assert!(!types.contains(&t), "{t:?} advertised but not built");
+    }
+    // The plugin capabilities name the controller service.
+    let plugin = env
+        .driver
+        .identity()
+        .get_plugin_capabilities(&csi::GetPluginCapabilitiesRequest::new(), opt(10))
+        .unwrap();
+    assert!(plugin.capabilities.iter().any(|c| c.has_service()));
+    // Snapshots are not built: UNIMPLEMENTED.
+    let mut snap = csi::CreateSnapshotRequest::new();
+    snap.source_volume_id = "pvc-x".into();
+    snap.name = "snap".into();
+    assert_eq!(
+        code_of(env.controller().create_snapshot(&snap, opt(10))),
+        RpcStatusCode::UNIMPLEMENTED
+    );
+}
+
+fn wait_ready(env: &ControllerEnv, want: bool) {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = env
+            .driver
+            .identity()
+            .probe(&csi::ProbeRequest::new(), opt(5))
+            .unwrap()
+            .ready
+            .value;
+        if ready == want {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "Probe never became ready={want}; log:\n{}",
+            env.driver.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn probe_follows_whether_the_rds_can_be_used() {
+    let env = ControllerEnv::start(&[]);
+    wait_ready(&env, true);
+    env.sim.fault(json!({"down_for_ms": 3000}));
+    wait_ready(&env, false);
+    env.sim.wait_until_up(Duration::from_secs(10));
+    wait_ready(&env, true);
+    let log = env.driver.log_text();
+    assert!(log.contains("not ready"), "{log}");
+}
+
+#[test]
+fn probe_is_not_ready_with_wrong_credentials() {
+    let sim = Sim::start();
+    let dir = common::TempDir::new("creds");
+    let (user, pass) = common::write_credentials(&dir.path, "admin", "not-the-password");
+    let mut args = controller_args(&sim, &[]);
+    for (flag, value) in [("--rds-username-file", &user), ("--rds-password-file", &pass)] {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value.display().to_string();
+    }
+    let driver = common::driver::Driver::start_with(common::driver::DriverOpts {
+        args,
+        ..Default::default()
+    });
+    let env = ControllerEnv {
+        sim,
+        driver,
+        extra: Vec::new(),
+    };
+    wait_ready(&env, false);
+    let log = env.driver.log_text();
+    assert!(log.contains("unauthorized"), "{log}");
+    assert!(!log.contains("not-the-password"), "password logged:\n{log}");
+    // A create says why, too.
+    let err = status_of(env.create(&create_request("vol-auth", GIB, &[])).unwrap_err());
+    assert_eq!(err.code(), RpcStatusCode::UNAVAILABLE);
+    assert!(err.message().contains("unauthorized"), "{}", err.message());
+    // Fixing the mounted secret is picked up without a restart.
+    let right = std::fs::read_to_string(&env.sim.password_file).unwrap();
+    std::fs::write(&pass, right).unwrap();
+    wait_ready(&env, true);
+    env.create(&create_request("vol-auth", GIB, &[])).unwrap();
+}

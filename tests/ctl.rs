@@ -1,0 +1,146 @@
+//! `rds-csi ctl` against the real driver: human and JSON output, the gRPC
+//! code and message on failure, exit codes.
+
+mod common;
+
+use common::csi::ControllerEnv;
+use common::driver::driver_bin;
+use serde_json::Value;
+
+/// Runs `rds-csi ctl --endpoint <env's socket> <args>`.
+fn ctl(env: &ControllerEnv, args: &[&str]) -> (i32, String, String) {
+    let endpoint = format!("unix://{}", env.driver.socket.display());
+    let out = std::process::Command::new(driver_bin())
+        .arg("ctl")
+        .arg("--endpoint")
+        .arg(&endpoint)
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run rds-csi ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok_json(env: &ControllerEnv, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = ctl(env, &all);
+    assert_eq!(code, 0, "ctl {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {args:?} printed no JSON ({e}): {out}"))
+}
+
+#[test]
+fn a_volume_through_ctl_in_json_and_text() {
+    let env = ControllerEnv::start(&[]);
+    let info = ok_json(&env, &["info"]);
+    assert_eq!(info["name"], "rds.csi.srvlab.io");
+    assert!(info["controller_capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "CREATE_DELETE_VOLUME"));
+    assert!(info["node_capabilities"].is_null(), "{info}");
+    assert_eq!(ok_json(&env, &["probe"])["ready"], true);
+
+    let created = ok_json(
+        &env,
+        &[
+            "create",
+            "vol-ctl",
+            "--size",
+            "1Gi",
+            "--param",
+            "reconnectDelay=7",
+            "--fs",
+            "xfs",
+        ],
+    );
+    let id = created["volume_id"].as_str().unwrap().to_string();
+    assert_eq!(created["capacity_bytes"], 1 << 30);
+    assert_eq!(created["volume_context"]["reconnectDelay"], "7");
+    assert_eq!(created["volume_context"]["fsType"], "xfs");
+    assert!(env.disk(&id).is_some());
+
+    let (code, text, _) = ctl(&env, &["list"]);
+    assert_eq!(code, 0);
+    assert!(text.contains(&id) && text.contains("1 volume(s)"), "{text}");
+    let cap = ok_json(&env, &["capacity"]);
+    assert_eq!(cap["available_capacity"], (100u64 << 30) - (1 << 30));
+
+    let published = ok_json(&env, &["publish", &id, "--node", "node-1"]);
+    assert_eq!(published["publish_context"]["nvmePort"], "4420");
+    let (code, text, _) = ctl(&env, &["list"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("node-1"), "{text}");
+    let grown = ok_json(&env, &["expand", &id, "--size", "2Gi"]);
+    assert_eq!(grown["capacity_bytes"], 2u64 << 30);
+    assert_eq!(grown["node_expansion_required"], true);
+    ok_json(&env, &["unpublish", &id, "--node", "node-1"]);
+    let (code, text, _) = ctl(&env, &["delete", &id]);
+    assert_eq!(code, 0);
+    assert_eq!(text.trim(), format!("deleted volume {id}"));
+    assert!(env.disk(&id).is_none());
+}
+
+#[test]
+fn failures_show_the_code_and_message_and_exit_1() {
+    let env = ControllerEnv::start(&[]);
+    let (code, out, err) = ctl(
+        &env,
+        &["create", "vol-bad", "--size", "1Gi", "--param", "nvmePort=0"],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("CreateVolume failed: INVALID_ARGUMENT") && err.contains("nvmePort"),
+        "{err}"
+    );
+    let (code, _, err) = ctl(&env, &["publish", "pvc-missing", "--node", "n"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+    // The node service is not served by this process.
+    let (code, _, err) = ctl(&env, &["unstage", "pvc-x", "--staging-path", "/tmp/x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("UNIMPLEMENTED"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = ControllerEnv::start(&[]);
+    for args in [
+        &["create", "x"][..],
+        &["frobnicate"][..],
+        &["delete", "x", "--bogus"][..],
+        &["--timeout", "0", "info"][..],
+    ] {
+        let (code, _, err) = ctl(&env, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("ctl --help"), "{err}");
+    }
+    let (code, out, _) = ctl(&env, &["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("publish-node") && out.contains("--context-file"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unreachable_socket_is_a_clear_failure() {
+    let dir = common::TempDir::new("ctl-nosock");
+    let out = std::process::Command::new(driver_bin())
+        .args(["ctl", "--timeout", "2", "--endpoint"])
+        .arg(format!("unix://{}", dir.join("none.sock").display()))
+        .arg("probe")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Probe failed") && (err.contains("UNAVAILABLE") || err.contains("DEADLINE_EXCEEDED")),
+        "{err}"
+    );
+}

@@ -128,6 +128,14 @@ pub const FLAGS: &[Flag] = &[
         help: "serve Prometheus metrics at http://ADDR:PORT/metrics (off unless given; e.g. 0.0.0.0:9090)",
         fallback_env: &[],
     },
+    Flag {
+        name: "kubelet-dir",
+        metavar: Some("PATH"),
+        subs: &[Sub::Doctor],
+        default: Some("/var/lib/kubelet"),
+        help: "the kubelet's root directory, checked to be writable (k3s uses the standard path)",
+        fallback_env: &[],
+    },
     // --- controller: the RDS and how volumes are laid out on it ---------
     Flag {
         name: "rds-address",
@@ -244,7 +252,7 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "capacity-reserve",
         metavar: Some("BYTES"),
-        subs: SERVE,
+        subs: SERVE_DOCTOR,
         default: Some("0"),
         help: "pool space never given to volumes, e.g. 50Gi (suffixes K/M/G/T and Ki/Mi/Gi/Ti are binary)",
         fallback_env: &[],

@@ -19,6 +19,7 @@ pub mod volume;
 
 // The node plugin (attach over NVMe/TCP, format, mount).
 pub mod device;
+pub mod doctor;
 pub mod exec;
 pub mod mount;
 pub mod node;

@@ -50,9 +50,15 @@ fn main() -> ExitCode {
                 ExitCode::from(e.exit_code())
             }
         },
-        Command::Run(Sub::Doctor, _) => {
-            eprintln!("rds-csi: this command is not available yet");
-            ExitCode::from(2)
+        Command::Run(Sub::Doctor, values) => {
+            // Only problems are logged; the report itself goes to stdout.
+            let level = rds_csi::config::log_level(&values).unwrap_or(log::LevelFilter::Warn);
+            init_logging(level.min(log::LevelFilter::Warn));
+            match rds_csi::doctor::run(&values) {
+                Ok(checks) if rds_csi::doctor::report(&checks) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => usage_error(&e),
+            }
         }
     }
 }
@@ -146,4 +152,3 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     running.shutdown(cfg.shutdown_grace);
     Ok(())
 }
-

@@ -126,6 +126,9 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(node) = &node {
         readiness.push(node.readiness());
         node.clean_up_orphans(ORPHAN_CLEAN_UP_BUDGET);
+        if cfg.metrics_address.is_some() {
+            node.register_metrics();
+        }
     }
     if let Some(cc) = cfg.controller_config.clone() {
         let rds = rds::Client::new(cc.rds)?;

@@ -317,6 +317,28 @@ impl NodeService {
         })
     }
 
+    /// Registers the node's scrape-time gauges: volumes staged here and
+    /// those whose controller is not live, read from sysfs at each scrape
+    /// so they are right after a restart too.
+    pub fn register_metrics(&self) {
+        let (sysfs, prefix) = (self.sysfs().clone(), self.settings.nvme.prefix.clone());
+        let ours = move || -> Vec<crate::device::Subsystem> {
+            sysfs
+                .subsystems()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| prefix.manages(&s.nqn))
+                .collect()
+        };
+        let staged = ours.clone();
+        crate::metrics::register_gauge_fn("rds_csi_volumes_staged", move || {
+            vec![(Vec::new(), staged().len() as f64)]
+        });
+        crate::metrics::register_gauge_fn("rds_csi_volumes_abnormal", move || {
+            vec![(Vec::new(), ours().iter().filter(|s| !s.is_live()).count() as f64)]
+        });
+    }
+
     /// The start-up clean-up (see `orphan`), before serving.
     pub fn clean_up_orphans(&self, budget: Duration) -> orphan::Report {
         orphan::clean_up(&self.nvme, self.mount_table(), budget)

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::device::{self, BlockDevice, Lookup, Subsystem, Sysfs};
 use crate::exec;
+use crate::metrics;
 use crate::retry::{self, GaveUp};
 use crate::volume::{ConnectionConfig, Nqn, NqnPrefix};
 
@@ -402,11 +403,12 @@ impl Nvme {
         self.check_managed(nqn)?;
         match self.sysfs.lookup(nqn)? {
             Lookup::Ready(sub, dev) if sub.is_live() => {
+                metrics::inc("rds_csi_nvme_connects_total", &[("outcome", "reused")]);
                 return Ok(Attached {
                     subsystem: sub,
                     device: dev,
                     connected_now: false,
-                })
+                });
             }
             Lookup::Ready(sub, _) | Lookup::NoDevice(sub, _) if sub.is_reconnecting() => {
                 return Err(Error::Reconnecting {
@@ -466,8 +468,17 @@ impl Nvme {
                 }
             }
         });
+        metrics::inc(
+            "rds_csi_nvme_connects_total",
+            &[("outcome", if result.is_ok() { "connected" } else { "failed" })],
+        );
         match result {
             Ok((subsystem, device)) => {
+                metrics::observe(
+                    "rds_csi_nvme_connect_duration_seconds",
+                    &[],
+                    started.elapsed().as_secs_f64(),
+                );
                 info!(
                     "connected {nqn} at {}:{} as {} in {:.1}ms",
                     target.address,
@@ -504,6 +515,13 @@ impl Nvme {
         if self.sysfs.subsystem(nqn)?.is_none() {
             return Ok(false);
         }
+        let result = self.disconnect_connected(nqn, limit);
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        metrics::inc("rds_csi_nvme_disconnects_total", &[("outcome", outcome)]);
+        result
+    }
+
+    fn disconnect_connected(&self, nqn: &str, limit: Duration) -> Result<bool, Error> {
         let started = Instant::now();
         let timeout = COMMAND_TIMEOUT.min(limit).max(Duration::from_secs(1));
         exec::run_ok(&self.settings.bin, &["disconnect", "-n", nqn], timeout).map_err(|source| {

@@ -151,7 +151,10 @@ pub fn clean_up(nvme: &Nvme, table: Result<MountTable, crate::mount::Error>, bud
                 }
                 info!("orphan clean-up: disconnecting {nqn} ({why})");
                 match nvme.disconnect_within(&nqn, left) {
-                    Ok(_) => report.disconnected.push(nqn),
+                    Ok(_) => {
+                        crate::metrics::inc("rds_csi_orphans_cleaned_total", &[]);
+                        report.disconnected.push(nqn)
+                    }
                     Err(e) => {
                         warn!("orphan clean-up: {}", crate::error_chain(&e));
                         report.failed.push(nqn);

@@ -772,13 +772,18 @@ fn node_driver_problems(spec: &Value, drv: &Value, kubelet: &str, p: &mut impl F
     }
 }
 
-/// A container port named `healthz` (or `registrar-hz`) must be where some
-/// container's `--http-endpoint` listens.
+/// Every container port must be where some container listens: a sidecar's
+/// `--http-endpoint`, or the driver's `--metrics-address`.
 fn health_port_problems(spec: &Value, p: &mut impl FnMut(String)) {
     let containers = items(spec, "containers");
     let listening: BTreeSet<String> = containers
         .iter()
-        .filter_map(|c| flag_value(&strings(c, "args"), "--http-endpoint"))
+        .flat_map(|c| {
+            let args = strings(c, "args");
+            let metrics = flag_value(&args, "--metrics-address")
+                .and_then(|a| a.rsplit_once(':').map(|(_, port)| format!(":{port}")));
+            flag_value(&args, "--http-endpoint").into_iter().chain(metrics)
+        })
         .collect();
     for c in containers {
         for port in items(c, "ports") {
@@ -1450,6 +1455,7 @@ fn the_helm_chart_with_other_values_passes_every_check() {
         },
         "controller": {"allowMultiNodeBlock": true, "extraArgs": ["--rds-timeout=20"], "replicas": 2},
         "node": {"extraArgs": ["--shutdown-grace=10"], "healthPort": 29808},
+        "metrics": {"enabled": true, "controllerPort": 9191, "nodePort": 29810},
         "storageClasses": [{
             "name": "fast", "default": true, "allowVolumeExpansion": true,
             "parameters": {"fsType": "xfs", "volumePath": "raid1/k8s/fast", "ctrlLossTmo": 600, "nvmePort": 4421},
@@ -1474,10 +1480,16 @@ fn the_helm_chart_with_other_values_passes_every_check() {
         "--volume-base-path=raid1/k8s",
         "--allow-multi-node-block",
         "--rds-timeout=20",
+        "--metrics-address=0.0.0.0:9191",
     ] {
         assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
     }
     let ds = docs.iter().find(|d| d.kind() == "DaemonSet").expect("DaemonSet");
+    let node_args = strings(&ds.obj["spec"]["template"]["spec"]["containers"][0], "args");
+    assert!(
+        node_args.iter().any(|a| a == "--metrics-address=0.0.0.0:29810"),
+        "{node_args:?}"
+    );
     assert!(ds
         .obj
         .to_string()
@@ -1508,10 +1520,6 @@ fn the_helm_chart_refuses_values_it_cannot_deploy() {
         (
             json!({"rds": {"address": EXAMPLE_RDS}, "node": {"mode": "both"}}),
             "node.mode",
-        ),
-        (
-            json!({"rds": {"address": EXAMPLE_RDS}, "metrics": {"enabled": true}}),
-            "metrics.enabled",
         ),
         (
             json!({"rds": {"address": EXAMPLE_RDS, "secret": {"create": true}}}),

@@ -23,10 +23,10 @@ fn python() -> PathBuf {
 }
 
 /// The metrics port, from the driver's log line.
-fn metrics_url(env: &ControllerEnv) -> String {
+fn metrics_url(driver: &common::driver::Driver) -> String {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        let log = env.driver.log_text();
+        let log = driver.log_text();
         if let Some(line) = log.lines().find(|l| l.contains("serving metrics on ")) {
             let url = line.split("serving metrics on ").nth(1).unwrap().trim();
             return url.to_string();
@@ -92,7 +92,7 @@ fn scrape(url: &str) -> Scrape {
 #[test]
 fn metrics_parse_and_move_after_calls() {
     let env = ControllerEnv::start(&["--metrics-address", "127.0.0.1:0"]);
-    let url = metrics_url(&env);
+    let url = metrics_url(&env.driver);
     let before = scrape(&url);
     assert_eq!(before.types["rds_csi_rpc_requests"], "counter");
     assert_eq!(before.types["rds_csi_rpc_duration_seconds"], "histogram");
@@ -132,13 +132,18 @@ fn metrics_parse_and_move_after_calls() {
     assert!(after.get(key) - before.get(key) >= 2.0, "{key}");
     moved("rds_csi_rds_retries_total{operation=read_disk}", 1.0);
     assert!(after.get("rds_csi_rpc_duration_seconds_sum{code=OK,method=CreateVolume}") > 0.0);
-    assert_eq!(after.get("rds_csi_rpc_in_flight{}"), 0.0);
+    // A worker lets go of its call a moment after the client has the reply.
+    let end = Instant::now() + Duration::from_secs(5);
+    while scrape(&url).get("rds_csi_rpc_in_flight{}") != 0.0 {
+        assert!(Instant::now() < end, "calls still in flight");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
 fn other_paths_are_not_found_and_the_flag_is_checked() {
     let env = ControllerEnv::start(&["--metrics-address", "127.0.0.1:0"]);
-    let url = metrics_url(&env);
+    let url = metrics_url(&env.driver);
     let other = url.replace("/metrics", "/other");
     match ureq::get(&other).call() {
         Err(ureq::Error::Status(404, _)) => {}
@@ -158,4 +163,58 @@ fn other_paths_are_not_found_and_the_flag_is_checked() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("--metrics-address"), "{err}");
+}
+
+#[test]
+fn node_metrics_follow_connects_stages_and_orphans() {
+    use common::driver::{opt, Driver, DriverOpts};
+    use common::fabric::{capability, context, create_volume, stage_request, unstage_request, Fabric};
+    let sim = common::Sim::start();
+    let fabric = Fabric::new(&sim, true);
+    // An orphan: connected before the node plugin starts, used by nothing.
+    let orphan = create_volume(&sim, "orphan", 1 << 30);
+    fabric.connect(&orphan.nqn);
+    let mut args = fabric.driver_args();
+    args.extend(["--metrics-address".to_string(), "127.0.0.1:0".to_string()]);
+    let driver = Driver::start_with(DriverOpts {
+        args,
+        ..Default::default()
+    });
+    let url = metrics_url(&driver);
+    let before = scrape(&url);
+    assert_eq!(before.get("rds_csi_orphans_cleaned_total{}"), 1.0);
+    assert_eq!(before.get("rds_csi_volumes_staged{}"), 0.0);
+
+    let vol = create_volume(&sim, "metrics", 1 << 30);
+    let staging = fabric.path("staging-metrics");
+    std::fs::create_dir_all(&staging).unwrap();
+    driver
+        .node()
+        .node_stage_volume(
+            &stage_request(&vol, &staging, capability(false, "ext4"), context(&vol, &[])),
+            opt(60),
+        )
+        .unwrap();
+    let staged = scrape(&url);
+    assert_eq!(staged.get("rds_csi_nvme_connects_total{outcome=connected}"), 1.0);
+    assert_eq!(staged.get("rds_csi_nvme_connect_duration_seconds_count{}"), 1.0);
+    assert_eq!(staged.get("rds_csi_volumes_staged{}"), 1.0);
+    assert_eq!(staged.get("rds_csi_volumes_abnormal{}"), 0.0);
+
+    // The RDS goes away: the kernel would be reconnecting.
+    fabric.fault(&["state", &vol.nqn, "connecting"]);
+    assert_eq!(scrape(&url).get("rds_csi_volumes_abnormal{}"), 1.0);
+    fabric.fault(&["state", &vol.nqn, "live"]);
+
+    driver
+        .node()
+        .node_unstage_volume(&unstage_request(&vol, &staging), opt(60))
+        .unwrap();
+    let after = scrape(&url);
+    assert_eq!(
+        after.get("rds_csi_nvme_disconnects_total{outcome=ok}")
+            - staged.get("rds_csi_nvme_disconnects_total{outcome=ok}"),
+        1.0
+    );
+    assert_eq!(after.get("rds_csi_volumes_staged{}"), 0.0);
 }

@@ -65,7 +65,4 @@ capabilities:
 {{- if not (has .Values.node.mode (list "pod" "host")) }}
 {{- fail (printf "node.mode %q: expected pod or host" .Values.node.mode) }}
 {{- end }}
-{{- if .Values.metrics.enabled }}
-{{- fail "metrics.enabled: this rds-csi has no metrics endpoint yet" }}
-{{- end }}
 {{- end }}

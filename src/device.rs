@@ -236,7 +236,7 @@ fn entries(dir: &Path) -> Result<Vec<String>, Error> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
-    names.sort_by_key(|n| natural_key(n));
+    names.sort_by_cached_key(|n| natural_key(n));
     Ok(names)
 }
 
@@ -299,11 +299,13 @@ impl Sysfs {
 
     /// Every connected subsystem with its controllers and namespaces.
     pub fn subsystems(&self) -> Result<Vec<Subsystem>, Error> {
-        let mut controllers = Vec::new();
+        // Controllers by subsystem NQN, in name order.
+        let mut controllers: std::collections::HashMap<String, Vec<Controller>> =
+            std::collections::HashMap::new();
         for name in entries(&self.roots.sys("class/nvme"))? {
             if is_controller_name(&name) {
-                if let Some(c) = self.controller(&name)? {
-                    controllers.push(c);
+                if let Some((c, nqn)) = self.controller(&name)? {
+                    controllers.entry(nqn).or_default().push(c);
                 }
             }
         }
@@ -314,11 +316,7 @@ impl Sysfs {
             let Some(nqn) = attr(&dir.join("subsysnqn"))? else {
                 continue;
             };
-            let ctrls: Vec<Controller> = controllers
-                .iter()
-                .filter(|(_, n)| *n == nqn)
-                .map(|(c, _)| c.clone())
-                .collect();
+            let ctrls: Vec<Controller> = controllers.get(&nqn).cloned().unwrap_or_default();
             let mut namespaces: Vec<Namespace> = Vec::new();
             // Multipath on: the heads live in the subsystem.
             for entry in entries(&dir)? {
@@ -328,8 +326,11 @@ impl Sysfs {
                     }
                 }
             }
-            // Multipath off: the namespaces live under each controller.
-            for c in &ctrls {
+            // Multipath off: the namespaces live under each controller. (With
+            // multipath on, only hidden per-path nodes are there: skip the
+            // listing, which matters when scanning hundreds of subsystems.)
+            let heads_found = !namespaces.is_empty();
+            for c in ctrls.iter().filter(|_| !heads_found) {
                 let cdir = self.roots.sys(&format!("class/nvme/{}", c.name));
                 for entry in entries(&cdir)? {
                     if is_namespace_name(&entry) && !namespaces.iter().any(|n| n.name == entry) {

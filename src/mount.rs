@@ -249,6 +249,12 @@ impl MountEntry {
 
     /// True when this looks like a bind mount of an NVMe namespace's device node.
     fn binds_device_node(&self) -> bool {
+        // Most mounts are whole filesystems (root `/`): answer those without
+        // parsing a path, since orphan scans ask for every mount of the
+        // host once per connected namespace.
+        if self.root == "/" {
+            return false;
+        }
         Path::new(&self.root)
             .file_name()
             .and_then(|n| n.to_str())

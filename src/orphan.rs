@@ -85,7 +85,14 @@ pub fn select(
         }
         let mut users = Vec::new();
         for ns in &sub.namespaces {
-            users.extend(device_users(sysfs, table, ns, &[])?);
+            // Mounted itself: in use, no need to look at partitions and
+            // holders (two directory reads per namespace on a large host).
+            let mounted = table.users_of(ns.dev);
+            if mounted.is_empty() {
+                users.extend(device_users(sysfs, table, ns, &[])?);
+            } else {
+                users.extend(mounted.iter().map(|p| format!("mounted at {}", p.display())));
+            }
         }
         let names: Vec<&str> = sub.namespaces.iter().map(|n| n.name.as_str()).collect();
         let verdict = if users.is_empty() {
@@ -139,7 +146,7 @@ pub fn clean_up(nvme: &Nvme, table: Result<MountTable, crate::mount::Error>, bud
         match verdict {
             Verdict::Foreign => debug!("orphan clean-up: {nqn} is not under the managed prefix; untouched"),
             Verdict::Keep(why) => {
-                info!("orphan clean-up: keeping {nqn} ({why})");
+                debug!("orphan clean-up: keeping {nqn} ({why})");
                 report.kept.push(nqn);
             }
             Verdict::Orphan(why) => {

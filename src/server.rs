@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,102 @@ impl CallInfo {
 #[derive(Clone)]
 pub struct Dispatcher {
     state: Arc<DispatchState>,
+    replies: Replies,
+}
+
+/// A reply gRPC has yet to confirm, with the call's in-flight count.
+struct Pending {
+    sent: grpcio::UnarySinkResult,
+    _guard: InFlight,
+    method: &'static str,
+    since: Instant,
+}
+
+/// One thread that holds every sent reply until gRPC confirms it, so that
+/// workers can end as soon as they have answered: a worker waiting there
+/// itself would keep its thread (and stack) alive for nothing, doubling
+/// the threads of a burst.
+#[derive(Clone)]
+struct Replies {
+    queue: mpsc::Sender<Pending>,
+    thread: Option<thread::Thread>,
+}
+
+impl Replies {
+    fn start() -> Replies {
+        let (queue, rx) = mpsc::channel::<Pending>();
+        let thread = thread::Builder::new()
+            .name("grpc-replies".into())
+            .stack_size(CALL_STACK_BYTES)
+            .spawn(move || hold_replies(rx))
+            .map(|h| h.thread().clone())
+            .map_err(|e| warn!("cannot start the reply thread ({e}); replies are confirmed by their workers"))
+            .ok();
+        Replies { queue, thread }
+    }
+
+    fn hold(&self, p: Pending) {
+        match &self.thread {
+            Some(t) => {
+                if let Err(mpsc::SendError(p)) = self.queue.send(p) {
+                    wait_reply(p);
+                } else {
+                    t.unpark();
+                }
+            }
+            None => wait_reply(p),
+        }
+    }
+}
+
+/// The reply thread: polls every held reply, sleeping until one of them
+/// (or a new one) wakes it.
+fn hold_replies(rx: mpsc::Receiver<Pending>) {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unparker(thread::Thread);
+    impl Wake for Unparker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unparker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut held: Vec<Pending> = Vec::new();
+    loop {
+        if held.is_empty() {
+            match rx.recv() {
+                Ok(p) => held.push(p),
+                Err(_) => return,
+            }
+        }
+        held.extend(rx.try_iter());
+        held.retain_mut(|p| match std::pin::Pin::new(&mut p.sent).poll(&mut cx) {
+            Poll::Ready(Ok(())) => false,
+            Poll::Ready(Err(e)) => {
+                debug!("rpc {}: the reply was not delivered: {e}", p.method);
+                false
+            }
+            Poll::Pending if p.since.elapsed() > REPLY_WAIT => {
+                debug!(
+                    "rpc {}: gRPC did not confirm the reply within {REPLY_WAIT:?}",
+                    p.method
+                );
+                false
+            }
+            Poll::Pending => true,
+        });
+        if !held.is_empty() {
+            thread::park_timeout(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Waits for one reply on this thread (when the reply thread is missing).
+fn wait_reply(p: Pending) {
+    if let Some(Err(e)) = block_on(p.sent, REPLY_WAIT) {
+        debug!("rpc {}: the reply was not delivered: {e}", p.method);
+    }
 }
 
 struct DispatchState {
@@ -104,6 +200,7 @@ impl Dispatcher {
                 idle: Condvar::new(),
                 draining: AtomicBool::new(false),
             }),
+            replies: Replies::start(),
         }
     }
 
@@ -142,12 +239,12 @@ impl Dispatcher {
         // The closure owns the sink until it can answer; if the thread cannot
         // even start, the sink comes back through this slot to be failed.
         let slot = Arc::new(Mutex::new(Some(sink)));
+        let replies = self.replies.clone();
         let worker_slot = Arc::clone(&slot);
         let spawned = thread::Builder::new()
             .name(format!("csi-{method}"))
             .stack_size(CALL_STACK_BYTES)
             .spawn(move || {
-                let _guard = guard;
                 let result = panic::catch_unwind(AssertUnwindSafe(|| work(&call))).unwrap_or_else(|_| {
                     Err(status::internal(format!(
                         "{method} for {:?} failed unexpectedly (a bug: the handler panicked; see the log)",
@@ -156,12 +253,15 @@ impl Dispatcher {
                 });
                 if let Some(sink) = lock(&worker_slot).take() {
                     let sent = reply(&call, started, sink, result);
-                    // Hold the call until gRPC has sent the reply (see `reply`).
-                    match block_on(sent, REPLY_WAIT) {
-                        Some(Ok(())) => {}
-                        Some(Err(e)) => debug!("rpc {method}: the reply was not delivered: {e}"),
-                        None => debug!("rpc {method}: gRPC did not confirm the reply within {REPLY_WAIT:?}"),
-                    }
+                    // The call must be held until gRPC has sent the reply
+                    // (see `reply`); the reply thread does that, so this
+                    // thread and its stack go away now.
+                    replies.hold(Pending {
+                        sent,
+                        _guard: guard,
+                        method,
+                        since: Instant::now(),
+                    });
                 }
             });
         if let Err(err) = spawned {

@@ -31,7 +31,8 @@
 //! - `version`.
 //! - `fault connect-fail N transient|definite`, `fault disconnect-fail N`,
 //!   `fault device-delay MS` (connect returns, the namespace appears MS
-//!   later from a detached child), `fault unreadable on|off` (the namespace
+//!   later from a detached child, which records when in
+//!   `<state>/appeared.jsonl`), `fault unreadable on|off` (the namespace
 //!   node points at a device that does not exist), `fault state NQN STATE`
 //!   (e.g. `connecting`), `fault clear`. Faults live in `<state>/faults.json`.
 
@@ -173,6 +174,17 @@ fn run(f: &Fabric, args: &[String]) -> Res<String> {
             let _lock = Lock::take(f)?;
             if let Some(c) = Ctrl::read(f, &ctrl) {
                 write_namespace(f, &c)?;
+                // When the device node appeared, for the benchmark's
+                // "device appears → driver uses it" figure.
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                let record = json!({"controller": ctrl, "unix_us": now.as_micros() as u64});
+                let appeared = f.state.join("appeared.jsonl");
+                let mut log = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&appeared)
+                    .map_err(|e| io_fail("appeared.jsonl", e))?;
+                writeln!(log, "{record}").map_err(|e| io_fail("appeared.jsonl", e))?;
             }
             Ok(String::new())
         }
@@ -543,11 +555,18 @@ fn connect(f: &Fabric, args: &[String]) -> Res<String> {
     Ok(String::new())
 }
 
+/// Writes a sysfs attribute whole: a kernel's attributes never show up
+/// empty or half-written, so a reader polling the tree must not see that
+/// from the fake either (temporary file, then rename).
 fn write_attr(path: &Path, value: &str) -> Res<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| io_fail(&format!("mkdir {}", dir.display()), e))?;
     }
-    fs::write(path, format!("{value}\n")).map_err(|e| io_fail(&format!("write {}", path.display()), e))
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, format!("{value}\n")).map_err(|e| io_fail(&format!("write {}", tmp.display()), e))?;
+    fs::rename(&tmp, path).map_err(|e| io_fail(&format!("rename {}", path.display()), e))
 }
 
 fn run_tool(program: &str, args: &[&str]) -> Res<String> {

@@ -192,16 +192,28 @@ fn run() -> Res<()> {
 // Processes and places
 // ---------------------------------------------------------------------------
 
-/// A scratch directory, removed (after unmounting anything left) on drop.
+/// A scratch directory, removed on drop after unmounting anything left
+/// there and detaching the fabrics' loop devices (also after a failure).
 struct Work {
     dir: PathBuf,
+    fabrics: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl Work {
     fn new() -> Res<Work> {
         let dir = std::env::temp_dir().join(format!("rds-bench-{}", std::process::id()));
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        Ok(Work { dir })
+        Ok(Work {
+            dir,
+            fabrics: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Remembers a fabric's `nvme` so its connections are dropped at the end.
+    fn track_fabric(&self, nvme: &Path) {
+        if let Ok(mut f) = self.fabrics.lock() {
+            f.push(nvme.to_path_buf());
+        }
     }
 
     fn sub(&self, name: &str) -> PathBuf {
@@ -224,6 +236,9 @@ impl Drop for Work {
             for p in points {
                 let _ = Command::new("umount").arg(p).status();
             }
+        }
+        for nvme in self.fabrics.lock().map(|f| f.clone()).unwrap_or_default() {
+            let _ = Command::new(nvme).arg("disconnect-all").output();
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -792,6 +807,7 @@ fn node_figures(bins: &Path, work: &Work, grpc: &Arc<Environment>, quick: bool) 
     let dir = work.sub("node");
     let sim = start_sim(bins, &dir.join("sim"), 0)?;
     let fabric = make_fabric(bins, &dir.join("fabric-root"), &sim)?;
+    work.track_fabric(&fabric.nvme);
     let mut out = Vec::new();
 
     // Memory first, on a fresh node plugin: idle, then 64 calls at once.
@@ -972,6 +988,7 @@ fn startup(bins: &Path, work: &Work, grpc: &Arc<Environment>, quick: bool) -> Re
     let dir = work.sub("startup");
     let sim = start_sim(bins, &dir.join("sim"), 0)?;
     let fabric = make_fabric(bins, &dir.join("fabric-root"), &sim)?;
+    work.track_fabric(&fabric.nvme);
     let mut args = controller_args(&sim);
     args.extend(node_args(&fabric));
     let socket = dir.join("csi.sock");

@@ -173,10 +173,13 @@ fn run(f: &Fabric, args: &[String]) -> Res<String> {
             std::thread::sleep(Duration::from_millis(ms));
             let _lock = Lock::take(f)?;
             if let Some(c) = Ctrl::read(f, &ctrl) {
-                write_namespace(f, &c)?;
-                // When the device node appeared, for the benchmark's
-                // "device appears → driver uses it" figure.
+                // When the namespace started to appear, for the benchmark's
+                // "device appears → driver uses it" figure. Taken before the
+                // writes (a reader may see the device before this process
+                // gets to record anything), so the figure errs high by the
+                // time the writes take, never low.
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                write_namespace(f, &c)?;
                 let record = json!({"controller": ctrl, "unix_us": now.as_micros() as u64});
                 let appeared = f.state.join("appeared.jsonl");
                 let mut log = fs::OpenOptions::new()

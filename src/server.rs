@@ -121,14 +121,8 @@ impl Replies {
 /// (or a new one) wakes it.
 fn hold_replies(rx: mpsc::Receiver<Pending>) {
     use std::future::Future;
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unparker(thread::Thread);
-    impl Wake for Unparker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unparker(thread::current())));
+    use std::task::{Context, Poll};
+    let waker = thread_waker();
     let mut cx = Context::from_waker(&waker);
     let mut held: Vec<Pending> = Vec::new();
     loop {
@@ -597,19 +591,24 @@ impl Running {
     }
 }
 
-/// Polls a future to completion on this thread, giving up (`None`) after
-/// `limit`. grpcio reports a sent reply and a finished shutdown as futures;
-/// no executor is worth pulling in for these waits.
-fn block_on<F: std::future::Future + Unpin>(mut fut: F, limit: Duration) -> Option<F::Output> {
-    use std::task::{Context, Wake, Waker};
+/// A waker that unparks the current thread: the whole executor the few
+/// grpcio futures here need.
+fn thread_waker() -> std::task::Waker {
     struct Unparker(thread::Thread);
-    impl Wake for Unparker {
+    impl std::task::Wake for Unparker {
         fn wake(self: Arc<Self>) {
             self.0.unpark();
         }
     }
-    let waker = Waker::from(Arc::new(Unparker(thread::current())));
-    let mut cx = Context::from_waker(&waker);
+    std::task::Waker::from(Arc::new(Unparker(thread::current())))
+}
+
+/// Polls a future to completion on this thread, giving up (`None`) after
+/// `limit`. grpcio reports a sent reply and a finished shutdown as futures;
+/// no executor is worth pulling in for these waits.
+fn block_on<F: std::future::Future + Unpin>(mut fut: F, limit: Duration) -> Option<F::Output> {
+    let waker = thread_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
     let end = Instant::now() + limit;
     loop {
         if let std::task::Poll::Ready(out) = std::pin::Pin::new(&mut fut).poll(&mut cx) {

@@ -15,4 +15,9 @@ fi
 scripts/build-static.sh
 # The integration tests also start the stripped static binary from dist/.
 export RDS_CSI_DIST_BIN="$RDS_ROOT/dist/rds-csi"
-rds_cargo test "$@"
+# Unit, binary and integration tests (the crate has no doc tests), then one
+# line adding up every test binary's result.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+rds_cargo test --tests "$@" 2>&1 | tee "$log"
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"

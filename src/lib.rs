@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod echo;
 pub mod ctl;
 pub mod host;
 pub mod identity;

@@ -639,7 +639,7 @@ pub struct MountFlagError {
 
 impl fmt::Display for MountFlagError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "mount flag {} {}", echo(&self.flag), self.why)
+        write!(f, "mount flag {}: {}", echo(&self.flag), self.why)
     }
 }
 
@@ -654,7 +654,7 @@ pub fn check_mount_flags(flags: &[String]) -> Result<(), MountFlagError> {
     if total > MOUNT_FLAGS_MAX {
         return Err(MountFlagError {
             flag: flags.join(","),
-            why: "list is longer than mount(2) takes (one page)",
+            why: "the list is longer than mount(2) takes (one page)",
         });
     }
     for flag in flags.iter().flat_map(|f| f.split(',')).map(str::trim) {

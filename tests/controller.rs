@@ -1098,3 +1098,35 @@ fn each_rpc_makes_few_rest_requests() {
     assert!(env.disk(&id).is_none());
     assert!(!env.files().iter().any(|f| f.contains(&id)));
 }
+
+#[test]
+fn a_half_created_volume_is_finished_by_the_retry_in_one_request_more() {
+    let env = ControllerEnv::start(&["--rds-check-interval", "3600"]);
+    wait_ready(&env, true);
+    let req = create_request("vol-half", GIB, &[]);
+    let id = env.create(&req).unwrap().volume.volume_id.clone();
+    // As if the controller died between the PUT and the export PATCH.
+    let disk = env.disk(&id).unwrap();
+    let (st, _) = env.sim.request(
+        "PATCH",
+        &format!("/rest/disk/{}", disk[".id"].as_str().unwrap()),
+        Some(&json!({"nvme-tcp-export": "false", "nvme-tcp-server-nqn": ""})),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(env.disk(&id).unwrap()["nvme-tcp-export"], "false");
+    // The retry looks up, finds our half-made disk and exports it.
+    let (made, resp) = requests(&env, || env.create(&req).unwrap());
+    assert_eq!(resp.volume.volume_id, id);
+    assert_eq!(made, 2, "look up and the export PATCH");
+    let disk = env.disk(&id).unwrap();
+    assert_eq!(disk["nvme-tcp-export"], "true");
+    assert_eq!(
+        disk["nvme-tcp-server-nqn"],
+        format!("nqn.2000-02.com.mikrotik:{id}")
+    );
+    assert!(env.sim.exports()["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["slot"] == id.as_str()));
+}

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use grpcio::RpcStatus;
 use log::{debug, info};
 
+use crate::echo::echo;
 use crate::locks::{VolumeGuard, VolumeLocks};
 use crate::proto::csi;
 use crate::proto::csi::volume_capability::access_mode::Mode;
@@ -21,6 +22,11 @@ use crate::volume::{
     self, check_name, params_digest, resolve_volume_path, CapacityError, FsType, Nqn, NqnPrefix, Ownership,
     SizePolicy, VolumeContext, VolumeId, VolumeParams,
 };
+
+/// ListVolumes tokens: this prefix and the last slot of the previous page.
+/// A token is accepted only in exactly this form, naming a slot of the exact
+/// shape this driver (or the Go driver) makes.
+const TOKEN_PREFIX: &str = "v1:";
 
 /// What the controller is configured with (validated by `config`).
 #[derive(Debug, Clone)]
@@ -56,8 +62,31 @@ struct Access {
     multi_node: bool,
 }
 
+/// A CreateVolume request's capabilities and parameters, once validated:
+/// what CreateVolume acts on and what ValidateVolumeCapabilities confirms.
+struct Plan {
+    access: Access,
+    params: VolumeParams,
+    fs_type: Option<FsType>,
+    /// The resolved volume folder under the base path.
+    folder: String,
+}
+
+/// What a volume id names on the RDS.
+enum Lookup {
+    /// No disk with this slot (or the id cannot be a slot at all).
+    Missing,
+    /// A disk with this slot exists but is not ours: never touched.
+    Foreign(Box<rds::Disk>),
+    /// One of our volumes, with its record (a fresh one for a legacy disk).
+    Ours(VolumeId, Box<rds::Disk>, Ownership),
+}
+
 impl ControllerService {
     pub fn new(rds: rds::Client, settings: ControllerSettings) -> Self {
+        // The client deletes nothing outside the base path, whatever the
+        // controller asks: a second line of defence behind `owned`.
+        let rds = rds.with_base_path(&settings.base_path);
         ControllerService {
             rds,
             settings,
@@ -99,6 +128,10 @@ impl ControllerService {
             }
             access.block = block;
             if !block {
+                // The node's own rule, so a volume is never made with flags
+                // its stage would refuse.
+                volume::check_mount_flags(&cap.mount().mount_flags)
+                    .map_err(|e| format!("volume_capabilities[{i}].mount.mount_flags: {e}"))?;
                 let fs = &cap.mount().fs_type;
                 if !fs.is_empty() {
                     let fs = FsType::parse(fs)
@@ -159,12 +192,47 @@ impl ControllerService {
         Ok(())
     }
 
-    /// Pool bytes available to new volumes: free minus the reserve.
-    fn available(&self) -> Result<u64, RpcStatus> {
-        let pool = self
-            .rds
+    /// Validates a CreateVolume's capabilities and parameters: the one
+    /// validation CreateVolume and ValidateVolumeCapabilities both apply.
+    fn plan(
+        &self,
+        caps: &[csi::VolumeCapability],
+        parameters: &HashMap<String, String>,
+    ) -> Result<Plan, String> {
+        let access = self.check_access(caps)?;
+        let params = VolumeParams::parse(parameters).map_err(|e| e.to_string())?;
+        let fs_type = match (access.fs_type, params.fs_type) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(format!(
+                    "parameter \"fsType\" = {b} contradicts volume_capabilities fs_type {a}"
+                ))
+            }
+            (a, b) => a.or(b),
+        };
+        let folder =
+            resolve_volume_path(&self.settings.base_path, params.volume_path.as_deref()).map_err(|rule| {
+                format!(
+                    "parameter \"volumePath\" = {}: {rule}",
+                    echo(params.volume_path.as_deref().unwrap_or_default())
+                )
+            })?;
+        Ok(Plan {
+            access,
+            params,
+            fs_type,
+            folder,
+        })
+    }
+
+    /// The pool's capacity as the RDS reports it now.
+    fn pool(&self) -> Result<rds::Pool, RpcStatus> {
+        self.rds
             .pool(&self.settings.pool)
-            .map_err(|e| self.rds_error(&format!("read pool {}", self.settings.pool), e))?;
+            .map_err(|e| self.rds_error(&format!("read pool {}", self.settings.pool), e))
+    }
+
+    /// Pool bytes available to new volumes: free minus the reserve.
+    fn available_in(&self, pool: &rds::Pool) -> Result<u64, RpcStatus> {
         let free = pool.free.ok_or_else(|| {
             status::unavailable(format!(
                 "pool {} reports no free space (is it mounted? state {:?})",
@@ -175,16 +243,49 @@ impl ControllerService {
         Ok(free.saturating_sub(self.settings.capacity_reserve))
     }
 
-    /// The file disk of a volume id, or `None` when the id cannot be ours or
-    /// no such disk exists.
-    fn find(&self, what: &str, id: &str) -> Result<Option<(VolumeId, rds::Disk)>, RpcStatus> {
-        let Some(id) = VolumeId::parse(id) else {
-            return Ok(None);
+    fn available(&self) -> Result<u64, RpcStatus> {
+        self.available_in(&self.pool()?)
+    }
+
+    fn owned(&self, id: &VolumeId, disk: &rds::Disk) -> Option<Ownership> {
+        owned(&self.settings, id, disk)
+    }
+
+    /// Looks a volume id up: one request, none for an id that cannot be a
+    /// slot.
+    fn lookup(&self, what: &str, raw: &str) -> Result<Lookup, RpcStatus> {
+        let Some(id) = VolumeId::parse(raw) else {
+            return Ok(Lookup::Missing);
         };
         match self.rds.disk(id.slot()) {
-            Ok(Some(disk)) if disk.kind.as_deref().is_none_or(|k| k == "file") => Ok(Some((id, disk))),
-            Ok(_) => Ok(None),
+            Ok(Some(disk)) => match self.owned(&id, &disk) {
+                Some(own) => Ok(Lookup::Ours(id, Box::new(disk), own)),
+                None => Ok(Lookup::Foreign(Box::new(disk))),
+            },
+            Ok(None) => Ok(Lookup::Missing),
             Err(e) => Err(self.rds_error(&format!("{what} {id}"), e)),
+        }
+    }
+
+    /// One of our volumes, or NOT_FOUND (a foreign disk is, to the CO, a
+    /// volume that does not exist).
+    fn find_ours(&self, what: &str, raw: &str) -> Result<(VolumeId, rds::Disk, Ownership), RpcStatus> {
+        match self.lookup(what, raw)? {
+            Lookup::Ours(id, disk, own) => Ok((id, *disk, own)),
+            Lookup::Foreign(disk) => {
+                log::warn!(
+                    "{what}: disk {} is not a volume of this driver; not touching it",
+                    echo(&disk.slot)
+                );
+                Err(status::not_found(format!(
+                    "{what}: volume {} does not exist",
+                    echo(raw)
+                )))
+            }
+            Lookup::Missing => Err(status::not_found(format!(
+                "{what}: volume {} does not exist",
+                echo(raw)
+            ))),
         }
     }
 
@@ -203,17 +304,24 @@ impl ControllerService {
         v
     }
 
-    /// Records `own` in the disk's comment and checks it read back.
-    fn write_record(&self, what: &str, id: &VolumeId, own: &Ownership) -> Result<(), RpcStatus> {
+    /// Records `own` in the comment of `disk` (just looked up) and checks
+    /// it read back from RouterOS's answer: one request.
+    fn write_record(
+        &self,
+        what: &str,
+        id: &VolumeId,
+        disk: &rds::Disk,
+        own: &Ownership,
+    ) -> Result<(), RpcStatus> {
         let comment = own.to_comment();
-        let disk = self
+        let written = self
             .rds
-            .set_comment(id.slot(), &comment)
+            .set_comment_known(disk, &comment)
             .map_err(|e| self.rds_error(&format!("{what} {id}: record attachment"), e))?;
-        if disk.comment != comment {
+        if written.comment != comment {
             return Err(status::internal(format!(
-                "{what} {id}: the RDS did not keep the attachment record (comment reads {:?})",
-                disk.comment
+                "{what} {id}: the RDS did not keep the attachment record (comment reads {})",
+                echo(&written.comment)
             )));
         }
         Ok(())
@@ -281,11 +389,33 @@ impl crate::identity::Readiness for RdsHealth {
     }
 }
 
-/// The ownership record of a disk; disks without one (made by the earlier Go
-/// driver, or by hand) get a fresh record that keeps their old comment as a
-/// note, so the attachment fence works for them too.
-fn record_of(id: &VolumeId, disk: &rds::Disk) -> Ownership {
-    Ownership::from_comment(&disk.comment).unwrap_or_else(|| Ownership {
+/// The record that makes `disk` one of our volumes, or `None` when it
+/// is not ours. Ours means: a file disk whose comment carries our
+/// ownership record for this very slot, or a legacy volume of the
+/// earlier Go driver — slot `pvc-<uuid>` exactly, backing file under
+/// the base path, NQN `<managed prefix>:<slot>` — which gets a fresh
+/// record keeping its old comment as a note, so the attachment fence
+/// works for it too. Anything else (a disk made by hand, a VM's disk,
+/// a foreign driver's) is never acted on.
+fn owned(settings: &ControllerSettings, id: &VolumeId, disk: &rds::Disk) -> Option<Ownership> {
+    if disk.kind.as_deref().is_some_and(|k| k != "file") || disk.slot != id.slot() {
+        return None;
+    }
+    if let Some(own) = Ownership::from_comment(&disk.comment) {
+        // A record copied onto another disk does not make it ours: the
+        // slot must be the one the recorded name gives (or, for a legacy
+        // volume recorded on publish, the name is the slot itself).
+        let matches =
+            VolumeId::for_name(&own.name) == *id || (id.is_legacy_shape() && own.name == id.as_str());
+        return matches.then_some(own);
+    }
+    let legacy = id.is_legacy_shape()
+        && disk
+            .file_path
+            .as_deref()
+            .is_some_and(|f| volume::file_under_base(&settings.base_path, f))
+        && settings.nqn_prefix.volume_of(disk.effective_nqn()).as_ref() == Some(id);
+    legacy.then(|| Ownership {
         name: id.to_string(),
         params_digest: "legacy".into(),
         note: disk.comment.clone(),
@@ -334,24 +464,21 @@ impl Controller for ControllerService {
     ) -> Result<csi::CreateVolumeResponse, RpcStatus> {
         check_name(&req.name).map_err(status::invalid_argument)?;
         let name = req.name.as_str();
-        let access = self
-            .check_access(&req.volume_capabilities)
-            .map_err(|e| status::invalid_argument(format!("CreateVolume {name}: {e}")))?;
-        let params = VolumeParams::parse(&req.parameters)
-            .map_err(|e| status::invalid_argument(format!("CreateVolume {name}: {e}")))?;
+        // Validated above, echoed all the same.
+        let shown = echo(name).to_string();
+        let Plan {
+            access,
+            params,
+            fs_type,
+            folder,
+        } = self
+            .plan(&req.volume_capabilities, &req.parameters)
+            .map_err(|e| status::invalid_argument(format!("CreateVolume {shown}: {e}")))?;
         if req.volume_content_source.is_some() {
             return Err(status::invalid_argument(format!(
-                "CreateVolume {name}: volume_content_source is set, but this driver cannot create a volume from a snapshot or another volume yet; no volume was created"
+                "CreateVolume {shown}: volume_content_source is set, but this driver cannot create a volume from a snapshot or another volume yet; no volume was created"
             )));
         }
-        let fs_type = match (access.fs_type, params.fs_type) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(status::invalid_argument(format!(
-                "CreateVolume {name}: parameter \"fsType\" = {b} contradicts volume_capabilities fs_type {a}"
-            )))
-            }
-            (a, b) => a.or(b),
-        };
         let (required, limit) = req
             .capacity_range
             .as_ref()
@@ -361,15 +488,8 @@ impl Controller for ControllerService {
             .sizes
             .size_for(required, limit)
             .map_err(|e| match e {
-                CapacityError::Invalid(m) => status::invalid_argument(format!("CreateVolume {name}: {m}")),
-                CapacityError::OutOfRange(m) => status::out_of_range(format!("CreateVolume {name}: {m}")),
-            })?;
-        let folder =
-            resolve_volume_path(&self.settings.base_path, params.volume_path.as_deref()).map_err(|rule| {
-                status::invalid_argument(format!(
-                    "CreateVolume {name}: parameter \"volumePath\" = {:?}: {rule}",
-                    params.volume_path.as_deref().unwrap_or_default()
-                ))
+                CapacityError::Invalid(m) => status::invalid_argument(format!("CreateVolume {shown}: {m}")),
+                CapacityError::OutOfRange(m) => status::out_of_range(format!("CreateVolume {shown}: {m}")),
             })?;
 
         let id = VolumeId::for_name(name);
@@ -393,47 +513,50 @@ impl Controller for ControllerService {
         let digest = creation_digest(&file_path, &ctx, access.block);
         let _guard = self.lock("CreateVolume", &[name, id.as_str()])?;
 
+        // Request 1: what is there. Everything after works from this answer.
         let existing = self
             .rds
             .disk(id.slot())
-            .map_err(|e| self.rds_error(&format!("CreateVolume {name}: look up disk {id}"), e))?;
+            .map_err(|e| self.rds_error(&format!("CreateVolume {shown}: look up disk {id}"), e))?;
         let own = match &existing {
             Some(disk) => {
-                let Some(own) = Ownership::from_comment(&disk.comment) else {
+                let Some(own) = self.owned(&id, disk) else {
                     return Err(status::already_exists(format!(
-                        "CreateVolume {name}: slot {id} is taken by a disk this driver did not create (comment {:?})",
-                        disk.comment
+                        "CreateVolume {shown}: slot {id} is taken by a disk this driver did not create (comment {})",
+                        echo(&disk.comment)
                     )));
                 };
                 if own.name != name {
                     return Err(status::already_exists(format!(
-                        "CreateVolume {name}: slot {id} already belongs to volume {:?} (slot collision)",
-                        own.name
+                        "CreateVolume {shown}: slot {id} already belongs to volume {} (slot collision)",
+                        echo(&own.name)
                     )));
                 }
                 if own.params_digest != digest {
                     return Err(status::already_exists(format!(
-                        "CreateVolume {name}: volume {id} exists with different parameters (file, export, filesystem or connection settings)"
+                        "CreateVolume {shown}: volume {id} exists with different parameters (file, export, filesystem or connection settings)"
                     )));
                 }
                 if let Some(have) = disk.bytes() {
                     if have < size || (limit > 0 && have > limit as u64) {
                         return Err(status::already_exists(format!(
-                            "CreateVolume {name}: volume {id} exists with {have} bytes, which does not fit the requested capacity range ({required}..{limit})"
+                            "CreateVolume {shown}: volume {id} exists with {have} bytes, which does not fit the requested capacity range ({required}..{limit})"
                         )));
                     }
                 }
-                debug!("CreateVolume {name}: volume {id} exists, checking its export");
+                debug!("CreateVolume {shown}: volume {id} exists, checking its export");
                 own
             }
             None => {
+                // Request 2: room on the pool.
                 let available = self.available()?;
                 if size > available {
                     return Err(status::resource_exhausted(format!(
-                        "CreateVolume {name}: not enough space on pool {}: the volume needs {size} bytes, {available} bytes are available (free space minus the reserve of {} bytes)",
+                        "CreateVolume {shown}: not enough space on pool {}: the volume needs {size} bytes, {available} bytes are available (free space minus the reserve of {} bytes)",
                         self.settings.pool, self.settings.capacity_reserve
                     )));
                 }
+                // Once per folder per process.
                 self.ensure_folder(&folder)?;
                 Ownership {
                     name: name.to_string(),
@@ -461,24 +584,26 @@ impl Controller for ControllerService {
             nqn: Some(nqn.to_string()),
             port: ctx.nvme_port,
         };
-        // Creates, or finishes a disk an earlier attempt left with its
-        // export off; a second call with the same request is a no-op.
-        let disk = match self.rds.create_disk(&new) {
+        // Requests 3 and 4: PUT (when missing) and the export PATCH (when
+        // not yet exported), whose answer is the read-back. A disk an
+        // earlier attempt left with its export off is finished here; a
+        // second call with the same request makes no request at all.
+        let disk = match self.rds.create_disk_known(&new, existing.as_ref()) {
             Ok(disk) => disk,
             Err(e) => {
                 // A definite failure after the disk entry was made would leave
                 // half a volume behind; a transient one is finished by the retry.
                 if existing.is_none() && !e.is_transient() {
                     if let Err(undo) = self.rds.remove_disk(id.slot(), &file_path) {
-                        log::warn!("CreateVolume {name}: could not undo the failed create of {id}: {undo}");
+                        log::warn!("CreateVolume {shown}: could not undo the failed create of {id}: {undo}");
                     }
                 }
-                return Err(self.rds_error(&format!("CreateVolume {name}: create disk {id}"), e));
+                return Err(self.rds_error(&format!("CreateVolume {shown}: create disk {id}"), e));
             }
         };
         if existing.is_none() {
             info!(
-                "CreateVolume {name}: created volume {id} ({} bytes, {file_path}, {nqn})",
+                "CreateVolume {shown}: created volume {id} ({} bytes, {file_path}, {nqn})",
                 new.size_bytes
             );
         }
@@ -493,33 +618,43 @@ impl Controller for ControllerService {
         req: csi::DeleteVolumeRequest,
     ) -> Result<csi::DeleteVolumeResponse, RpcStatus> {
         status::require("volume_id", &req.volume_id)?;
-        // An id that cannot be ours names nothing to delete.
+        // An id that cannot be a slot names nothing to delete.
         let Some(id) = VolumeId::parse(&req.volume_id) else {
             return Ok(csi::DeleteVolumeResponse::new());
         };
         let _guard = self.lock("DeleteVolume", &[id.as_str()])?;
-        let disk = self
-            .rds
-            .disk(id.slot())
-            .map_err(|e| self.rds_error(&format!("DeleteVolume {id}: look up disk"), e))?;
-        match disk {
-            Some(disk) => {
-                let own = record_of(&id, &disk);
+        match self.lookup("DeleteVolume", id.as_str())? {
+            Lookup::Ours(id, disk, own) => {
                 if !own.nodes.is_empty() {
+                    let nodes: Vec<String> = own.nodes.iter().map(|n| echo(n).to_string()).collect();
                     return Err(status::failed_precondition(format!(
                         "DeleteVolume {id}: the volume is still published to node(s) {}; unpublish it first",
-                        own.nodes.join(", ")
+                        nodes.join(", ")
                     )));
                 }
-                let file_path = disk.file_path.clone().unwrap_or_default();
-                // Export off, disk removed, file removed: each step is skipped
-                // when already done, so a retry after a crash finishes the job.
+                // Export off, disk removed, file removed, from the disk just
+                // read: each step is skipped when already done, so a retry
+                // after a crash finishes the job.
                 self.rds
-                    .remove_disk(id.slot(), &file_path)
+                    .remove_disk_known(&disk)
                     .map_err(|e| self.rds_error(&format!("DeleteVolume {id}"), e))?;
-                info!("DeleteVolume {id}: removed disk and {file_path}");
+                info!(
+                    "DeleteVolume {id}: removed disk and {}",
+                    disk.file_path.as_deref().unwrap_or_default()
+                );
             }
-            None => {
+            Lookup::Foreign(disk) => {
+                // To the CO this is a volume that does not exist; to the
+                // operator it is someone's data, left exactly as it is.
+                log::warn!(
+                    "DeleteVolume: disk {} (backing file {}) is not a volume of this driver (no ownership record, and not a pvc-<uuid> volume under {} exported under {}); answering OK without touching it",
+                    echo(&disk.slot),
+                    echo(disk.file_path.as_deref().unwrap_or_default()),
+                    self.settings.base_path,
+                    self.settings.nqn_prefix.as_str()
+                );
+            }
+            Lookup::Missing if id.is_driver_shape() => {
                 // The disk may be gone while its backing file stayed (a crash
                 // between the steps): find the file by name under the base.
                 let suffix = format!("/{}.img", id.slot());
@@ -534,6 +669,7 @@ impl Controller for ControllerService {
                     info!("DeleteVolume {id}: removed leftover backing file {}", file.name);
                 }
             }
+            Lookup::Missing => {}
         }
         Ok(csi::DeleteVolumeResponse::new())
     }
@@ -550,30 +686,27 @@ impl Controller for ControllerService {
             .as_ref()
             .ok_or_else(|| status::invalid_argument("volume_capability is required"))?;
         let access = self.check_access(std::slice::from_ref(cap)).map_err(|e| {
-            status::invalid_argument(format!("ControllerPublishVolume {}: {e}", req.volume_id))
+            status::invalid_argument(format!("ControllerPublishVolume {}: {e}", echo(&req.volume_id)))
         })?;
         let node = req.node_id.as_str();
-        crate::config::check_node_id(node)
-            .map_err(|rule| status::not_found(format!("ControllerPublishVolume: node {node:?} {rule}")))?;
+        crate::config::check_node_id(node).map_err(|rule| {
+            status::not_found(format!("ControllerPublishVolume: node {} {rule}", echo(node)))
+        })?;
         let _guard = self.lock("ControllerPublishVolume", &[req.volume_id.as_str()])?;
-        let Some((id, disk)) = self.find("ControllerPublishVolume", &req.volume_id)? else {
-            return Err(status::not_found(format!(
-                "ControllerPublishVolume: volume {} does not exist",
-                req.volume_id
-            )));
-        };
-        let mut own = record_of(&id, &disk);
+        let (id, disk, mut own) = self.find_ours("ControllerPublishVolume", &req.volume_id)?;
         if !own.nodes.iter().any(|n| n == node) {
             if !access.multi_node {
                 if let Some(other) = own.nodes.first() {
                     return Err(status::failed_precondition(format!(
-                        "ControllerPublishVolume {id}: the volume is already published to node {other}; a single-node volume cannot also be published to {node}"
+                        "ControllerPublishVolume {id}: the volume is already published to node {}; a single-node volume cannot also be published to {}",
+                        echo(other),
+                        echo(node)
                     )));
                 }
             }
             own.nodes.push(node.to_string());
-            self.write_record("ControllerPublishVolume", &id, &own)?;
-            info!("ControllerPublishVolume {id}: published to node {node}");
+            self.write_record("ControllerPublishVolume", &id, &disk, &own)?;
+            info!("ControllerPublishVolume {id}: published to node {}", echo(node));
         }
         let mut resp = csi::ControllerPublishVolumeResponse::new();
         resp.publish_context = publish_context(&self.settings, &id, &disk, &req.volume_context);
@@ -587,18 +720,30 @@ impl Controller for ControllerService {
     ) -> Result<csi::ControllerUnpublishVolumeResponse, RpcStatus> {
         status::require("volume_id", &req.volume_id)?;
         let _guard = self.lock("ControllerUnpublishVolume", &[req.volume_id.as_str()])?;
-        if let Some((id, disk)) = self.find("ControllerUnpublishVolume", &req.volume_id)? {
-            let mut own = record_of(&id, &disk);
-            let before = own.nodes.len();
-            // No node id: unpublish from every node (CSI spec).
-            own.nodes.retain(|n| !req.node_id.is_empty() && n != &req.node_id);
-            if own.nodes.len() != before {
-                self.write_record("ControllerUnpublishVolume", &id, &own)?;
-                info!(
-                    "ControllerUnpublishVolume {id}: unpublished from {:?}",
-                    req.node_id
+        let (id, disk, mut own) = match self.lookup("ControllerUnpublishVolume", &req.volume_id)? {
+            Lookup::Ours(id, disk, own) => (id, *disk, own),
+            // A volume that is gone is unpublished everywhere (CSI spec).
+            Lookup::Missing => return Ok(csi::ControllerUnpublishVolumeResponse::new()),
+            Lookup::Foreign(disk) => {
+                log::warn!(
+                    "ControllerUnpublishVolume: disk {} is not a volume of this driver; not touching it",
+                    echo(&disk.slot)
                 );
+                return Err(status::not_found(format!(
+                    "ControllerUnpublishVolume: volume {} does not exist",
+                    echo(&req.volume_id)
+                )));
             }
+        };
+        let before = own.nodes.len();
+        // No node id: unpublish from every node (CSI spec).
+        own.nodes.retain(|n| !req.node_id.is_empty() && n != &req.node_id);
+        if own.nodes.len() != before {
+            self.write_record("ControllerUnpublishVolume", &id, &disk, &own)?;
+            info!(
+                "ControllerUnpublishVolume {id}: unpublished from {}",
+                echo(&req.node_id)
+            );
         }
         Ok(csi::ControllerUnpublishVolumeResponse::new())
     }
@@ -614,12 +759,7 @@ impl Controller for ControllerService {
             .as_ref()
             .ok_or_else(|| status::invalid_argument("capacity_range is required"))?;
         let _guard = self.lock("ControllerExpandVolume", &[req.volume_id.as_str()])?;
-        let Some((id, disk)) = self.find("ControllerExpandVolume", &req.volume_id)? else {
-            return Err(status::not_found(format!(
-                "ControllerExpandVolume: volume {} does not exist",
-                req.volume_id
-            )));
-        };
+        let (id, disk, _) = self.find_ours("ControllerExpandVolume", &req.volume_id)?;
         let current = disk.bytes().unwrap_or(0);
         let wanted = self
             .settings
@@ -637,7 +777,15 @@ impl Controller for ControllerService {
             // Never shrink: a smaller request is already satisfied.
             current
         } else {
-            let available = self.available()?;
+            let pool = self.pool()?;
+            // More than the whole pool can never fit, whatever is freed.
+            if wanted > pool.size {
+                return Err(status::out_of_range(format!(
+                    "ControllerExpandVolume {id}: {wanted} bytes is more than pool {} holds in total ({} bytes)",
+                    self.settings.pool, pool.size
+                )));
+            }
+            let available = self.available_in(&pool)?;
             if wanted - current > available {
                 return Err(status::resource_exhausted(format!(
                     "ControllerExpandVolume {id}: not enough space on pool {}: growing by {} bytes, {available} bytes available",
@@ -647,7 +795,7 @@ impl Controller for ControllerService {
             }
             let grown = self
                 .rds
-                .grow_disk(id.slot(), wanted)
+                .grow_disk_known(&disk, wanted)
                 .map_err(|e| self.rds_error(&format!("ControllerExpandVolume {id}"), e))?;
             let size = grown.bytes().unwrap_or(0);
             info!("ControllerExpandVolume {id}: grown from {current} to {size} bytes");
@@ -670,24 +818,18 @@ impl Controller for ControllerService {
         if req.volume_capabilities.is_empty() {
             return Err(status::invalid_argument("volume_capabilities is required"));
         }
-        if self.find("ValidateVolumeCapabilities", &req.volume_id)?.is_none() {
-            return Err(status::not_found(format!(
-                "volume {} does not exist",
-                req.volume_id
-            )));
-        }
+        self.find_ours("ValidateVolumeCapabilities", &req.volume_id)?;
         let mut resp = csi::ValidateVolumeCapabilitiesResponse::new();
-        let params_ok = VolumeParams::parse(&req.parameters);
-        match (self.check_access(&req.volume_capabilities), params_ok) {
-            (Ok(_), Ok(_)) => {
+        // Exactly what CreateVolume would accept is confirmed, nothing more.
+        match self.plan(&req.volume_capabilities, &req.parameters) {
+            Ok(_) => {
                 let mut confirmed = csi::validate_volume_capabilities_response::Confirmed::new();
                 confirmed.volume_context = req.volume_context.clone();
                 confirmed.volume_capabilities = req.volume_capabilities.clone();
                 confirmed.parameters = req.parameters.clone();
                 resp.confirmed = Some(confirmed).into();
             }
-            (Err(why), _) => resp.message = why,
-            (_, Err(why)) => resp.message = why.to_string(),
+            Err(why) => resp.message = why,
         }
         Ok(resp)
     }
@@ -700,46 +842,50 @@ impl Controller for ControllerService {
         if req.max_entries < 0 {
             return Err(status::invalid_argument("max_entries must not be negative"));
         }
-        // The token is the last volume id of the previous page: stable when
-        // volumes come and go between pages.
+        // The token is `v1:` and the last volume id of the previous page:
+        // stable when volumes come and go between pages.
         let after = if req.starting_token.is_empty() {
             None
         } else {
-            Some(VolumeId::parse(&req.starting_token).ok_or_else(|| {
+            Some(parse_token(&req.starting_token).ok_or_else(|| {
                 status::aborted(format!(
-                    "starting_token {:?} is not one this driver gave out",
-                    req.starting_token
+                    "starting_token {} is not one this driver gave out",
+                    echo(&req.starting_token)
                 ))
             })?)
         };
-        let mut disks = self
+        let disks = self
             .rds
             .list_disks(volume::SLOT_PREFIX)
             .map_err(|e| self.rds_error("ListVolumes", e))?;
-        disks.retain(|d| d.kind.as_deref() == Some("file") && VolumeId::parse(&d.slot).is_some());
-        disks.sort_by(|a, b| a.slot.cmp(&b.slot));
-        let start = after.map_or(0, |a| disks.partition_point(|d| d.slot.as_str() <= a.as_str()));
+        let mut volumes: Vec<(VolumeId, rds::Disk, Ownership)> = disks
+            .into_iter()
+            .filter_map(|d| {
+                let id = VolumeId::parse(&d.slot)?;
+                let own = self.owned(&id, &d)?;
+                Some((id, d, own))
+            })
+            .collect();
+        volumes.sort_by(|a, b| a.0.cmp(&b.0));
+        let start = after.map_or(0, |a| volumes.partition_point(|v| v.0 <= a));
         let page = if req.max_entries > 0 {
             req.max_entries as usize
         } else {
             usize::MAX
         };
         let mut resp = csi::ListVolumesResponse::new();
-        for disk in disks.iter().skip(start).take(page) {
-            let Some(id) = VolumeId::parse(&disk.slot) else {
-                continue;
-            };
+        for (id, disk, own) in volumes.iter().skip(start).take(page) {
             let mut entry = csi::list_volumes_response::Entry::new();
-            entry.volume = Some(self.volume_message(&id, disk, None)).into();
+            entry.volume = Some(self.volume_message(id, disk, None)).into();
             let mut st = csi::list_volumes_response::VolumeStatus::new();
-            st.published_node_ids = record_of(&id, disk).nodes;
+            st.published_node_ids = own.nodes.clone();
             st.volume_condition = Some(condition_of(disk)).into();
             entry.status = Some(st).into();
             resp.entries.push(entry);
         }
-        if start + resp.entries.len() < disks.len() {
+        if start + resp.entries.len() < volumes.len() {
             if let Some(last) = resp.entries.last() {
-                resp.next_token = last.volume.volume_id.clone();
+                resp.next_token = format!("{TOKEN_PREFIX}{}", last.volume.volume_id);
             }
         }
         Ok(resp)
@@ -785,20 +931,22 @@ impl Controller for ControllerService {
         req: csi::ControllerGetVolumeRequest,
     ) -> Result<csi::ControllerGetVolumeResponse, RpcStatus> {
         status::require("volume_id", &req.volume_id)?;
-        let Some((id, disk)) = self.find("ControllerGetVolume", &req.volume_id)? else {
-            return Err(status::not_found(format!(
-                "volume {} does not exist",
-                req.volume_id
-            )));
-        };
+        let (id, disk, own) = self.find_ours("ControllerGetVolume", &req.volume_id)?;
         let mut resp = csi::ControllerGetVolumeResponse::new();
         resp.volume = Some(self.volume_message(&id, &disk, None)).into();
         let mut st = csi::controller_get_volume_response::VolumeStatus::new();
-        st.published_node_ids = record_of(&id, &disk).nodes;
+        st.published_node_ids = own.nodes;
         st.volume_condition = Some(condition_of(&disk)).into();
         resp.status = Some(st).into();
         Ok(resp)
     }
+}
+
+/// The volume id a ListVolumes token names: `v1:<slot>`, the slot of the
+/// exact shape this driver or the Go driver makes; `None` for anything else.
+fn parse_token(token: &str) -> Option<VolumeId> {
+    let id = VolumeId::parse(token.strip_prefix(TOKEN_PREFIX)?)?;
+    id.is_driver_shape().then_some(id)
 }
 
 /// What makes two CreateVolume requests for one name the same volume.
@@ -885,15 +1033,136 @@ mod tests {
         }
     }
 
+    fn settings() -> ControllerSettings {
+        ControllerSettings {
+            pool: "storage-pool".into(),
+            base_path: "storage-pool/csi".into(),
+            nqn_prefix: NqnPrefix::default(),
+            nvme_address: "10.0.0.1".into(),
+            capacity_reserve: 0,
+            sizes: SizePolicy::default(),
+            allow_multi_node_block: false,
+        }
+    }
+
+    const LEGACY: &str = "pvc-0e7c2a9d-41b3-4c55-9f0e-6a1d2b3c4d5e";
+
+    fn legacy_disk(file: &str, nqn: &str, comment: &str) -> rds::Disk {
+        rds::Disk {
+            slot: LEGACY.into(),
+            file_path: Some(file.into()),
+            nvme_tcp_nqn: Some(nqn.into()),
+            ..disk(comment, true)
+        }
+    }
+
     #[test]
     fn legacy_disks_get_a_record_that_keeps_their_comment() {
-        let id = VolumeId::parse("pvc-1").unwrap();
-        let own = record_of(&id, &disk("made by the go driver", true));
-        assert_eq!(own.name, "pvc-1");
+        let id = VolumeId::parse(LEGACY).unwrap();
+        let d = legacy_disk(
+            &format!("storage-pool/csi/{LEGACY}.img"),
+            &format!("nqn.2000-02.com.mikrotik:{LEGACY}"),
+            "made by the go driver",
+        );
+        let own = owned(&settings(), &id, &d).expect("a legacy volume is ours");
+        assert_eq!(own.name, LEGACY);
         assert!(own.nodes.is_empty());
         assert_eq!(own.note, "made by the go driver");
         let round = Ownership::from_comment(&own.to_comment()).unwrap();
         assert_eq!(round, own);
+        // Once recorded (on publish), the record keeps it ours.
+        let recorded = rds::Disk {
+            comment: own.to_comment(),
+            ..d
+        };
+        assert_eq!(owned(&settings(), &id, &recorded), Some(own));
+    }
+
+    #[test]
+    fn only_our_disks_are_ours() {
+        let s = settings();
+        let id = VolumeId::parse(LEGACY).unwrap();
+        let nqn = format!("nqn.2000-02.com.mikrotik:{LEGACY}");
+        let file = format!("storage-pool/csi/{LEGACY}.img");
+        for (what, d) in [
+            (
+                "file outside the base",
+                legacy_disk("storage-pool/vms/backup.img", &nqn, ""),
+            ),
+            (
+                "file escaping the base",
+                legacy_disk("storage-pool/csi/../vms/x.img", &nqn, ""),
+            ),
+            (
+                "foreign nqn",
+                legacy_disk(&file, "nqn.2014-08.org.example:disk", ""),
+            ),
+            (
+                "another slot's nqn",
+                legacy_disk(&file, "nqn.2000-02.com.mikrotik:pvc-1", ""),
+            ),
+            (
+                "default nqn (the slot)",
+                rds::Disk {
+                    nvme_tcp_nqn: None,
+                    ..legacy_disk(&file, &nqn, "")
+                },
+            ),
+            (
+                "not a file disk",
+                rds::Disk {
+                    kind: Some("raid".into()),
+                    ..legacy_disk(&file, &nqn, "")
+                },
+            ),
+        ] {
+            assert_eq!(owned(&s, &id, &d), None, "{what}");
+        }
+        // Not the UUID shape: never legacy.
+        let hand = VolumeId::parse("vm-backup").unwrap();
+        let d = rds::Disk {
+            slot: "vm-backup".into(),
+            file_path: Some("storage-pool/csi/vm-backup.img".into()),
+            nvme_tcp_nqn: Some("nqn.2000-02.com.mikrotik:vm-backup".into()),
+            ..disk("", true)
+        };
+        assert_eq!(owned(&s, &hand, &d), None);
+        // A record copied onto another slot does not make that disk ours.
+        let mine = VolumeId::for_name("vol-a");
+        let rec = Ownership {
+            name: "vol-a".into(),
+            params_digest: "x".into(),
+            ..Default::default()
+        };
+        let d = rds::Disk {
+            slot: mine.to_string(),
+            comment: rec.to_comment(),
+            ..disk("", true)
+        };
+        assert_eq!(owned(&s, &mine, &d), Some(rec.clone()));
+        let copied = rds::Disk {
+            slot: "vm-backup".into(),
+            ..d
+        };
+        assert_eq!(owned(&s, &hand, &copied), None);
+    }
+
+    #[test]
+    fn list_tokens_are_versioned_and_exact() {
+        let id = VolumeId::for_name("vol-a");
+        assert_eq!(parse_token(&format!("v1:{id}")), Some(id.clone()));
+        assert_eq!(parse_token(&format!("v1:{LEGACY}")).unwrap().as_str(), LEGACY);
+        for bad in [
+            id.to_string(),
+            format!("v2:{id}"),
+            "v1:vm-backup".into(),
+            "v1:pvc-1".into(),
+            "v1:".into(),
+            "not/a token".into(),
+            format!("v1:{id}x"),
+        ] {
+            assert_eq!(parse_token(&bad), None, "{bad}");
+        }
     }
 
     #[test]

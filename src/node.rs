@@ -282,6 +282,7 @@ fn access(cap: &MessageField<csi::VolumeCapability>) -> Result<(Access, bool), R
                     .map_err(|rule| invalid(format!("volume_capability.mount.fs_type: {rule}")))?,
             )
         };
+        crate::volume::check_mount_flags(&m.mount_flags).map_err(|e| invalid(e.to_string()))?;
         let options = MountOptions::parse(&m.mount_flags).map_err(|e| invalid(e.to_string()))?;
         Access::Filesystem { fs, options }
     } else {

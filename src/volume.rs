@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::echo::echo;
+
 /// RouterOS 7.24 refuses longer slots; new volumes always fit.
 pub const SLOT_MAX: usize = 32;
 /// Slots of volumes made by the earlier Go driver (`pvc-<uuid>`, 40
@@ -65,6 +67,26 @@ impl VolumeId {
         &self.0
     }
 
+    /// True for the exact shape of the slots `for_name` makes: `pvc-` and
+    /// 28 lower-case hex digits.
+    pub fn is_new_shape(&self) -> bool {
+        self.0
+            .strip_prefix(SLOT_PREFIX)
+            .is_some_and(|hex| hex.len() == SLOT_MAX - SLOT_PREFIX.len() && is_lower_hex(hex))
+    }
+
+    /// True for the exact shape of the earlier Go driver's slots:
+    /// `pvc-<uuid>`, the UUID lower-case with its four dashes.
+    pub fn is_legacy_shape(&self) -> bool {
+        pvc_uuid_hex(&self.0).is_some()
+    }
+
+    /// True when this driver (or the Go driver before it) could have made
+    /// this id: the only ids a ListVolumes token may name.
+    pub fn is_driver_shape(&self) -> bool {
+        self.is_new_shape() || self.is_legacy_shape()
+    }
+
     /// The RDS disk slot (the same string).
     pub fn slot(&self) -> &str {
         &self.0
@@ -87,15 +109,16 @@ fn pvc_uuid_hex(name: &str) -> Option<String> {
         return None;
     }
     for (g, len) in groups.iter().zip(lens) {
-        if g.len() != len
-            || !g
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if g.len() != len || !is_lower_hex(g) {
             return None;
         }
     }
     Some(groups.concat())
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// CSI names are free text from the CO; keep them to what fits safely in a
@@ -105,14 +128,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err("name is required".into());
     }
     if name.len() > 128 {
-        return Err(format!("name {name:?} is longer than 128 characters"));
+        return Err(format!("name {} is longer than 128 characters", echo(name)));
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     {
         return Err(format!(
-            "name {name:?} may only contain letters, digits, '-', '_' and '.'"
+            "name {} may only contain letters, digits, '-', '_' and '.'",
+            echo(name)
         ));
     }
     Ok(())
@@ -134,17 +158,21 @@ impl Nqn {
     /// Any NQN as the node sees it (from a VolumeContext or sysfs).
     pub fn parse(value: &str) -> Result<Nqn, String> {
         if !value.starts_with("nqn.") {
-            return Err(format!("{value:?} is not an NQN (must start with \"nqn.\")"));
+            return Err(format!(
+                "{} is not an NQN (must start with \"nqn.\")",
+                echo(value)
+            ));
         }
         if value.len() > NQN_MAX {
-            return Err(format!("{value:?} is longer than {NQN_MAX} bytes"));
+            return Err(format!("{} is longer than {NQN_MAX} bytes", echo(value)));
         }
         if value
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b',')
         {
             return Err(format!(
-                "{value:?} contains whitespace, a control character or a comma"
+                "{} contains whitespace, a control character or a comma",
+                echo(value)
             ));
         }
         Ok(Nqn(value.to_string()))
@@ -288,7 +316,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let (digits, suffix) = t.split_at(split);
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("{text:?} is not a byte count (e.g. 1073741824 or 1Gi)"))?;
+        .map_err(|_| format!("{} is not a byte count (e.g. 1073741824 or 1Gi)", echo(text)))?;
     let mult: u64 = match suffix {
         "" => 1,
         "K" | "Ki" => 1 << 10,
@@ -297,12 +325,14 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "T" | "Ti" => 1 << 40,
         _ => {
             return Err(format!(
-                "{text:?}: unknown unit {suffix:?} (use K, M, G, T or Ki, Mi, Gi, Ti)"
+                "{}: unknown unit {} (use K, M, G, T or Ki, Mi, Gi, Ti)",
+                echo(text),
+                echo(suffix)
             ))
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} is too large"))
+        .ok_or_else(|| format!("{} is too large", echo(text)))
 }
 
 // ---------------------------------------------------------------------------
@@ -320,7 +350,7 @@ impl FsType {
         match value {
             "ext4" => Ok(FsType::Ext4),
             "xfs" => Ok(FsType::Xfs),
-            _ => Err(format!("{value:?} is not supported (ext4 or xfs)")),
+            _ => Err(format!("{} is not supported (ext4 or xfs)", echo(value))),
         }
     }
 
@@ -422,9 +452,15 @@ pub struct ParamError {
 impl fmt::Display for ParamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.value.is_empty() {
-            write!(f, "parameter {:?}: {}", self.key, self.rule)
+            write!(f, "parameter {}: {}", echo(&self.key), self.rule)
         } else {
-            write!(f, "parameter {:?} = {:?}: {}", self.key, self.value, self.rule)
+            write!(
+                f,
+                "parameter {} = {}: {}",
+                echo(&self.key),
+                echo(&self.value),
+                self.rule
+            )
         }
     }
 }
@@ -516,6 +552,17 @@ impl VolumeParams {
         let nvme_port = int_param(map, KEY_NVME_PORT, 1, 65535, "a port number from 1 to 65535")?
             .map_or(DEFAULT_NVME_PORT, |p| p as u16);
         let volume_path = map.get(KEY_VOLUME_PATH).cloned();
+        // These three end up in the ownership record: only what Kubernetes
+        // itself would accept as a name gets there.
+        for (key, max, label_only) in [
+            (KEY_PV_NAME, 253, false),
+            (KEY_PVC_NAME, 253, false),
+            (KEY_PVC_NAMESPACE, 63, true),
+        ] {
+            if let Some(v) = map.get(key) {
+                check_dns1123(v, max, label_only).map_err(|rule| param_error(key, v, rule))?;
+            }
+        }
         Ok(VolumeParams {
             fs_type,
             nvme_address,
@@ -527,6 +574,104 @@ impl VolumeParams {
             pvc_namespace: map.get(KEY_PVC_NAMESPACE).cloned(),
         })
     }
+}
+
+/// Kubernetes' DNS-1123 names: a label (`label_only`, e.g. a namespace) is
+/// lower-case letters, digits and `-`, starting and ending with a letter or
+/// digit; a subdomain (PV and PVC names) is such labels joined by `.`.
+pub fn check_dns1123(value: &str, max: usize, label_only: bool) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.len() > max {
+        return Err(format!("must be at most {max} characters (has {})", value.len()));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ok = if label_only {
+        label_ok(value)
+    } else {
+        value.split('.').all(label_ok)
+    };
+    if ok {
+        Ok(())
+    } else if label_only {
+        Err("must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit".into())
+    } else {
+        Err("must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit".into())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Mount flags
+// ---------------------------------------------------------------------------
+
+/// Mount flags that would change what kind of mount a volume's mount is.
+const MOUNT_KIND_FLAGS: &[&str] = &[
+    "bind",
+    "rbind",
+    "remount",
+    "move",
+    "make-shared",
+    "make-private",
+    "make-slave",
+    "make-rshared",
+    "make-rprivate",
+    "make-rslave",
+];
+
+/// mount(2) takes the filesystem options as one page of data.
+const MOUNT_FLAGS_MAX: usize = 4095;
+
+/// A `mount_flags` entry that no volume may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountFlagError {
+    /// The offending flag (one comma-separated part), or the whole list
+    /// when it is too long.
+    pub flag: String,
+    pub why: &'static str,
+}
+
+impl fmt::Display for MountFlagError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mount flag {}: {}", echo(&self.flag), self.why)
+    }
+}
+
+impl std::error::Error for MountFlagError {}
+
+/// The one rule for `volume_capability.mount.mount_flags`, applied by the
+/// controller at CreateVolume (and ValidateVolumeCapabilities) and by the
+/// node at NodeStageVolume, so a volume is never provisioned with flags the
+/// node will refuse. Each entry may itself be comma-separated.
+pub fn check_mount_flags(flags: &[String]) -> Result<(), MountFlagError> {
+    let total: usize = flags.iter().map(|f| f.len() + 1).sum();
+    if total > MOUNT_FLAGS_MAX {
+        return Err(MountFlagError {
+            flag: flags.join(","),
+            why: "the list is longer than mount(2) takes (one page)",
+        });
+    }
+    for flag in flags.iter().flat_map(|f| f.split(',')).map(str::trim) {
+        if MOUNT_KIND_FLAGS.contains(&flag) {
+            return Err(MountFlagError {
+                flag: flag.to_string(),
+                why: "changes the kind of mount; not allowed in a volume's mount flags",
+            });
+        }
+        if !flag.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(MountFlagError {
+                flag: flag.to_string(),
+                why: "contains spaces or control characters",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// An IP address (v4, or v6 with or without brackets) or a DNS host name.
@@ -585,7 +730,8 @@ fn path_parts(path: &str) -> Result<Vec<&str>, String> {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
             return Err(format!(
-                "component {p:?} may only contain letters, digits, '-', '_' and '.'"
+                "component {} may only contain letters, digits, '-', '_' and '.'",
+                echo(p)
             ));
         }
     }
@@ -595,6 +741,22 @@ fn path_parts(path: &str) -> Result<Vec<&str>, String> {
 /// The backing file of a volume: `<volume path>/<slot>.img`.
 pub fn backing_file(volume_path: &str, id: &VolumeId) -> String {
     format!("{volume_path}/{}.img", id.slot())
+}
+
+/// True when `file` (a leading `/` is ignored) lies strictly below the
+/// folder `base`, with no empty, `.` or `..` component that could lead out
+/// of it. The test every destructive step applies before touching a
+/// backing file: whatever a caller or a disk record names, only files
+/// under the configured base path are ever ours.
+pub fn file_under_base(base: &str, file: &str) -> bool {
+    let Ok(base_parts) = path_parts(base) else {
+        return false;
+    };
+    let trimmed = file.strip_prefix('/').unwrap_or(file);
+    let parts: Vec<&str> = trimmed.split('/').collect();
+    parts.len() > base_parts.len()
+        && parts[..base_parts.len()] == base_parts[..]
+        && parts.iter().all(|p| !p.is_empty() && *p != "." && *p != "..")
 }
 
 // ---------------------------------------------------------------------------
@@ -658,8 +820,11 @@ impl VolumeContext {
 // Ownership record (the disk comment)
 // ---------------------------------------------------------------------------
 
-/// Marks a disk comment as ours and versions its format.
-const RECORD_TAG: &str = "rds-csi/v1";
+/// Marks a disk comment as ours and versions its format. v2 escapes every
+/// value; v1 (written by earlier releases, still on disks in the field) is
+/// still read, and rewritten as v2 the next time the record changes.
+const RECORD_TAG: &str = "rds-csi/v2";
+const RECORD_TAG_V1: &str = "rds-csi/v1";
 
 /// What the controller keeps about a volume on the RDS itself, in the disk's
 /// `comment` (the RDS is the source of truth; the controller keeps no
@@ -668,10 +833,15 @@ const RECORD_TAG: &str = "rds-csi/v1";
 /// compatible repeat from a conflicting one), PV/PVC names for operators,
 /// and the nodes it is published to.
 ///
-/// Format: `rds-csi/v1 name=<n> params=<hex> pv=<..> pvc=<ns>/<name> nodes=<a>,<b> -- <note>`
-/// — space-separated `key=value`, values restricted to characters that need
-/// no escaping (names are validated before they get here); a disk's earlier
-/// comment, if it had one, is kept as the free-text note after ` -- `.
+/// Format v2: `rds-csi/v2 name=<n> params=<hex> pv=<..> pvc=<ns>/<name> nodes=<a>,<b> note=<..>`
+/// — `key=value` words separated by single spaces; every value is
+/// percent-escaped (`%XX` for each UTF-8 byte outside `A-Z a-z 0-9 - . _ /`),
+/// so no value can contain a space, `=`, `,`, a newline or another key: the
+/// comment is plain printable ASCII that RouterOS keeps intact, and one
+/// record reads back as exactly the record written. A disk's earlier
+/// comment, if it had one, is kept as the `note`.
+///
+/// Format v1 (read only): the same keys unescaped, the note after ` -- `.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ownership {
     pub name: String,
@@ -683,33 +853,124 @@ pub struct Ownership {
     pub note: String,
 }
 
-const NOTE_SEPARATOR: &str = " -- ";
+const NOTE_SEPARATOR_V1: &str = " -- ";
+
+/// Percent-escapes everything but `A-Z a-z 0-9 - . _ /`.
+fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of `escape_value`; `None` for anything `escape_value` cannot
+/// have written (a bare unsafe byte, a broken `%XX`, invalid UTF-8).
+fn unescape_value(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else if b.is_ascii_alphanumeric() || b"-._/".contains(&b) {
+            out.push(b);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
 
 impl Ownership {
     pub fn to_comment(&self) -> String {
-        let mut s = format!("{RECORD_TAG} name={} params={}", self.name, self.params_digest);
+        let mut s = format!(
+            "{RECORD_TAG} name={} params={}",
+            escape_value(&self.name),
+            escape_value(&self.params_digest)
+        );
         if let Some(pv) = &self.pv {
-            s.push_str(&format!(" pv={pv}"));
+            s.push_str(&format!(" pv={}", escape_value(pv)));
         }
         if let Some(pvc) = &self.pvc {
-            s.push_str(&format!(" pvc={pvc}"));
+            s.push_str(&format!(" pvc={}", escape_value(pvc)));
         }
         if !self.nodes.is_empty() {
-            s.push_str(&format!(" nodes={}", self.nodes.join(",")));
+            let nodes: Vec<String> = self.nodes.iter().map(|n| escape_value(n)).collect();
+            s.push_str(&format!(" nodes={}", nodes.join(",")));
         }
         if !self.note.is_empty() {
-            s.push_str(NOTE_SEPARATOR);
-            s.push_str(&self.note);
+            s.push_str(&format!(" note={}", escape_value(&self.note)));
         }
         s
     }
 
     /// `None` for a comment that is not ours (a disk made by hand or by the
-    /// Go driver, which left no record).
+    /// Go driver, which left no record) or not a well-formed record: a
+    /// malformed record proves nothing, so the disk is not treated as ours.
     pub fn from_comment(comment: &str) -> Option<Ownership> {
-        let (record, note) = comment.split_once(NOTE_SEPARATOR).unwrap_or((comment, ""));
-        let mut words = record.split_whitespace();
+        if comment.starts_with(&format!("{RECORD_TAG} ")) {
+            Self::from_v2(comment)
+        } else {
+            Self::from_v1(comment)
+        }
+    }
+
+    fn from_v2(comment: &str) -> Option<Ownership> {
+        let mut words = comment.split(' ');
         if words.next()? != RECORD_TAG {
+            return None;
+        }
+        let mut own = Ownership::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for word in words {
+            let (k, v) = word.split_once('=')?;
+            // A key given twice is ambiguous: not a record this driver wrote.
+            if seen.contains(&k) {
+                return None;
+            }
+            seen.push(k);
+            match k {
+                "name" => own.name = unescape_value(v)?,
+                "params" => own.params_digest = unescape_value(v)?,
+                "pv" => own.pv = Some(unescape_value(v)?),
+                "pvc" => own.pvc = Some(unescape_value(v)?),
+                "nodes" => {
+                    own.nodes = v
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(unescape_value)
+                        .collect::<Option<Vec<_>>>()?
+                }
+                "note" => own.note = unescape_value(v)?,
+                // Keys of a later format version are kept out, not fatal,
+                // as long as they are well-formed.
+                _ => {
+                    unescape_value(v)?;
+                }
+            }
+        }
+        if own.name.is_empty() {
+            return None;
+        }
+        Some(own)
+    }
+
+    fn from_v1(comment: &str) -> Option<Ownership> {
+        let (record, note) = comment.split_once(NOTE_SEPARATOR_V1).unwrap_or((comment, ""));
+        let mut words = record.split_whitespace();
+        if words.next()? != RECORD_TAG_V1 {
             return None;
         }
         let mut own = Ownership {
@@ -730,7 +991,6 @@ impl Ownership {
                         .map(str::to_string)
                         .collect()
                 }
-                // Keys of a later format version are kept out, not fatal.
                 _ => {}
             }
         }
@@ -1032,7 +1292,7 @@ mod tests {
             note: String::new(),
         };
         let c = own.to_comment();
-        assert!(c.starts_with("rds-csi/v1 name=pvc-3f2a1b4c"), "{c}");
+        assert!(c.starts_with("rds-csi/v2 name=pvc-3f2a1b4c"), "{c}");
         assert_eq!(Ownership::from_comment(&c), Some(own.clone()));
         let mut none = own;
         none.nodes.clear();
@@ -1043,6 +1303,166 @@ mod tests {
         assert_eq!(Ownership::from_comment(&noted.to_comment()), Some(noted));
         assert_eq!(Ownership::from_comment("made by hand"), None);
         assert_eq!(Ownership::from_comment(""), None);
+    }
+
+    #[test]
+    fn ownership_record_round_trips_hostile_strings() {
+        let hostile = [
+            "",
+            "plain",
+            "two words",
+            "x nodes=evil-node",
+            "x name=other",
+            "a=b=c",
+            "nodes=",
+            " -- ",
+            "x -- note=y",
+            "line\nbreak\r\n",
+            "tab\there",
+            "quote\"s and 'single'",
+            "percent %41 and %zz and %",
+            "comma,separated,",
+            "unicode: grüße 🚀 名前",
+            "rds-csi/v2 name=forged params=0",
+            "rds-csi/v1 name=forged",
+            "\u{0}nul",
+            "back\\slash",
+        ];
+        for h in hostile {
+            let own = Ownership {
+                name: if h.is_empty() { "n".into() } else { h.into() },
+                params_digest: h.into(),
+                pv: Some(h.into()),
+                pvc: Some(format!("{h}/{h}")),
+                nodes: if h.is_empty() {
+                    vec![]
+                } else {
+                    vec![h.into(), "node-b".into()]
+                },
+                note: h.into(),
+            };
+            let c = own.to_comment();
+            assert!(
+                c.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
+                "not plain printable ascii: {c:?}"
+            );
+            assert!(!c.contains("  "), "{c:?}");
+            assert_eq!(Ownership::from_comment(&c), Some(own), "{h:?} -> {c:?}");
+        }
+    }
+
+    #[test]
+    fn v1_records_still_parse_and_malformed_v2_is_not_ours() {
+        let v1 =
+            "rds-csi/v1 name=pvc-1 params=a1b2c3d4e5f6 pv=pvc-1 pvc=apps/data nodes=w1,w2 -- made by hand";
+        let own = Ownership::from_comment(v1).unwrap();
+        assert_eq!(own.name, "pvc-1");
+        assert_eq!(own.params_digest, "a1b2c3d4e5f6");
+        assert_eq!(own.pvc.as_deref(), Some("apps/data"));
+        assert_eq!(own.nodes, vec!["w1", "w2"]);
+        assert_eq!(own.note, "made by hand");
+        // Rewritten, it becomes v2 and reads back the same.
+        assert!(own.to_comment().starts_with("rds-csi/v2 "));
+        assert_eq!(Ownership::from_comment(&own.to_comment()), Some(own));
+        for bad in [
+            "rds-csi/v2 name=a name=b params=x",
+            "rds-csi/v2 name=a params=x nodes=a b",
+            "rds-csi/v2 name=a  params=x",
+            "rds-csi/v2 name=a params=%G1",
+            "rds-csi/v2 name=a params=%4",
+            "rds-csi/v2 name=a params=x note=a\nb",
+            "rds-csi/v2 params=x",
+            "rds-csi/v2 name=%FF params=x",
+            "rds-csi/v2 word",
+        ] {
+            assert_eq!(Ownership::from_comment(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_names_follow_dns_1123() {
+        for ok in ["a", "data", "pvc-1", "my.pv-1", &"a".repeat(253)] {
+            assert!(check_dns1123(ok, 253, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "x nodes=evil-node",
+            "Upper",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a_b",
+            "a\nb",
+            &"a".repeat(254),
+        ] {
+            assert!(check_dns1123(bad, 253, false).is_err(), "{bad:?}");
+        }
+        assert!(check_dns1123("apps", 63, true).is_ok());
+        assert!(check_dns1123("a.b", 63, true).is_err());
+        assert!(check_dns1123(&"a".repeat(64), 63, true).is_err());
+        for (k, v) in [
+            (KEY_PVC_NAME, "x nodes=evil-node"),
+            (KEY_PV_NAME, "x name=other"),
+            (KEY_PVC_NAMESPACE, "a.b"),
+        ] {
+            let e = VolumeParams::parse(&map(&[(k, v)])).unwrap_err();
+            assert_eq!(e.key, k);
+            assert!(e.to_string().contains("DNS-1123"), "{e}");
+        }
+    }
+
+    #[test]
+    fn mount_flags_one_rule() {
+        let flags = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_mount_flags(&flags(&["noatime", "discard,nodev", "", "errors=remount-ro"])).is_ok());
+        for bad in [
+            &["bind"][..],
+            &["noatime,remount"],
+            &["rbind"],
+            &["make-shared"],
+            &["a b"],
+            &["x\ny"],
+        ] {
+            assert!(check_mount_flags(&flags(bad)).is_err(), "{bad:?}");
+        }
+        assert!(check_mount_flags(&["a".repeat(1 << 20)]).is_err());
+    }
+
+    #[test]
+    fn volume_id_shapes() {
+        let new = VolumeId::for_name("anything");
+        assert!(new.is_new_shape() && new.is_driver_shape());
+        let legacy = VolumeId::parse("pvc-0e7c2a9d-41b3-4c55-9f0e-6a1d2b3c4d5e").unwrap();
+        assert!(legacy.is_legacy_shape() && legacy.is_driver_shape());
+        for other in [
+            "vm-backup",
+            "pvc-1",
+            "pvc-0e7c2a9d41b34c559f0e6a1d2b3c4d5e",
+            "pvc-abcdefabcdefabcdefabcdefabcdeg",
+        ] {
+            let id = VolumeId::parse(other).unwrap();
+            assert!(!id.is_driver_shape(), "{other}");
+        }
+    }
+
+    #[test]
+    fn files_under_the_base_only() {
+        let base = "storage-pool/csi";
+        assert!(file_under_base(base, "storage-pool/csi/pvc-1.img"));
+        assert!(file_under_base(base, "/storage-pool/csi/db/pvc-1.img"));
+        for bad in [
+            "storage-pool/csi",
+            "storage-pool/csi/",
+            "storage-pool/vms/backup.img",
+            "storage-pool/csi2/x.img",
+            "storage-pool/csi/../vms/backup.img",
+            "storage-pool/csi//x.img",
+            "storage-pool/csi/./x.img",
+            "",
+        ] {
+            assert!(!file_under_base(base, bad), "{bad}");
+        }
     }
 
     #[test]

@@ -80,7 +80,7 @@ fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
     assert_eq!(disk["mount-filesystem"], "false");
     let comment = disk["comment"].as_str().unwrap();
     assert!(
-        comment.starts_with(&format!("rds-csi/v1 name={PVC} ")),
+        comment.starts_with(&format!("rds-csi/v2 name={PVC} ")),
         "{comment}"
     );
     assert!(comment.contains("pvc=apps/data"), "{comment}");
@@ -735,4 +735,398 @@ fn probe_is_not_ready_with_wrong_credentials() {
     std::fs::write(&pass, right).unwrap();
     wait_ready(&env, true);
     env.create(&create_request("vol-auth", GIB, &[])).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Only our own disks (issue 10, items 1, 2, 6, 7, 9)
+// ---------------------------------------------------------------------------
+
+/// Makes a disk through rds-sim's REST API, as an operator would by hand.
+fn hand_made_disk(env: &ControllerEnv, slot: &str, file: &str, nqn: Option<&str>, comment: &str) -> String {
+    let mut body = json!({
+        "type": "file",
+        "slot": slot,
+        "file-path": file,
+        "file-size": (GIB as u64).to_string(),
+        "mount-filesystem": "false",
+        "comment": comment,
+    });
+    let (st, disk) = env.sim.request("PUT", "/rest/disk", Some(&body));
+    assert_eq!(st, 200, "{disk}");
+    let id = disk[".id"].as_str().unwrap().to_string();
+    body = json!({"nvme-tcp-export": "true"});
+    if let Some(nqn) = nqn {
+        body["nvme-tcp-server-nqn"] = json!(nqn);
+    }
+    let (st, disk) = env.sim.request("PATCH", &format!("/rest/disk/{id}"), Some(&body));
+    assert_eq!(st, 200, "{disk}");
+    id
+}
+
+fn get_volume(env: &ControllerEnv, id: &str) -> grpcio::Result<csi::ControllerGetVolumeResponse> {
+    let mut g = csi::ControllerGetVolumeRequest::new();
+    g.volume_id = id.into();
+    env.controller().controller_get_volume(&g, opt(10))
+}
+
+fn validate(
+    env: &ControllerEnv,
+    id: &str,
+    cap: csi::VolumeCapability,
+    parameters: &[(&str, &str)],
+) -> grpcio::Result<csi::ValidateVolumeCapabilitiesResponse> {
+    let mut v = csi::ValidateVolumeCapabilitiesRequest::new();
+    v.volume_id = id.into();
+    v.volume_capabilities = vec![cap];
+    v.parameters = params(parameters);
+    env.controller().validate_volume_capabilities(&v, opt(10))
+}
+
+/// Every RPC that could change a foreign disk: DeleteVolume answers OK
+/// without touching it, the others NOT_FOUND; disk, file, comment and size
+/// stay exactly as they were.
+fn assert_untouched(env: &ControllerEnv, slot: &str, file: &str) {
+    let before = env.disk(slot).expect("the disk exists");
+    env.delete(slot)
+        .expect("DeleteVolume of a foreign disk answers OK");
+    assert_eq!(
+        env.disk(slot).as_ref(),
+        Some(&before),
+        "DeleteVolume changed {slot}"
+    );
+    assert!(
+        env.files().iter().any(|f| f == file),
+        "the backing file {file} of {slot} is gone: {:?}",
+        env.files()
+    );
+    assert_eq!(
+        code_of(env.expand(slot, 2 * GIB, false)),
+        RpcStatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        code_of(env.publish(slot, "node-a", rwo())),
+        RpcStatusCode::NOT_FOUND
+    );
+    assert_eq!(code_of(env.unpublish(slot, "node-a")), RpcStatusCode::NOT_FOUND);
+    assert_eq!(code_of(get_volume(env, slot)), RpcStatusCode::NOT_FOUND);
+    assert_eq!(code_of(validate(env, slot, rwo(), &[])), RpcStatusCode::NOT_FOUND);
+    assert!(!list_ids(env).contains(&slot.to_string()));
+    assert_eq!(env.disk(slot).as_ref(), Some(&before), "an RPC changed {slot}");
+    let log = env.driver.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&format!("{slot:?}")) && l.contains("DeleteVolume")),
+        "no warning naming {slot}:\n{log}"
+    );
+}
+
+#[test]
+fn a_hand_made_disk_is_never_touched() {
+    let env = ControllerEnv::start(&[]);
+    let file = "storage-pool/vms/backup.img";
+    hand_made_disk(&env, "vm-backup", file, None, "nightly VM backup");
+    assert_untouched(&env, "vm-backup", file);
+    // Our own volumes still work beside it.
+    let id = env
+        .create(&create_request("vol-beside", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    assert_eq!(list_ids(&env), vec![id.clone()]);
+    env.delete(&id).unwrap();
+    assert!(env.disk("vm-backup").is_some());
+}
+
+#[test]
+fn pvc_uuid_disks_outside_the_base_or_with_a_foreign_nqn_are_not_ours() {
+    let sim = Sim::with(SimOptions {
+        extra_args: vec!["--max-slot-len".into(), "40".into()],
+        ..Default::default()
+    });
+    let env = ControllerEnv::with_sim(sim, &[]);
+    let outside = "pvc-11111111-2222-4333-8444-555555555555";
+    let outside_file = format!("storage-pool/vms/{outside}.img");
+    hand_made_disk(
+        &env,
+        outside,
+        &outside_file,
+        Some(&format!("nqn.2000-02.com.mikrotik:{outside}")),
+        "",
+    );
+    let foreign = "pvc-66666666-7777-4888-8999-aaaaaaaaaaaa";
+    let foreign_file = format!("storage-pool/csi/{foreign}.img");
+    hand_made_disk(
+        &env,
+        foreign,
+        &foreign_file,
+        Some("nqn.2014-08.org.example:other"),
+        "",
+    );
+    assert_untouched(&env, outside, &outside_file);
+    assert_untouched(&env, foreign, &foreign_file);
+}
+
+#[test]
+fn forged_kubernetes_names_are_refused() {
+    let env = ControllerEnv::start(&[]);
+    let long = "n".repeat(64);
+    for (key, value) in [
+        ("csi.storage.k8s.io/pvc/name", "x nodes=evil-node"),
+        ("csi.storage.k8s.io/pvc/name", "x name=other"),
+        ("csi.storage.k8s.io/pv/name", "line\nbreak"),
+        ("csi.storage.k8s.io/pv/name", "Upper"),
+        ("csi.storage.k8s.io/pvc/namespace", "a.b"),
+        ("csi.storage.k8s.io/pvc/namespace", long.as_str()),
+    ] {
+        let err = status_of(
+            env.create(&create_request("vol-forged", GIB, &[(key, value)]))
+                .unwrap_err(),
+        );
+        assert_eq!(err.code(), RpcStatusCode::INVALID_ARGUMENT, "{key}={value:?}");
+        assert!(err.message().contains(key), "{}", err.message());
+        assert!(!err.message().contains('\n'), "{}", err.message());
+    }
+    assert!(env.volume_slots().is_empty(), "{:?}", env.volume_slots());
+}
+
+#[test]
+fn a_retried_create_with_kubernetes_names_is_ok_and_v1_records_still_count() {
+    let mut env = ControllerEnv::start(&[]);
+    let req = create_request(
+        "pvc-0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+        GIB,
+        &[
+            (
+                "csi.storage.k8s.io/pv/name",
+                "pvc-0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+            ),
+            ("csi.storage.k8s.io/pvc/name", "data.db-0"),
+            ("csi.storage.k8s.io/pvc/namespace", "apps"),
+        ],
+    );
+    let id = env.create(&req).unwrap().volume.volume_id.clone();
+    let comment = env.disk(&id).unwrap()["comment"].as_str().unwrap().to_string();
+    assert!(comment.starts_with("rds-csi/v2 "), "{comment}");
+    assert!(comment.contains("pvc=apps/data.db-0"), "{comment}");
+    // The answer was lost: the CO asks again, also after a restart.
+    assert_eq!(env.create(&req).unwrap().volume.volume_id, id);
+    env.restart_driver();
+    assert_eq!(env.create(&req).unwrap().volume.volume_id, id);
+
+    // A record as the previous release wrote it (v1) is still ours.
+    let v1 = comment.replacen("rds-csi/v2 ", "rds-csi/v1 ", 1);
+    let disk = env.disk(&id).unwrap();
+    let (st, _) = env.sim.request(
+        "PATCH",
+        &format!("/rest/disk/{}", disk[".id"].as_str().unwrap()),
+        Some(&json!({ "comment": v1 })),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(env.create(&req).unwrap().volume.volume_id, id);
+    assert_eq!(list_ids(&env), vec![id.clone()]);
+    env.publish(&id, "node-a", rwo()).unwrap();
+    let now = env.disk(&id).unwrap()["comment"].as_str().unwrap().to_string();
+    assert!(
+        now.starts_with("rds-csi/v2 ") && now.contains("nodes=node-a"),
+        "{now}"
+    );
+    env.unpublish(&id, "node-a").unwrap();
+    env.delete(&id).unwrap();
+    assert!(env.volume_slots().is_empty());
+}
+
+#[test]
+fn validate_confirms_only_what_create_accepts() {
+    let env = ControllerEnv::start(&[]);
+    let id = env
+        .create(&create_request("vol-confirm", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let huge = "x".repeat(1 << 20);
+    for (key, value) in [
+        ("volumePath", "../"),
+        ("volumePath", "/etc"),
+        ("volumePath", "storage-pool/csi/../vms"),
+        ("volumePath", huge.as_str()),
+        ("csi.storage.k8s.io/pvc/name", "x nodes=evil-node"),
+        ("fsType", "btrfs"),
+    ] {
+        let resp = validate(&env, &id, rwo(), &[(key, value)]).unwrap();
+        assert!(resp.confirmed.is_none(), "{key}={} confirmed", value.len());
+        assert!(resp.message.contains(key), "{}", resp.message);
+        assert!(resp.message.len() < 1024, "{} bytes", resp.message.len());
+        // CreateVolume refuses the same.
+        assert_eq!(
+            code_of(env.create(&create_request("vol-confirm-2", GIB, &[(key, value)]))),
+            RpcStatusCode::INVALID_ARGUMENT
+        );
+    }
+    let resp = validate(&env, &id, rwo(), &[("volumePath", "storage-pool/csi/db")]).unwrap();
+    assert!(resp.confirmed.is_some(), "{}", resp.message);
+
+    // Mount flags the node would refuse at stage time.
+    for flags in [
+        &["bind"][..],
+        &["remount"],
+        &["noatime,rbind"],
+        &["make-shared"],
+        &["a b"],
+    ] {
+        let mut cap = rwo();
+        cap.mut_mount().mount_flags = flags.iter().map(|f| f.to_string()).collect();
+        let resp = validate(&env, &id, cap.clone(), &[]).unwrap();
+        assert!(resp.confirmed.is_none(), "{flags:?} confirmed");
+        assert!(resp.message.contains("mount_flags"), "{}", resp.message);
+        let mut req = create_request("vol-flags", GIB, &[]);
+        req.volume_capabilities = vec![cap];
+        let err = status_of(env.create(&req).unwrap_err());
+        assert_eq!(err.code(), RpcStatusCode::INVALID_ARGUMENT, "{flags:?}");
+        assert!(err.message().contains("mount_flags"), "{}", err.message());
+    }
+    let mut cap = rwo();
+    cap.mut_mount().mount_flags = vec!["noatime".into(), "discard".into()];
+    let mut req = create_request("vol-flags", GIB, &[]);
+    req.volume_capabilities = vec![cap];
+    env.create(&req).unwrap();
+    assert_eq!(env.volume_slots().len(), 2);
+}
+
+#[test]
+fn list_tokens_the_driver_did_not_give_out_are_aborted() {
+    let env = ControllerEnv::start(&[]);
+    let mut ids: Vec<String> = (0..3)
+        .map(|i| {
+            env.create(&create_request(&format!("vol-token-{i}"), GIB, &[]))
+                .unwrap()
+                .volume
+                .volume_id
+                .clone()
+        })
+        .collect();
+    ids.sort();
+    let mut req = csi::ListVolumesRequest::new();
+    req.max_entries = 1;
+    let token = env.controller().list_volumes(&req, opt(10)).unwrap().next_token;
+    assert_eq!(token, format!("v1:{}", ids[0]));
+    for bad in [
+        ids[0].clone(),
+        "vm-backup".into(),
+        "v1:vm-backup".into(),
+        "v2:".to_string() + &ids[0],
+        "v1:pvc-1".into(),
+        format!("v1:{}x", ids[0]),
+        "v1:".into(),
+        "x".repeat(1 << 20),
+    ] {
+        let mut req = csi::ListVolumesRequest::new();
+        req.starting_token = bad.clone();
+        let err = status_of(env.controller().list_volumes(&req, opt(10)).unwrap_err());
+        assert_eq!(err.code(), RpcStatusCode::ABORTED, "{}", bad.len());
+        assert!(err.message().len() < 1024);
+    }
+}
+
+#[test]
+fn expanding_beyond_any_pool_is_out_of_range() {
+    let env = ControllerEnv::start(&[]);
+    let id = env
+        .create(&create_request("vol-huge", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    for bytes in [i64::MAX, 101 * GIB] {
+        let err = status_of(env.expand(&id, bytes, false).unwrap_err());
+        assert_eq!(
+            err.code(),
+            RpcStatusCode::OUT_OF_RANGE,
+            "{bytes}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(env.disk(&id).unwrap()["size"], "1073741824");
+    // Within the pool's size but beyond what is free: not enough space now.
+    hand_made_disk(&env, "vm-big", "storage-pool/vms/big.img", None, "");
+    assert_eq!(
+        code_of(env.expand(&id, 100 * GIB, false)),
+        RpcStatusCode::RESOURCE_EXHAUSTED
+    );
+}
+
+/// The REST requests the sim counted while `f` ran.
+fn requests<T>(env: &ControllerEnv, f: impl FnOnce() -> T) -> (u64, T) {
+    let before = env.sim.stat("rest_requests");
+    let out = f();
+    (env.sim.stat("rest_requests") - before, out)
+}
+
+#[test]
+fn each_rpc_makes_few_rest_requests() {
+    // No background health checks during the counts.
+    let env = ControllerEnv::start(&["--rds-check-interval", "3600"]);
+    wait_ready(&env, true);
+    // The first create in a process also makes the volume folder.
+    let warm = env.create(&create_request("vol-warm", GIB, &[])).unwrap();
+    env.delete(&warm.volume.volume_id).unwrap();
+
+    let req = create_request("vol-count", GIB, &[]);
+    let (create, resp) = requests(&env, || env.create(&req).unwrap());
+    let id = resp.volume.volume_id.clone();
+    let (again, _) = requests(&env, || env.create(&req).unwrap());
+    let (publish, _) = requests(&env, || env.publish(&id, "node-a", rwo()).unwrap());
+    let (unpublish, _) = requests(&env, || env.unpublish(&id, "node-a").unwrap());
+    let (expand, _) = requests(&env, || env.expand(&id, 2 * GIB, false).unwrap());
+    let (delete, _) = requests(&env, || env.delete(&id).unwrap());
+    let counts = [
+        ("CreateVolume", create, 4),
+        ("CreateVolume again", again, 1),
+        ("ControllerPublishVolume", publish, 2),
+        ("ControllerUnpublishVolume", unpublish, 2),
+        ("ControllerExpandVolume", expand, 3),
+        ("DeleteVolume", delete, 5),
+    ];
+    for (rpc, made, most) in counts {
+        assert!(
+            made <= most,
+            "{rpc} made {made} REST requests, at most {most} allowed: {counts:?}"
+        );
+        assert!(made >= 1, "{rpc} made no request at all: {counts:?}");
+    }
+    assert!(env.disk(&id).is_none());
+    assert!(!env.files().iter().any(|f| f.contains(&id)));
+}
+
+#[test]
+fn a_half_created_volume_is_finished_by_the_retry_in_one_request_more() {
+    let env = ControllerEnv::start(&["--rds-check-interval", "3600"]);
+    wait_ready(&env, true);
+    let req = create_request("vol-half", GIB, &[]);
+    let id = env.create(&req).unwrap().volume.volume_id.clone();
+    // As if the controller died between the PUT and the export PATCH.
+    let disk = env.disk(&id).unwrap();
+    let (st, _) = env.sim.request(
+        "PATCH",
+        &format!("/rest/disk/{}", disk[".id"].as_str().unwrap()),
+        Some(&json!({"nvme-tcp-export": "false", "nvme-tcp-server-nqn": ""})),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(env.disk(&id).unwrap()["nvme-tcp-export"], "false");
+    // The retry looks up, finds our half-made disk and exports it.
+    let (made, resp) = requests(&env, || env.create(&req).unwrap());
+    assert_eq!(resp.volume.volume_id, id);
+    assert_eq!(made, 2, "look up and the export PATCH");
+    let disk = env.disk(&id).unwrap();
+    assert_eq!(disk["nvme-tcp-export"], "true");
+    assert_eq!(
+        disk["nvme-tcp-server-nqn"],
+        format!("nqn.2000-02.com.mikrotik:{id}")
+    );
+    assert!(env.sim.exports()["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["slot"] == id.as_str()));
 }

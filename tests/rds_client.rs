@@ -33,6 +33,8 @@ fn chain(e: &Error) -> String {
 }
 
 const GIB: u64 = 1 << 30;
+/// The folder the clients that delete are confined to.
+const BASE: &str = "storage-pool/csi";
 
 #[test]
 fn system_resource_and_version() {
@@ -207,7 +209,7 @@ fn set_comment_is_read_back_and_idempotent() {
 #[test]
 fn remove_disk_unexports_removes_disk_and_file_and_is_idempotent() {
     let sim = Sim::start();
-    let client = sim.client();
+    let client = sim.client().with_base_path(BASE);
     client.create_disk(&new_disk("pvc-rm", GIB)).unwrap();
     let path = "storage-pool/csi/pvc-rm.img";
     assert_eq!(
@@ -235,7 +237,7 @@ fn remove_disk_unexports_removes_disk_and_file_and_is_idempotent() {
 #[test]
 fn remove_disk_finishes_after_a_crash_between_steps() {
     let sim = Sim::start();
-    let client = sim.client();
+    let client = sim.client().with_base_path(BASE);
     let disk = client.create_disk(&new_disk("pvc-crash", GIB)).unwrap();
     // Crash after DELETE of the disk: the file stays behind.
     let (status, _) = sim.request("DELETE", &format!("/rest/disk/{}", disk.id), None);
@@ -255,7 +257,7 @@ fn remove_disk_finishes_after_a_crash_between_steps() {
 #[test]
 fn remove_disk_refuses_a_different_backing_file() {
     let sim = Sim::start();
-    let client = sim.client();
+    let client = sim.client().with_base_path(BASE);
     client.create_disk(&new_disk("pvc-guard", GIB)).unwrap();
     let e = client
         .remove_disk("pvc-guard", "storage-pool/csi/other.img")
@@ -269,7 +271,7 @@ fn remove_disk_refuses_a_different_backing_file() {
 #[test]
 fn list_and_remove_files_and_directories() {
     let sim = Sim::start();
-    let client = sim.client();
+    let client = sim.client().with_base_path(BASE);
     client.make_directory("storage-pool/csi").unwrap();
     client.make_directory("/storage-pool/csi").unwrap();
     client.create_disk(&new_disk("pvc-fa", GIB)).unwrap();
@@ -648,7 +650,8 @@ fn sequential_calls_reuse_one_tls_connection() {
     }
     let after = sim.stats();
     let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
-    assert!(delta("rest_requests") >= 35, "{after}");
+    // The create (version, look up, PUT, PATCH) and 30 reads.
+    assert!(delta("rest_requests") >= 34, "{after}");
     assert_eq!(delta("rest_connections"), 1, "{after}");
     // The client's one handshake, plus the harness's own stats request.
     assert_eq!(delta("tls_handshakes"), 2, "{after}");
@@ -684,4 +687,148 @@ fn concurrent_creates_of_64_slots_all_succeed_within_the_in_flight_cap() {
     let peak = sim.stat("peak_in_flight");
     assert!(peak <= 4, "at most max_in_flight=4 requests at once, saw {peak}");
     assert!(peak >= 2, "the creates did run concurrently, peak {peak}");
+}
+
+/// Makes a disk through the sim's REST API, as an operator would by hand.
+fn hand_made_disk(sim: &Sim, slot: &str, file: &str) -> String {
+    let (status, disk) = sim.request(
+        "PUT",
+        "/rest/disk",
+        Some(&json!({
+            "type": "file",
+            "slot": slot,
+            "file-path": file,
+            "file-size": GIB.to_string(),
+            "mount-filesystem": "false",
+            "comment": "made by hand",
+        })),
+    );
+    assert_eq!(status, 200, "{disk}");
+    disk[".id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn deletions_are_confined_to_the_base_path_whatever_the_caller_passes() {
+    let sim = Sim::start();
+    let client = sim.client().with_base_path(BASE);
+    let file = "storage-pool/vms/backup.img";
+    hand_made_disk(&sim, "vm-backup", file);
+    let disk = client.disk("vm-backup").unwrap().unwrap();
+    let before = sim.stat("rest_requests");
+    for path in [
+        file,
+        "/storage-pool/vms/backup.img",
+        "storage-pool/csi/../vms/backup.img",
+        "storage-pool/csi",
+        "storage-pool/csi2/backup.img",
+        "",
+    ] {
+        let e = client.remove_disk("vm-backup", path).unwrap_err();
+        assert_eq!(e.kind(), Kind::Rejected, "{path}: {e}");
+        assert!(matches!(e, Error::FilePathMismatch { .. }), "{e:?}");
+        assert!(e.to_string().contains("storage-pool/csi/"), "{e}");
+        let e = client.remove_file(path).unwrap_err();
+        assert_eq!(e.kind(), Kind::Rejected, "{path}: {e}");
+    }
+    // The disk as looked up names its own file: refused as well.
+    let e = client.remove_disk_known(&disk).unwrap_err();
+    assert_eq!(e.kind(), Kind::Rejected, "{e}");
+    // Refused before anything was sent.
+    assert_eq!(sim.stat("rest_requests"), before);
+    assert_eq!(client.disk("vm-backup").unwrap(), Some(disk));
+    assert_eq!(client.list_files(file).unwrap().len(), 1);
+
+    // A client with no base path deletes nothing at all.
+    let unconfined = sim.client();
+    unconfined.create_disk(&new_disk("pvc-keep", GIB)).unwrap();
+    let e = unconfined
+        .remove_disk("pvc-keep", "storage-pool/csi/pvc-keep.img")
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::Rejected, "{e}");
+    assert!(unconfined.disk("pvc-keep").unwrap().is_some());
+    // Inside the base path, removal works as before.
+    assert_eq!(
+        client
+            .remove_disk("pvc-keep", "storage-pool/csi/pvc-keep.img")
+            .unwrap(),
+        Removed {
+            disk: true,
+            file: true
+        }
+    );
+}
+
+#[test]
+fn calls_on_a_known_disk_skip_the_lookup() {
+    let sim = Sim::start();
+    let client = sim.client().with_base_path(BASE);
+    client.system_resource().unwrap(); // warm the version cache
+    let count = |f: &dyn Fn()| {
+        let before = sim.stat("rest_requests");
+        f();
+        sim.stat("rest_requests") - before
+    };
+    let new = new_disk("pvc-known", GIB);
+    let created = std::cell::RefCell::new(None);
+    // PUT and the export PATCH, whose answer is the read-back.
+    assert_eq!(
+        count(&|| *created.borrow_mut() = Some(client.create_disk_known(&new, None).unwrap())),
+        2
+    );
+    let disk = created.borrow().clone().unwrap();
+    assert!(disk.nvme_tcp_export);
+    assert_eq!(disk.effective_nqn(), "nqn.2000-02.com.mikrotik:pvc-known");
+    // Already there and exported: nothing to send.
+    assert_eq!(
+        count(&|| assert_eq!(client.create_disk_known(&new, Some(&disk)).unwrap(), disk)),
+        0
+    );
+    // A half-made disk (export off) is finished with one PATCH.
+    let (st, half) = sim.request(
+        "PATCH",
+        &format!("/rest/disk/{}", disk.id),
+        Some(&json!({"nvme-tcp-export": "false"})),
+    );
+    assert_eq!(st, 200, "{half}");
+    let half = client.disk("pvc-known").unwrap().unwrap();
+    assert!(!half.nvme_tcp_export);
+    assert_eq!(
+        count(&|| assert!(
+            client
+                .create_disk_known(&new, Some(&half))
+                .unwrap()
+                .nvme_tcp_export
+        )),
+        1
+    );
+    let disk = client.disk("pvc-known").unwrap().unwrap();
+    assert_eq!(
+        count(&|| assert_eq!(
+            client.grow_disk_known(&disk, 2 * GIB).unwrap().size,
+            Some(2 * GIB)
+        )),
+        1
+    );
+    let disk = client.disk("pvc-known").unwrap().unwrap();
+    assert_eq!(
+        count(&|| assert_eq!(client.set_comment_known(&disk, "x").unwrap().comment, "x")),
+        1
+    );
+    let disk = client.disk("pvc-known").unwrap().unwrap();
+    // Export off, delete the disk, find the file, delete the file.
+    assert_eq!(
+        count(&|| assert_eq!(
+            client.remove_disk_known(&disk).unwrap(),
+            Removed {
+                disk: true,
+                file: true
+            }
+        )),
+        4
+    );
+    assert_eq!(client.disk("pvc-known").unwrap(), None);
+    assert!(client
+        .list_files("storage-pool/csi/pvc-known.img")
+        .unwrap()
+        .is_empty());
 }

@@ -122,6 +122,8 @@ fn run() -> Res<()> {
 
     eprintln!("rds-bench: controller overhead ...");
     figures.extend(controller_overhead(&bins, &work, &grpc, opts.quick)?);
+    eprintln!("rds-bench: REST requests per CSI operation ...");
+    figures.push(request_counts(&bins, &work, &grpc)?);
     eprintln!("rds-bench: node overhead, device wait, memory ...");
     figures.extend(node_figures(&bins, &work, &grpc, opts.quick)?);
     eprintln!("rds-bench: start-up ...");
@@ -142,6 +144,14 @@ fn run() -> Res<()> {
             f.target,
             if f.met { "yes" } else { "NO" }
         );
+    }
+    if let Some(f) = figures.iter().find(|f| f.key == "rest_requests_per_rpc") {
+        println!("\nREST requests per CSI operation:");
+        if let Value::Object(counts) = &f.detail {
+            for (rpc, n) in counts {
+                println!("  {rpc:<30} {n}");
+            }
+        }
     }
     if let Some(path) = &opts.json {
         let mut out = serde_json::Map::new();
@@ -285,6 +295,11 @@ struct Sim {
 }
 
 fn start_sim(bins: &Path, dir: &Path, latency_ms: u64) -> Res<Sim> {
+    start_sim_with(bins, dir, latency_ms, true)
+}
+
+/// `tls: false` serves plain HTTP, so the bench can read `/sim/stats` itself.
+fn start_sim_with(bins: &Path, dir: &Path, latency_ms: u64, tls: bool) -> Res<Sim> {
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let data = dir.join("data");
     let (user, pass) = (dir.join("username"), dir.join("password"));
@@ -299,7 +314,7 @@ fn start_sim(bins: &Path, dir: &Path, latency_ms: u64) -> Res<Sim> {
             "4T",
             "--username",
             "admin",
-            "--self-signed",
+            if tls { "--self-signed" } else { "--plain-http" },
         ])
         .arg("--data-dir")
         .arg(&data)
@@ -341,7 +356,10 @@ fn start_sim(bins: &Path, dir: &Path, latency_ms: u64) -> Res<Sim> {
 fn sim_client(sim: &Sim) -> Res<rds::Client> {
     let mut cfg = rds::ClientConfig::new(sim.url.clone(), &sim.user, &sim.pass);
     cfg.trust = rds::Trust::Fingerprint(rds::parse_fingerprint(&sim.fingerprint).map_err(|e| e.to_string())?);
-    rds::Client::new(cfg).map_err(|e| e.to_string())
+    // Deletes only under the controller's default base path, as the driver.
+    Ok(rds::Client::new(cfg)
+        .map_err(|e| e.to_string())?
+        .with_base_path("storage-pool/csi"))
 }
 
 fn controller_args(sim: &Sim) -> Vec<String> {
@@ -456,26 +474,173 @@ fn direct_pair(client: &rds::Client, name: &str) -> Res<()> {
     let slot = id.slot();
     let file_path = format!("storage-pool/csi/{slot}.img");
     let e = |what: &str, err: rds::Error| format!("{what} {slot}: {err}");
-    client.disk(slot).map_err(|x| e("look up", x))?;
+    let found = client.disk(slot).map_err(|x| e("look up", x))?;
     client.pool("storage-pool").map_err(|x| e("pool", x))?;
     let own = Ownership {
         name: name.to_string(),
         params_digest: "000000000000".into(),
         ..Default::default()
     };
+    let new = NewDisk {
+        slot: slot.to_string(),
+        file_path,
+        size_bytes: GIB,
+        comment: own.to_comment(),
+        nqn: Some(format!("{PREFIX}:{slot}")),
+        port: 4420,
+    };
     client
-        .create_disk(&NewDisk {
-            slot: slot.to_string(),
-            file_path: file_path.clone(),
-            size_bytes: GIB,
-            comment: own.to_comment(),
-            nqn: Some(format!("{PREFIX}:{slot}")),
-            port: 4420,
-        })
+        .create_disk_known(&new, found.as_ref())
         .map_err(|x| e("create", x))?;
-    client.disk(slot).map_err(|x| e("look up", x))?;
-    client.remove_disk(slot, &file_path).map_err(|x| e("remove", x))?;
+    let disk = client
+        .disk(slot)
+        .map_err(|x| e("look up", x))?
+        .ok_or_else(|| format!("{slot}: gone after create"))?;
+    client.remove_disk_known(&disk).map_err(|x| e("remove", x))?;
     Ok(())
+}
+
+/// REST requests each controller RPC makes, counted by rds-sim
+/// (`rest_requests` of `/sim/stats`) around one call of each, after a
+/// warm-up (cached RouterOS version, the volume folder made) and with the
+/// background health check held off so only the RPC is counted.
+fn request_counts(bins: &Path, work: &Work, grpc: &Arc<Environment>) -> Res<Figure> {
+    let dir = work.sub("requests");
+    let sim = start_sim_with(bins, &dir.join("sim"), 0, false)?;
+    let args: Vec<String> = [
+        "--controller",
+        "--rds-address",
+        &sim.url,
+        "--rds-username-file",
+        sim.user.to_str().unwrap_or_default(),
+        "--rds-password-file",
+        sim.pass.to_str().unwrap_or_default(),
+        "--nvme-address",
+        "127.0.0.1",
+        "--rds-check-interval",
+        "3600",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (driver, socket) = start_driver(bins, &dir, &args)?;
+    let identity = IdentityClient::new(channel(grpc, &socket));
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = identity
+            .probe(&csi::ProbeRequest::new(), opt())
+            .map_err(|e| e.to_string())?
+            .ready
+            .value;
+        if ready {
+            break;
+        }
+        if Instant::now() > end {
+            return Err(format!(
+                "the controller never became ready: {}",
+                driver.log_text()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let password = fs::read_to_string(&sim.pass).map_err(|e| e.to_string())?;
+    let auth = {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("admin:{}", password.trim_end_matches('\n')));
+        format!("Basic {token}")
+    };
+    let stats_url = format!("{}/sim/stats", sim.url);
+    let rest_requests = || -> Res<u64> {
+        let text = ureq::get(&stats_url)
+            .set("Authorization", &auth)
+            .call()
+            .map_err(|e| format!("GET /sim/stats: {e}"))?
+            .into_string()
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        v["rest_requests"]
+            .as_u64()
+            .ok_or_else(|| format!("/sim/stats has no rest_requests: {text}"))
+    };
+    let ctl = ControllerClient::new(channel(grpc, &socket));
+    driver_pair(&ctl, "bench-requests-warm")?;
+
+    let mut create = csi::CreateVolumeRequest::new();
+    create.name = "bench-requests".into();
+    create.volume_capabilities = vec![mount_cap()];
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    let mut count = |rpc: &'static str, f: &dyn Fn() -> Res<()>| -> Res<()> {
+        let before = rest_requests()?;
+        f()?;
+        counts.push((rpc, rest_requests()? - before));
+        Ok(())
+    };
+    let id = std::cell::RefCell::new(String::new());
+    let rpc_err = |rpc: &'static str| move |e: grpcio::Error| format!("{rpc}: {e}");
+    count("CreateVolume", &|| {
+        *id.borrow_mut() = ctl
+            .create_volume(&create, opt())
+            .map_err(rpc_err("CreateVolume"))?
+            .volume
+            .volume_id
+            .clone();
+        Ok(())
+    })?;
+    let id = id.into_inner();
+    count("CreateVolume (again)", &|| {
+        ctl.create_volume(&create, opt())
+            .map(|_| ())
+            .map_err(rpc_err("CreateVolume"))
+    })?;
+    count("ControllerPublishVolume", &|| {
+        let mut r = csi::ControllerPublishVolumeRequest::new();
+        r.volume_id = id.clone();
+        r.node_id = "node-a".into();
+        r.volume_capability = Some(mount_cap()).into();
+        ctl.controller_publish_volume(&r, opt())
+            .map(|_| ())
+            .map_err(rpc_err("ControllerPublishVolume"))
+    })?;
+    count("ControllerUnpublishVolume", &|| {
+        let mut r = csi::ControllerUnpublishVolumeRequest::new();
+        r.volume_id = id.clone();
+        r.node_id = "node-a".into();
+        ctl.controller_unpublish_volume(&r, opt())
+            .map(|_| ())
+            .map_err(rpc_err("ControllerUnpublishVolume"))
+    })?;
+    count("ControllerExpandVolume", &|| {
+        let mut r = csi::ControllerExpandVolumeRequest::new();
+        r.volume_id = id.clone();
+        let mut range = csi::CapacityRange::new();
+        range.required_bytes = 2 * GIB as i64;
+        r.capacity_range = Some(range).into();
+        ctl.controller_expand_volume(&r, opt())
+            .map(|_| ())
+            .map_err(rpc_err("ControllerExpandVolume"))
+    })?;
+    count("DeleteVolume", &|| {
+        let mut r = csi::DeleteVolumeRequest::new();
+        r.volume_id = id.clone();
+        ctl.delete_volume(&r, opt())
+            .map(|_| ())
+            .map_err(rpc_err("DeleteVolume"))
+    })?;
+    for (rpc, n) in &counts {
+        eprintln!("  {rpc}: {n} REST requests");
+    }
+    let get = |rpc: &str| counts.iter().find(|(r, _)| *r == rpc).map_or(0, |(_, n)| *n);
+    let (c, d) = (get("CreateVolume"), get("DeleteVolume"));
+    Ok(Figure {
+        key: "rest_requests_per_rpc",
+        label: "REST requests per create / delete",
+        value: (c + d) as f64,
+        shown: format!("{c} / {d}"),
+        target: "≤ 4 / ≤ 5",
+        met: c <= 4 && d <= 5,
+        detail: Value::Object(counts.iter().map(|(r, n)| (r.to_string(), json!(n))).collect()),
+    })
 }
 
 /// Runs `pairs` pairs on `threads` threads; returns each pair's latency in ms.

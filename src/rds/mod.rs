@@ -67,6 +67,10 @@ pub struct Removed {
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The folder every file this client may delete lies under
+    /// (`--volume-base-path`); `None` until `with_base_path`, and then
+    /// nothing is deleted at all.
+    base_path: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -85,6 +89,38 @@ impl Client {
                 transport,
                 version: Mutex::new(None),
             }),
+            base_path: None,
+        })
+    }
+
+    /// Confines every deletion (`remove_disk`, `remove_disk_known`,
+    /// `remove_file`) to files strictly under `base_path`: a second line of
+    /// defence behind the controller's ownership check, so no caller, id or
+    /// disk record can make this client delete a file elsewhere. A client
+    /// without a base path deletes nothing.
+    pub fn with_base_path(mut self, base_path: &str) -> Client {
+        self.base_path = Some(Arc::from(strip_leading_slash(base_path).trim_end_matches('/')));
+        self
+    }
+
+    /// Refuses (`Error::FilePathMismatch`, `Kind::Rejected`) a file outside
+    /// the base path, before any request is sent.
+    fn check_confined(&self, op: Op, target: &str, file_path: &str) -> Result<(), Error> {
+        let inside = self
+            .base_path
+            .as_deref()
+            .is_some_and(|base| crate::volume::file_under_base(base, file_path));
+        if inside {
+            return Ok(());
+        }
+        Err(Error::FilePathMismatch {
+            op,
+            slot: target.to_string(),
+            expected: match self.base_path.as_deref() {
+                Some(base) => format!("a file under {base}/"),
+                None => "a file under a configured base path (none is configured)".to_string(),
+            },
+            found: file_path.to_string(),
         })
     }
 
@@ -257,30 +293,56 @@ impl Client {
         }
     }
 
-    /// Creates a file-backed disk and exports it over NVMe/TCP:
-    /// `PUT /rest/disk` (type=file, exact `file-size` in bytes,
-    /// `mount-filesystem=false`, comment), then `PATCH` the export (on, port,
-    /// NQN), then reads it back and checks export, port, NQN and size.
+    /// Creates a file-backed disk and exports it over NVMe/TCP: looks the
+    /// slot up, then does what `create_disk_known` does.
+    pub fn create_disk(&self, new: &NewDisk) -> Result<Disk, Error> {
+        self.require_for_create(new)?;
+        let existing = self.find_disk(Op::CreateDisk, &new.slot)?;
+        self.create_disk_known(new, existing.as_ref())
+    }
+
+    fn require_for_create(&self, new: &NewDisk) -> Result<(), Error> {
+        self.require(Op::CreateDisk, &new.slot, FILE_DISKS)?;
+        if new.nqn.is_some() {
+            self.require(Op::CreateDisk, &new.slot, EXPORT_NQN)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a file-backed disk and exports it over NVMe/TCP, given what
+    /// the caller's own lookup of the slot just found (`existing`), so the
+    /// slot is not looked up again: `PUT /rest/disk` (type=file, exact
+    /// `file-size` in bytes, `mount-filesystem=false`, comment) when there
+    /// is no disk, then `PATCH` the export (on, port, NQN); RouterOS answers
+    /// the PATCH with the disk as it now is, and that answer is the
+    /// read-back checked for export, port, NQN and size. A disk already
+    /// exported as asked costs no request at all. At most two requests.
     ///
     /// Called twice with the same `NewDisk` it returns the same disk. A create
     /// that failed half-way leaves a disk with the same slot and file path
-    /// whose export is off; calling `create_disk` again finishes it (so does a
-    /// retried PUT that RouterOS had already applied). A disk with the same
-    /// slot but another file path, a smaller size, or a different export is
-    /// someone else's: `Error::Exists` (`Kind::AlreadyExists`).
-    pub fn create_disk(&self, new: &NewDisk) -> Result<Disk, Error> {
+    /// whose export is off; calling again finishes it (so does a retried PUT
+    /// that RouterOS had already applied). A disk with the same slot but
+    /// another file path, a smaller size, or a different export is someone
+    /// else's: `Error::Exists` (`Kind::AlreadyExists`).
+    pub fn create_disk_known(&self, new: &NewDisk, existing: Option<&Disk>) -> Result<Disk, Error> {
         let op = Op::CreateDisk;
         let slot = new.slot.as_str();
-        self.require(op, slot, FILE_DISKS)?;
-        if new.nqn.is_some() {
-            self.require(op, slot, EXPORT_NQN)?;
-        }
+        self.require_for_create(new)?;
         let file_path = strip_leading_slash(&new.file_path);
-        let disk = match self.find_disk(op, slot)? {
+        let disk = match existing {
             Some(existing) => {
-                self.check_same_disk(op, new, &file_path, &existing)?;
+                if existing.slot != slot {
+                    return Err(Error::Exists {
+                        op,
+                        slot: slot.to_string(),
+                        field: "slot",
+                        expected: slot.to_string(),
+                        found: existing.slot.clone(),
+                    });
+                }
+                self.check_same_disk(op, new, &file_path, existing)?;
                 log::debug!("create disk {slot}: exists already, finishing it");
-                existing
+                existing.clone()
             }
             None => {
                 let body = json!({
@@ -314,17 +376,19 @@ impl Client {
         let exported = disk.nvme_tcp_export
             && disk.effective_port() == new.port
             && new.nqn.as_deref().is_none_or(|nqn| disk.effective_nqn() == nqn);
-        let id = disk.id.clone();
-        if !exported {
+        let disk = if exported {
+            disk
+        } else {
             let mut changes = Map::new();
             changes.insert("nvme-tcp-export".into(), "true".into());
             changes.insert("nvme-tcp-server-port".into(), new.port.to_string().into());
             if let Some(nqn) = &new.nqn {
                 changes.insert("nvme-tcp-server-nqn".into(), nqn.clone().into());
             }
-            self.patch_disk(Op::ExportDisk, slot, &id, &Value::Object(changes))?;
-        }
-        let disk = self.get_disk_by_id(op, slot, &id)?;
+            // The PATCH answer is the disk as RouterOS now has it (re-read
+            // when the answer is not a disk record): the read-back.
+            self.patch_disk(Op::ExportDisk, slot, &disk.id, &Value::Object(changes))?
+        };
         self.verify_created(op, new, &file_path, &disk)?;
         Ok(disk)
     }
@@ -406,8 +470,8 @@ impl Client {
         Ok(())
     }
 
-    /// Grows a disk to `new_size` bytes (`PATCH file-size`), then reads it
-    /// back and checks `size` grew. A disk already at least that large is
+    /// Grows a disk to `new_size` bytes (`PATCH file-size`) and checks from
+    /// the answer that `size` grew. A disk already at least that large is
     /// returned unchanged (so a second call is a no-op); disks never shrink.
     pub fn grow_disk(&self, slot: &str, new_size: u64) -> Result<Disk, Error> {
         let op = Op::GrowDisk;
@@ -415,19 +479,26 @@ impl Client {
             op,
             slot: slot.to_string(),
         })?;
+        self.grow_disk_known(&disk, new_size)
+    }
+
+    /// `grow_disk` for a disk the caller has just looked up: one `PATCH`,
+    /// whose answer (the disk as RouterOS now has it) is the read-back.
+    pub fn grow_disk_known(&self, disk: &Disk, new_size: u64) -> Result<Disk, Error> {
+        let op = Op::GrowDisk;
+        let slot = disk.slot.as_str();
         if disk.kind.as_deref().is_some_and(|k| k != "file") {
             return Err(Error::NotAFileDisk {
                 op,
                 slot: slot.to_string(),
-                kind: disk.kind.unwrap_or_default(),
+                kind: disk.kind.clone().unwrap_or_default(),
             });
         }
         if disk.bytes().is_some_and(|b| b >= new_size) {
-            return Ok(disk);
+            return Ok(disk.clone());
         }
         self.require(op, slot, FILE_DISKS)?;
-        self.patch_disk(op, slot, &disk.id, &json!({ "file-size": new_size.to_string() }))?;
-        let grown = self.get_disk_by_id(op, slot, &disk.id)?;
+        let grown = self.patch_disk(op, slot, &disk.id, &json!({ "file-size": new_size.to_string() }))?;
         match grown.bytes() {
             Some(b) if b >= new_size => Ok(grown),
             found => Err(Error::Verify {
@@ -448,10 +519,21 @@ impl Client {
             op,
             slot: slot.to_string(),
         })?;
+        self.set_comment_known(&disk, comment)
+    }
+
+    /// `set_comment` for a disk the caller has just looked up: at most one
+    /// `PATCH`, whose answer is returned.
+    pub fn set_comment_known(&self, disk: &Disk, comment: &str) -> Result<Disk, Error> {
         if disk.comment == comment {
-            return Ok(disk);
+            return Ok(disk.clone());
         }
-        self.patch_disk(op, slot, &disk.id, &json!({ "comment": comment }))
+        self.patch_disk(
+            Op::SetComment,
+            &disk.slot,
+            &disk.id,
+            &json!({ "comment": comment }),
+        )
     }
 
     /// Removes a volume in three steps, each treating "not found" as done:
@@ -460,50 +542,74 @@ impl Client {
     /// between steps finishes the job; calling it for a gone volume is a
     /// no-op returning `Removed { disk: false, file: false }`.
     ///
-    /// Refuses (`Kind::Rejected`) a disk that is not file-backed or whose
-    /// backing file is not `file_path`, so a wrong slot never destroys
-    /// someone else's data.
+    /// Refuses (`Kind::Rejected`), before sending anything, a `file_path`
+    /// that is not under the client's base path (see `with_base_path`); and
+    /// a disk that is not file-backed or whose backing file is not
+    /// `file_path`, so a wrong slot never destroys someone else's data.
     pub fn remove_disk(&self, slot: &str, file_path: &str) -> Result<Removed, Error> {
         let op = Op::RemoveDisk;
         let file_path = strip_leading_slash(file_path);
+        self.check_confined(op, slot, &file_path)?;
+        match self.find_disk(op, slot)? {
+            Some(disk) => {
+                if let Some(found) = &disk.file_path {
+                    if *found != file_path {
+                        return Err(Error::FilePathMismatch {
+                            op,
+                            slot: slot.to_string(),
+                            expected: file_path,
+                            found: found.clone(),
+                        });
+                    }
+                }
+                self.remove_found(op, &disk, &file_path)
+            }
+            None => Ok(Removed {
+                disk: false,
+                file: self.remove_file_as(op, slot, &file_path)?,
+            }),
+        }
+    }
+
+    /// `remove_disk` for a disk the caller has just looked up, with the
+    /// backing file the disk itself names: the same steps without a second
+    /// lookup. Refuses a disk that is not file-backed, names no backing file,
+    /// or whose file is not under the base path.
+    pub fn remove_disk_known(&self, disk: &Disk) -> Result<Removed, Error> {
+        let op = Op::RemoveDisk;
+        let file_path = disk.file_path.clone().unwrap_or_default();
+        self.check_confined(op, &disk.slot, &file_path)?;
+        self.remove_found(op, disk, &file_path)
+    }
+
+    fn remove_found(&self, op: Op, disk: &Disk, file_path: &str) -> Result<Removed, Error> {
+        let slot = disk.slot.as_str();
+        if disk.kind.as_deref().is_some_and(|k| k != "file") {
+            return Err(Error::NotAFileDisk {
+                op,
+                slot: slot.to_string(),
+                kind: disk.kind.clone().unwrap_or_default(),
+            });
+        }
         let mut removed = Removed {
             disk: false,
             file: false,
         };
-        if let Some(disk) = self.find_disk(op, slot)? {
-            if disk.kind.as_deref().is_some_and(|k| k != "file") {
-                return Err(Error::NotAFileDisk {
-                    op,
-                    slot: slot.to_string(),
-                    kind: disk.kind.unwrap_or_default(),
-                });
-            }
-            if let Some(found) = &disk.file_path {
-                if *found != file_path {
-                    return Err(Error::FilePathMismatch {
-                        op,
-                        slot: slot.to_string(),
-                        expected: file_path,
-                        found: found.clone(),
-                    });
-                }
-            }
-            let path = format!("/rest/disk/{}", escape_segment(&disk.id));
-            if disk.nvme_tcp_export {
-                let off = json!({ "nvme-tcp-export": "false" });
-                match self.call(Op::UnexportDisk, slot, Method::Patch, &path, &[], Some(&off)) {
-                    Ok(_) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            match self.call(op, slot, Method::Delete, &path, &[], None) {
-                Ok(_) => removed.disk = true,
+        let path = format!("/rest/disk/{}", escape_segment(&disk.id));
+        if disk.nvme_tcp_export {
+            let off = json!({ "nvme-tcp-export": "false" });
+            match self.call(Op::UnexportDisk, slot, Method::Patch, &path, &[], Some(&off)) {
+                Ok(_) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
         }
-        removed.file = self.remove_file_as(op, slot, &file_path)?;
+        match self.call(op, slot, Method::Delete, &path, &[], None) {
+            Ok(_) => removed.disk = true,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        removed.file = self.remove_file_as(op, slot, file_path)?;
         Ok(removed)
     }
 
@@ -525,13 +631,12 @@ impl Client {
 
     /// Removes one file or empty directory by its full name. Returns whether
     /// it existed; a second call returns `false`. RouterOS refuses to remove
-    /// the backing file of an existing disk (`Kind::Rejected`).
+    /// the backing file of an existing disk (`Kind::Rejected`); this client
+    /// refuses anything not under its base path (`Kind::Rejected`).
     pub fn remove_file(&self, name: &str) -> Result<bool, Error> {
-        self.remove_file_as(
-            Op::RemoveFile,
-            &strip_leading_slash(name),
-            &strip_leading_slash(name),
-        )
+        let name = strip_leading_slash(name);
+        self.check_confined(Op::RemoveFile, &name, &name)?;
+        self.remove_file_as(Op::RemoveFile, &name, &name)
     }
 
     fn remove_file_as(&self, op: Op, target: &str, name: &str) -> Result<bool, Error> {

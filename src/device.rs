@@ -535,8 +535,14 @@ impl Sysfs {
                 "{} is held exclusively (mounted, or opened by mkfs, device-mapper, ...)",
                 ns.name
             )),
-            // Gone meanwhile: nobody can hold it through this node.
-            Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => None,
+            // No such device (gone meanwhile, or a node without a driver
+            // behind it): nobody can hold it.
+            Ok(Err(e))
+                if e.kind() == io::ErrorKind::NotFound
+                    || matches!(e.raw_os_error(), Some(libc::ENXIO) | Some(libc::ENODEV)) =>
+            {
+                None
+            }
             Ok(Err(e)) => Some(format!("{}: the exclusive-open probe failed ({e})", ns.name)),
             Err(_) => Some(format!(
                 "{}: the exclusive-open probe did not answer within {}s",

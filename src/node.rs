@@ -899,12 +899,12 @@ impl NodeService {
         };
         let own = Nqn::for_volume(self.nvme.prefix(), id);
         match self.sysfs().owner(m.dev)? {
-            Some((sub, ns)) if sub.nqn == own.as_str() => Ok(At::Mounted(m, Some((sub, ns)))),
+            Some((sub, ns)) if sub.nqn == own.as_str() => Ok(At::Mounted(Box::new((m, Some((sub, ns)))))),
             Some((sub, _)) => Err(Error::NotThisVolume {
                 path: path.to_path_buf(),
                 found: format!("the device of {}, another volume", sub.nqn),
             }),
-            None if known(Some(m.dev)) => Ok(At::Mounted(m, None)),
+            None if known(Some(m.dev)) => Ok(At::Mounted(Box::new((m, None)))),
             None => Err(Error::NotThisVolume {
                 path: path.to_path_buf(),
                 found: describe(&m),
@@ -917,7 +917,7 @@ impl NodeService {
         use csi::volume_usage::Unit;
         let mut resp = csi::NodeGetVolumeStatsResponse::new();
         let (m, owner) = match self.volume_at(id, path)? {
-            At::Mounted(m, owner) => (m, owner),
+            At::Mounted(found) => *found,
             At::Gone => {
                 resp.volume_condition = condition(Some(format!(
                     "the volume's mount at {} went away (nothing is mounted there)",
@@ -977,7 +977,7 @@ impl NodeService {
     /// call finds nothing to grow and returns the same size.
     pub fn expand(&self, id: &VolumeId, path: &Path, required: u64) -> Result<u64, Error> {
         let (m, owner) = match self.volume_at(id, path)? {
-            At::Mounted(m, owner) => (m, owner),
+            At::Mounted(found) => *found,
             At::Gone => {
                 return Err(Error::MountGone {
                     path: path.to_path_buf(),
@@ -1036,7 +1036,7 @@ enum Whose {
 
 /// What a stats or expand path holds.
 enum At {
-    Mounted(Mounted, Option<(device::Subsystem, device::Namespace)>),
+    Mounted(Box<(Mounted, Option<(device::Subsystem, device::Namespace)>)>),
     /// A known staging or publish path of this volume with nothing mounted.
     Gone,
 }

@@ -138,6 +138,11 @@ pub enum Error {
     MountGone {
         path: PathBuf,
     },
+    /// SINGLE_NODE_SINGLE_WRITER: already published read-write elsewhere.
+    SingleWriter {
+        path: PathBuf,
+        other: PathBuf,
+    },
     /// A marker next to a staging or publish path could not be written or
     /// removed.
     Marker {
@@ -217,6 +222,13 @@ impl fmt::Display for Error {
                 f,
                 "the volume's mount at {} went away; publish (or stage) it again",
                 shown(path)
+            ),
+            Error::SingleWriter { path, other } => write!(
+                f,
+                "not publishing at {}: the volume is SINGLE_NODE_SINGLE_WRITER and already published \
+                 read-write at {}",
+                shown(path),
+                shown(other)
             ),
             Error::Marker { path, .. } => {
                 write!(f, "cannot write or remove the marker next to {}", shown(path))
@@ -334,6 +346,13 @@ fn volume_path(raw: &str, kubelet_dir: &Path) -> Result<PathBuf, RpcStatus> {
         return Err(gone());
     }
     paths::confine("volume_path", raw, kubelet_dir).map_err(|e| invalid(e.to_string()))
+}
+
+/// True for SINGLE_NODE_SINGLE_WRITER: one read-write publish at a time.
+fn single_writer(cap: &MessageField<csi::VolumeCapability>) -> bool {
+    use csi::volume_capability::access_mode::Mode;
+    cap.as_ref()
+        .is_some_and(|c| c.access_mode.mode.enum_value_or_default() == Mode::SINGLE_NODE_SINGLE_WRITER)
 }
 
 /// The access type and whether the access mode is read-only.
@@ -776,6 +795,9 @@ impl NodeService {
     /// Bind-mounts this volume, staged at `staging`, at `target` (both
     /// confined and resolved by the caller). Called again with the same
     /// arguments it finds the mount and does nothing.
+    /// With `single_writer` (SINGLE_NODE_SINGLE_WRITER), a read-write
+    /// publish is refused while the volume is published read-write at
+    /// another target.
     pub fn publish(
         &self,
         id: &VolumeId,
@@ -783,6 +805,7 @@ impl NodeService {
         target: &Path,
         access: &Access,
         read_only: bool,
+        single_writer: bool,
     ) -> Result<(), Error> {
         let table = self.mount_table()?;
         let (source, block) = match access {
@@ -818,15 +841,41 @@ impl NodeService {
                 found: describe(&m),
             });
         }
+        if single_writer && !read_only {
+            let block_file = staging.join(BLOCK_FILE);
+            let writers: Vec<PathBuf> = table
+                .users_of(staged.dev)
+                .into_iter()
+                .filter(|p| p != staging && *p != block_file && p != target)
+                .filter(|p| table.at(p).is_some_and(|e| !e.read_only()))
+                .collect();
+            if let Some(other) = writers.first() {
+                return Err(Error::SingleWriter {
+                    path: target.to_path_buf(),
+                    other: other.clone(),
+                });
+            }
+        }
         // The marker before the target: a target we create is always known
         // to be ours, even when we die before the bind.
         self.write_marker(target, Role::Published, id, staged.dev)?;
-        if block {
-            mount::ensure_file(target)?;
+        let existed = target.exists();
+        let made = if block {
+            mount::ensure_file(target)
         } else {
-            mount::ensure_dir(target)?;
+            mount::ensure_dir(target)
+        };
+        if let Err(e) = made.and_then(|()| mount::bind(&source, target, read_only)) {
+            // Leave nothing behind that kubelet's clean-up of the target's
+            // directory would trip over: what we made, then our marker.
+            if !existed && self.mount_table()?.at(target).is_none() {
+                let _ = mount::remove_if_empty(target);
+            }
+            if let Err(m) = self.remove_marker(target, Role::Published, id) {
+                warn!("publish roll-back: {}", crate::error_chain(&m));
+            }
+            return Err(e.into());
         }
-        mount::bind(&source, target, read_only)?;
         info!(
             "published {} at {}{}",
             shown(&source),
@@ -1162,8 +1211,16 @@ impl Node for NodeService {
         }
         let (access, read_only_mode) = access(&req.volume_capability)?;
         let _guard = self.lock(&id)?;
-        self.publish(&id, &staging, &target, &access, req.readonly || read_only_mode)
-            .map_err(node_status)?;
+        let single = single_writer(&req.volume_capability);
+        self.publish(
+            &id,
+            &staging,
+            &target,
+            &access,
+            req.readonly || read_only_mode,
+            single,
+        )
+        .map_err(node_status)?;
         Ok(csi::NodePublishVolumeResponse::new())
     }
 

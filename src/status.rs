@@ -149,6 +149,7 @@ pub fn node_error(e: &crate::node::Error) -> RpcStatus {
         | E::NotAttached { .. }
         | E::OtherVolume { .. }
         | E::NotOurs { .. }
+        | E::SingleWriter { .. }
         | E::MountGone { .. } => failed_precondition(crate::error_chain(e)),
         E::NoSuchVolumePath { .. } | E::NotMounted { .. } | E::NotThisVolume { .. } => {
             not_found(crate::error_chain(e))

@@ -1214,6 +1214,25 @@ fn single_node_multi_writer_is_advertised_and_served() {
         if !block {
             fs::write(target.join("w"), b"writable").unwrap();
         }
+        // A second workload: read-write is fine for MULTI_WRITER, refused
+        // for SINGLE_WRITER; read-only is fine for both.
+        let second = node.fabric.path(&format!("{}/t2", vol.slot));
+        let req = fabric::publish_request(&vol, &staging, &second, with_mode(), false);
+        let r = node.client().node_publish_volume(&req, opt(60));
+        if mode == Mode::SINGLE_NODE_SINGLE_WRITER {
+            let (c, msg) = code(r.unwrap_err());
+            assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+            assert!(!second.exists(), "a refused target was created");
+            let req = fabric::publish_request(&vol, &staging, &second, with_mode(), true);
+            expect_ok(
+                "read-only second publish",
+                &node,
+                node.client().node_publish_volume(&req, opt(60)),
+            );
+        } else {
+            expect_ok("second publish", &node, r);
+        }
+        expect_ok("unpublish second", &node, node.unpublish(&vol, &second));
         expect_ok("unpublish", &node, node.unpublish(&vol, &target));
         expect_ok("unstage", &node, node.unstage(&vol, &staging));
     }

@@ -460,6 +460,13 @@ impl Sysfs {
     }
 }
 
+/// A namespace is busy only when it stays busy this long: a short-lived
+/// opener (udev probing the device after an unmount or mkfs) is waited
+/// out, a mount or a running mkfs is not.
+pub const BUSY_GRACE: Duration = Duration::from_secs(2);
+/// How often a busy namespace is looked at again within [`BUSY_GRACE`].
+pub const BUSY_POLL: Duration = Duration::from_millis(50);
+
 /// How long the exclusive-open probe may take: opening a namespace whose
 /// controller is gone can block in the kernel. No answer in time counts as
 /// busy (we could not show it is not).

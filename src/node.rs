@@ -695,16 +695,24 @@ impl NodeService {
     }
 
     /// Where the NQN's namespaces are in use now, `except` these mount points.
+    /// A user that goes within [`device::BUSY_GRACE`] (udev's probe after
+    /// an unmount, say) does not count.
     fn users_of_nqn(&self, nqn: &str, except: &[&Path]) -> Result<Vec<String>, Error> {
-        let Some(sub) = self.sysfs().subsystem(nqn)? else {
-            return Ok(Vec::new());
-        };
-        let table = self.mount_table()?;
-        let mut users = Vec::new();
-        for ns in &sub.namespaces {
-            users.extend(orphan::device_users(self.sysfs(), &table, ns, except)?);
+        let started = Instant::now();
+        loop {
+            let Some(sub) = self.sysfs().subsystem(nqn)? else {
+                return Ok(Vec::new());
+            };
+            let table = self.mount_table()?;
+            let mut users = Vec::new();
+            for ns in &sub.namespaces {
+                users.extend(orphan::device_users(self.sysfs(), &table, ns, except)?);
+            }
+            if users.is_empty() || started.elapsed() >= device::BUSY_GRACE {
+                return Ok(users);
+            }
+            std::thread::sleep(device::BUSY_POLL);
         }
-        Ok(users)
     }
 
     // -----------------------------------------------------------------------
@@ -890,6 +898,20 @@ impl NodeService {
     /// not exist, or that holds nothing of ours, is already unpublished; a
     /// mount of something else there is refused, untouched.
     pub fn unpublish(&self, id: &VolumeId, target: &Path) -> Result<(), Error> {
+        // A staging path (or a block volume's device file in one) is no
+        // publish target, whoever's it is: unstage takes it down.
+        let staged_here = paths::read_marker(target, Role::Staged).or_else(|| {
+            let parent = target.parent()?;
+            (target.file_name()? == BLOCK_FILE)
+                .then(|| paths::read_marker(parent, Role::Staged))
+                .flatten()
+        });
+        if let Some(staged) = staged_here {
+            return Err(Error::NotOurs {
+                path: target.to_path_buf(),
+                found: format!("a staging path (of volume {})", echo(&staged.volume)),
+            });
+        }
         let unmounted = self.unmount_ours(id, target, target, Role::Published)?;
         let marker = paths::read_marker(target, Role::Published);
         let marked_ours = marker.as_ref().is_some_and(|m| m.volume == id.as_str());

@@ -528,16 +528,25 @@ impl Nvme {
         let Some(sub) = self.sysfs.subsystem(nqn)? else {
             return Ok(false);
         };
-        let mut users = Vec::new();
-        for ns in &sub.namespaces {
-            users.extend(self.sysfs.busy(ns)?);
+        let started = Instant::now();
+        let grace = device::BUSY_GRACE.min(limit / 2);
+        loop {
+            let mut users = Vec::new();
+            for ns in &sub.namespaces {
+                users.extend(self.sysfs.busy(ns)?);
+            }
+            if users.is_empty() {
+                break;
+            }
+            if started.elapsed() >= grace {
+                return Err(Error::Busy {
+                    nqn: nqn.to_string(),
+                    users,
+                });
+            }
+            std::thread::sleep(device::BUSY_POLL);
         }
-        if !users.is_empty() {
-            return Err(Error::Busy {
-                nqn: nqn.to_string(),
-                users,
-            });
-        }
+        let limit = limit.saturating_sub(started.elapsed());
         let result = self.disconnect_connected(nqn, limit);
         let outcome = if result.is_ok() { "ok" } else { "failed" };
         metrics::inc("rds_csi_nvme_disconnects_total", &[("outcome", outcome)]);

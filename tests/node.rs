@@ -988,11 +988,31 @@ fn only_this_volumes_own_mounts_and_files_are_touched() {
 
     // Another volume's staging path and publish target under my id:
     // refused, still mounted.
-    for path in [&s_theirs, &t_theirs] {
+    for (path, says) in [
+        (&s_theirs, theirs.slot.as_str()),
+        (&t_theirs, theirs.nqn.as_str()),
+    ] {
         let (c, msg) = code(node.unpublish(&mine, path).unwrap_err());
         assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
-        assert!(msg.contains(&theirs.nqn), "{msg}");
+        assert!(msg.contains(says), "{msg}");
         assert!(fabric::mounted_at(path).is_some(), "{} unmounted", path.display());
+    }
+    // My own staging path is no publish target either (unstage takes it down).
+    for path in [s_mine.clone(), node.fabric.path("blk-own/staging/device")] {
+        if path.ends_with("device") {
+            let blk = create_volume(&node.sim, "own-blk", GIB);
+            let staging = path.parent().unwrap().to_path_buf();
+            expect_ok("stage block", &node, node.stage(&blk, &staging, true, "", &[]));
+            let (c, msg) = code(node.unpublish(&blk, &path).unwrap_err());
+            assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+            assert!(fabric::mounted_at(&path).is_some());
+            expect_ok("unstage block", &node, node.unstage(&blk, &staging));
+        } else {
+            let (c, msg) = code(node.unpublish(&mine, &path).unwrap_err());
+            assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+            assert!(msg.contains("staging path"), "{msg}");
+            assert!(fabric::mounted_at(&path).is_some());
+        }
     }
     // Publishing their staging path under my id would hand their data to my pod.
     let (c, msg) = code(

@@ -97,6 +97,7 @@ step "start rds-csi serving the controller and the node on one socket"
 	--rds-username-file "$work/secret/username" --rds-password-file "$work/secret/password" \
 	--nvme-address 127.0.0.1 \
 	--nvme-bin "$node/fabric/nvme" --sys-root "$node/sys" --dev-root "$node/dev" --etc-root "$node/etc" \
+	--kubelet-dir "$work/kubelet" \
 	2>"$work/driver.log" &
 driver_pid=$!
 for _ in $(seq 200); do [ -S "$work/csi.sock" ] && break; sleep 0.05; done

@@ -131,9 +131,9 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: "kubelet-dir",
         metavar: Some("PATH"),
-        subs: &[Sub::Doctor],
+        subs: SERVE_DOCTOR,
         default: Some("/var/lib/kubelet"),
-        help: "the kubelet's root directory, checked to be writable (k3s uses the standard path)",
+        help: "the kubelet's root directory (k3s uses the standard path): the node plugin only stages and publishes strictly under it; doctor checks it is writable",
         fallback_env: &[],
     },
     // --- controller: the RDS and how volumes are laid out on it ---------

@@ -249,9 +249,20 @@ pub fn node_settings(v: &Values, node_id: &str) -> Result<crate::node::Settings,
         etc: root_dir(v, "etc-root")?,
     };
     let attempts = number(v, "connect-attempts", 1, 20)? as u32;
+    // Every staging and publish path must lie strictly under it; `/` would
+    // confine nothing.
+    let kubelet_dir = root_dir(v, "kubelet-dir")?;
+    if kubelet_dir.parent().is_none() {
+        return Err(ConfigError(format!(
+            "{} {:?}: must not be / (paths are confined under it)",
+            v.describe("kubelet-dir"),
+            kubelet_dir.display()
+        )));
+    }
     Ok(crate::node::Settings {
         node_id: node_id.to_string(),
         max_volumes_per_node: number(v, "max-volumes-per-node", 0, 100_000)? as i64,
+        kubelet_dir,
         roots,
         nvme: crate::nvme::Settings {
             bin,
@@ -566,6 +577,7 @@ mod tests {
         assert_eq!(n.node_id, "n1");
         assert_eq!(n.max_volumes_per_node, 0);
         assert_eq!(n.roots, crate::host::Roots::default());
+        assert_eq!(n.kubelet_dir, std::path::PathBuf::from("/var/lib/kubelet"));
         assert_eq!(n.nvme.bin, "nvme");
         assert_eq!(n.nvme.host_nqn, None);
         assert_eq!(n.nvme.prefix.as_str(), "nqn.2000-02.com.mikrotik");
@@ -591,11 +603,17 @@ mod tests {
                 "5",
                 "--connect-attempts",
                 "2",
+                "--kubelet-dir",
+                "/var/snap/microk8s/common/var/lib/kubelet",
             ],
             &[],
         )
         .unwrap();
         let n = c.node_settings.unwrap();
+        assert_eq!(
+            n.kubelet_dir,
+            std::path::PathBuf::from("/var/snap/microk8s/common/var/lib/kubelet")
+        );
         assert_eq!(n.nvme.bin, "/opt/fabric/nvme");
         assert_eq!(n.roots.sys, std::path::PathBuf::from("/host/sys"));
         assert_eq!(
@@ -606,6 +624,15 @@ mod tests {
         assert_eq!(n.max_volumes_per_node, 16);
         assert_eq!(n.nvme.device_wait, Duration::from_secs(5));
         assert_eq!(n.nvme.policy.max_attempts, 2);
+        let from_env = serve(
+            &["--node", "--node-id", "n1"],
+            &[("RDS_CSI_KUBELET_DIR", "/data/kubelet")],
+        )
+        .unwrap();
+        assert_eq!(
+            from_env.node_settings.unwrap().kubelet_dir,
+            std::path::PathBuf::from("/data/kubelet")
+        );
         assert!(serve(&["--controller", "--rds-address", "https://10.0.0.5"], &[])
             .unwrap()
             .node_settings
@@ -625,6 +652,8 @@ mod tests {
             (&["--device-wait", "0"], "--device-wait"),
             (&["--connect-attempts", "0"], "--connect-attempts"),
             (&["--connect-attempts", "many"], "--connect-attempts"),
+            (&["--kubelet-dir", "var/lib/kubelet"], "--kubelet-dir"),
+            (&["--kubelet-dir", "/"], "--kubelet-dir"),
         ];
         for (args, needle) in cases {
             let mut all: Vec<&str> = base.to_vec();

@@ -7,6 +7,15 @@
 //! group is killed. stdout and stderr are captured up to a bound; stderr goes
 //! into the error. The caller's thread waits in poll(2) on the pipes and a
 //! pidfd, so it wakes the moment the child exits: no sleep-polling.
+//!
+//! No child outlives the plugin or its call: each gets a parent-death
+//! signal (SIGKILL; `host::die_with_parent`), which fires when the thread
+//! that spawned it exits. That thread is the caller's, which waits for the
+//! child until it has exited or been killed, so the signal fires exactly
+//! when the plugin dies under a running command (an mkfs must not go on
+//! writing under a restarted plugin that believes the device idle). When
+//! the call ends, by exit, deadline or error, whatever is left of the
+//! child's process group is killed too.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -223,6 +232,9 @@ fn run_watched<S: AsRef<OsStr>>(
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills whatever it started too.
         .process_group(0);
+    // Spawned (and then waited for) on this thread: the parent-death
+    // signal follows this thread's life, which spans the whole wait.
+    host::die_with_parent(&mut cmd);
     let child = cmd.spawn().map_err(|source| Error::Spawn {
         command: command.clone(),
         source,
@@ -350,7 +362,13 @@ fn supervise(
     let (watch, mut child) = match pidfd {
         Ok(fd) => (ExitWatch::PidFd(fd), Some(child)),
         Err(_) => {
-            let (wake, tell) = UnixStream::pair().map_err(wait_err)?;
+            let (wake, tell) = match UnixStream::pair() {
+                Ok(pair) => pair,
+                Err(e) => {
+                    kill_and_reap(child, pid);
+                    return Err(wait_err(e));
+                }
+            };
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
                 let _ = tx.send(child.wait());
@@ -373,7 +391,17 @@ fn supervise(
         let mut fds = vec![watch_fd];
         fds.extend(out.fd());
         fds.extend(err.fd());
-        let ready = host::poll_readable(&fds, deadline - now).map_err(wait_err)?;
+        let ready = match host::poll_readable(&fds, deadline - now) {
+            Ok(ready) => ready,
+            Err(e) => {
+                // Never leave the child running behind a failed wait.
+                let _ = host::kill_process_group(pid);
+                if let Some(c) = child.take() {
+                    kill_and_reap(c, pid);
+                }
+                return Err(wait_err(e));
+            }
+        };
         // Read the pipes on every wake-up so a chatty child never blocks on a full pipe.
         out.drain();
         err.drain();
@@ -411,7 +439,13 @@ fn supervise(
     out.drain();
     err.drain();
     let status = match (&watch, child.take()) {
-        (ExitWatch::PidFd(_), Some(mut c)) => c.wait().map_err(wait_err)?,
+        (ExitWatch::PidFd(_), Some(mut c)) => {
+            // The call ends: what is left of its process group goes too.
+            // The leader is not reaped yet, so the group id cannot have
+            // been reused by an unrelated process.
+            let _ = host::kill_process_group(pid);
+            c.wait().map_err(wait_err)?
+        }
         (ExitWatch::Thread { status, .. }, _) => status
             .recv()
             .map_err(|_| wait_err(io::Error::other("the waiting thread vanished")))?
@@ -429,11 +463,87 @@ fn supervise(
     })
 }
 
+/// Kills the child's process group and reaps the child, on a thread of
+/// its own should it not go at once (stuck in the kernel).
+fn kill_and_reap(mut child: Child, pgid: u32) {
+    let _ = host::kill_process_group(pgid);
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    /// The parent-death signal: a child whose spawning thread exits gets
+    /// SIGKILL (a plugin killed with -9 loses every thread at once).
+    #[test]
+    fn a_child_dies_with_the_thread_that_spawned_it() {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("60").stdin(Stdio::null());
+            host::die_with_parent(&mut cmd);
+            tx.send(cmd.spawn().unwrap()).unwrap();
+            // The thread ends here, with the child still running.
+        })
+        .join()
+        .unwrap();
+        let mut child = rx.recv().unwrap();
+        let started = Instant::now();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        assert!(started.elapsed() < 30 * SECOND, "{:?}", started.elapsed());
+        // Without it, the same child outlives its thread.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            tx.send(std::process::Command::new("sleep").arg("60").spawn().unwrap())
+                .unwrap();
+        })
+        .join()
+        .unwrap();
+        let mut control = rx.recv().unwrap();
+        assert!(control.try_wait().unwrap().is_none());
+        control.kill().unwrap();
+        control.wait().unwrap();
+    }
+
+    #[test]
+    fn leftovers_of_the_group_are_killed_when_the_call_ends() {
+        let dir = std::env::temp_dir().join(format!(
+            "rds-csi-exec-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("pid");
+        // The grandchild writes its pid and lives on after sh exits.
+        let script = format!(
+            "sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {}",
+            pidfile.display()
+        );
+        let out = run("sh", &["-c", &script], 20 * SECOND).unwrap();
+        assert!(out.success());
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let started = Instant::now();
+        loop {
+            // Gone, or a zombie waiting for init to reap it.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+            if stat.is_empty() || state == Some('Z') {
+                break;
+            }
+            assert!(
+                started.elapsed() < 20 * SECOND,
+                "grandchild {pid} still running: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn captures_exit_code_stdout_and_stderr() {

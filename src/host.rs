@@ -279,6 +279,32 @@ pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> 
         .collect())
 }
 
+/// Makes the child that `cmd` starts receive SIGKILL when its parent goes:
+/// the parent-death signal, set with prctl(PR_SET_PDEATHSIG) between fork
+/// and exec. It fires when the *thread* that spawned the child exits, so
+/// spawn from a thread that waits for the child (as `exec` does). If the
+/// parent died before the prctl took effect, the child is already an
+/// orphan and no signal would ever come: it then does not exec at all.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe work is allowed: it makes two system calls (prctl,
+    // getppid) and builds its error from a raw errno, without allocating
+    // or taking locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Sends SIGKILL to every process in process group `pgid`.
 pub fn kill_process_group(pgid: u32) -> io::Result<()> {
     // SAFETY: kill(2) with a negative pid signals that process group; no

@@ -5,8 +5,8 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
-pub mod echo;
 pub mod ctl;
+pub mod echo;
 pub mod host;
 pub mod identity;
 pub mod locks;
@@ -26,6 +26,7 @@ pub mod mount;
 pub mod node;
 pub mod nvme;
 pub mod orphan;
+pub mod paths;
 
 /// The CSI driver name unless `--driver-name` says otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";

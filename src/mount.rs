@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::device::is_namespace_name;
+use crate::echo::echo;
 use crate::exec;
 use crate::host::{self, DevNum, Roots};
 use crate::volume::FsType;
@@ -118,31 +119,36 @@ pub enum Error {
     },
 }
 
+/// A path for a message: targets come from requests, so bounded and escaped.
+fn shown(path: &Path) -> String {
+    echo(&path.to_string_lossy()).to_string()
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::ReadMountTable { path, .. } => write!(f, "cannot read the mount table {}", path.display()),
-            Error::OpenDevice { device, .. } => write!(f, "cannot open {} to probe it", device.display()),
-            Error::ReadDevice { device, .. } => write!(f, "cannot read {} to probe it", device.display()),
+            Error::ReadMountTable { path, .. } => write!(f, "cannot read the mount table {}", shown(path)),
+            Error::OpenDevice { device, .. } => write!(f, "cannot open {} to probe it", shown(device)),
+            Error::ReadDevice { device, .. } => write!(f, "cannot read {} to probe it", shown(device)),
             Error::Probe { device, .. } => write!(
                 f,
                 "cannot tell whether {} holds a filesystem (not formatting it)",
-                device.display()
+                shown(device)
             ),
             Error::ProbeUnclear { device, answer } => write!(
                 f,
                 "unclear probe answer for {} (not formatting it): {answer}",
-                device.display()
+                shown(device)
             ),
             Error::ForeignSignature { device, found } => write!(
                 f,
                 "{} holds {found}, not an ext4 or xfs filesystem; leaving it alone",
-                device.display()
+                shown(device)
             ),
             Error::Unformatted { device } => write!(
                 f,
                 "{} holds no filesystem and the volume is read-only: not formatting it",
-                device.display()
+                shown(device)
             ),
             Error::OtherFilesystem {
                 device,
@@ -151,38 +157,33 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{} holds a {found} filesystem but the volume asks for {wanted}; not reformatting it",
-                device.display()
+                shown(device)
             ),
             Error::Format { device, fs, .. } => {
-                write!(f, "cannot make a {fs} filesystem on {}", device.display())
+                write!(f, "cannot make a {fs} filesystem on {}", shown(device))
             }
-            Error::BadMountFlag { flag, why } => write!(f, "mount flag {flag:?}: {why}"),
+            Error::BadMountFlag { flag, why } => write!(f, "mount flag {}: {why}", echo(flag)),
             Error::Mount {
                 device, target, fs, ..
-            } => write!(
-                f,
-                "cannot mount {} ({fs}) at {}",
-                device.display(),
-                target.display()
-            ),
+            } => write!(f, "cannot mount {} ({fs}) at {}", shown(device), shown(target)),
             Error::Bind { from, target, .. } => {
-                write!(f, "cannot bind-mount {} at {}", from.display(), target.display())
+                write!(f, "cannot bind-mount {} at {}", shown(from), shown(target))
             }
             Error::RemountReadOnly { target, .. } => {
-                write!(f, "cannot make the bind mount at {} read-only", target.display())
+                write!(f, "cannot make the bind mount at {} read-only", shown(target))
             }
-            Error::Unmount { target, .. } => write!(f, "cannot unmount {}", target.display()),
-            Error::CreateTarget { path, .. } => write!(f, "cannot create {}", path.display()),
-            Error::RemoveTarget { path, .. } => write!(f, "cannot remove {}", path.display()),
-            Error::Stat { path, .. } => write!(f, "cannot stat {}", path.display()),
+            Error::Unmount { target, .. } => write!(f, "cannot unmount {}", shown(target)),
+            Error::CreateTarget { path, .. } => write!(f, "cannot create {}", shown(path)),
+            Error::RemoveTarget { path, .. } => write!(f, "cannot remove {}", shown(path)),
+            Error::Stat { path, .. } => write!(f, "cannot stat {}", shown(path)),
             Error::Resize { device, fs, .. } => {
-                write!(f, "cannot grow the {fs} filesystem on {}", device.display())
+                write!(f, "cannot grow the {fs} filesystem on {}", shown(device))
             }
             Error::UnsupportedResize { target, fs } => {
                 write!(
                     f,
                     "cannot grow the {fs} filesystem at {}: only ext4 and xfs",
-                    target.display()
+                    shown(target)
                 )
             }
         }
@@ -726,17 +727,26 @@ pub fn unmount(target: &Path) -> Result<bool, Error> {
     }
 }
 
-/// Removes a target file or (empty) directory; gone already is fine.
-pub fn remove_target(path: &Path) -> Result<(), Error> {
-    let result = match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+/// Removes `path` when it is an empty directory or an empty regular file
+/// (a target or block file we made, with nothing mounted on it); gone
+/// already is fine. Anything else (a file with content, a directory that is
+/// not empty, a device node, a symlink) is left alone: returns false.
+pub fn remove_if_empty(path: &Path) -> Result<bool, Error> {
+    let removed = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
         Err(source) => Err(source),
-        Ok(m) if m.is_dir() => fs::remove_dir(path),
-        Ok(_) => fs::remove_file(path),
+        Ok(m) if m.is_dir() => match fs::remove_dir(path) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                return Ok(false)
+            }
+            other => other,
+        },
+        Ok(m) if m.is_file() && m.len() == 0 => fs::remove_file(path),
+        Ok(_) => return Ok(false),
     };
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+    match removed {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
         Err(source) => Err(Error::RemoveTarget {
             path: path.to_path_buf(),
             source,
@@ -966,8 +976,14 @@ garbage line
         assert!(unmount(&dst).unwrap());
         assert!(!unmount(&dst).unwrap());
         assert!(!unmount(&d.join("missing")).unwrap());
-        remove_target(&dst).unwrap();
-        remove_target(&dst).unwrap();
+        assert!(remove_if_empty(&dst).unwrap());
+        assert!(remove_if_empty(&dst).unwrap());
+        // Only empty files and directories go.
+        assert!(!remove_if_empty(&src).unwrap() && src.join("f").exists());
+        assert!(!remove_if_empty(&src.join("f")).unwrap());
+        let empty = d.join("empty-file");
+        ensure_file(&empty).unwrap();
+        assert!(remove_if_empty(&empty).unwrap() && !empty.exists());
         fs::remove_dir_all(&d).unwrap();
     }
 }

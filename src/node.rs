@@ -8,9 +8,25 @@
 //! sysfs on every call. A restarted plugin therefore continues where the
 //! last one stopped. Block volumes are staged as a bind mount of the device
 //! node onto `<staging>/device`, so the mount table shows them too.
+//!
+//! Trust nothing a caller names: staging and target paths must lie strictly
+//! under the kubelet directory (`paths::confine`), a staging context must
+//! name this volume's own NQN, and a mount is unmounted, or a plain file or
+//! directory removed, only when it is provably this volume's (see
+//! [`NodeService::whose`] and the markers of `paths`):
+//! - a mount is this volume's when its device is the namespace of
+//!   `<prefix>:<volume id>`, or, when that device is no longer an attached
+//!   namespace (the controller was lost), when our marker next to the path
+//!   names this volume and the same device number;
+//! - a plain file or directory at a target is removed only when it is empty
+//!   and either we just unmounted this volume from it or our marker next to
+//!   it names this volume (we created it). Anything else is left alone: a
+//!   foreign mount is FAILED_PRECONDITION, a foreign file or directory that
+//!   is not a mount point is already "not published" and stays untouched.
 
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +35,7 @@ use log::{info, warn};
 use protobuf::MessageField;
 
 use crate::device::{self, Lookup, Sysfs};
+use crate::echo::echo;
 use crate::exec;
 use crate::host::{DevNum, Roots};
 use crate::identity::Readiness;
@@ -26,6 +43,7 @@ use crate::locks::{VolumeGuard, VolumeLocks};
 use crate::mount::{self, MountOptions, MountTable, Mounted};
 use crate::nvme::{self, Nvme, Target};
 use crate::orphan;
+use crate::paths::{self, Marker, Role};
 use crate::proto::csi;
 use crate::proto::grpc::Node;
 use crate::server::CallInfo;
@@ -44,6 +62,8 @@ pub struct Settings {
     pub node_id: String,
     /// 0: no limit reported.
     pub max_volumes_per_node: i64,
+    /// `--kubelet-dir`: staging and target paths must lie strictly under it.
+    pub kubelet_dir: PathBuf,
     pub roots: Roots,
     pub nvme: nvme::Settings,
 }
@@ -102,6 +122,38 @@ pub enum Error {
         size: u64,
         required: u64,
     },
+    /// A path we were asked to tear down (or publish from) holds a mount
+    /// that is not this volume's: nothing was touched.
+    NotOurs {
+        path: PathBuf,
+        found: String,
+    },
+    /// Stats/expand: what is mounted at the path is not this volume.
+    NotThisVolume {
+        path: PathBuf,
+        found: String,
+    },
+    /// Expand: a known staging or publish path of this volume whose mount
+    /// went away.
+    MountGone {
+        path: PathBuf,
+    },
+    /// SINGLE_NODE_SINGLE_WRITER: already published read-write elsewhere.
+    SingleWriter {
+        path: PathBuf,
+        other: PathBuf,
+    },
+    /// A marker next to a staging or publish path could not be written or
+    /// removed.
+    Marker {
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// A path for a message: it came from a request, so bounded and escaped.
+fn shown(path: &Path) -> String {
+    echo(&path.to_string_lossy()).to_string()
 }
 
 impl fmt::Display for Error {
@@ -117,29 +169,33 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{} already holds device {found}, but the volume's device is {expected}",
-                path.display()
+                shown(path)
             ),
             Error::StagedOtherwise { path, found } => {
-                write!(f, "{} already holds the volume as {found}", path.display())
+                write!(f, "{} already holds the volume as {found}", shown(path))
             }
-            Error::NotStaged { path } => write!(f, "the volume is not staged at {}", path.display()),
+            Error::NotStaged { path } => write!(f, "the volume is not staged at {}", shown(path)),
             Error::PublishedOtherwise { path, found } => {
-                write!(f, "{} is already a mount point: {found}", path.display())
+                write!(f, "{} is already a mount point: {found}", shown(path))
             }
             Error::InUse { nqn, users } => write!(
                 f,
                 "not disconnecting {nqn}: its device is still in use ({})",
                 users.join("; ")
             ),
-            Error::NoSuchVolumePath { path } => write!(f, "{} does not exist", path.display()),
-            Error::NotMounted { path } => write!(f, "nothing is mounted at {}", path.display()),
+            Error::NoSuchVolumePath { path } => write!(f, "{} does not exist", shown(path)),
+            Error::NotMounted { path } => write!(
+                f,
+                "nothing is mounted at {}, and it is no staging or publish path of this volume",
+                shown(path)
+            ),
             Error::NotAttached { path, dev } => write!(
                 f,
                 "the device {dev} mounted at {} is not an attached NVMe namespace",
-                path.display()
+                shown(path)
             ),
             Error::OtherVolume { path, nqn } => {
-                write!(f, "{} holds the device of {nqn}, another volume", path.display())
+                write!(f, "{} holds the device of {nqn}, another volume", shown(path))
             }
             Error::SizeNotReached {
                 device,
@@ -150,6 +206,33 @@ impl fmt::Display for Error {
                 "{device} is {size} bytes after a rescan, less than the {required} bytes asked for; \
                  try again when the RDS has grown the disk"
             ),
+            Error::NotOurs { path, found } => write!(
+                f,
+                "{} holds {found}, not this volume: left untouched",
+                shown(path)
+            ),
+            Error::NotThisVolume { path, found } => {
+                write!(
+                    f,
+                    "this volume is not mounted at {}: it holds {found}",
+                    shown(path)
+                )
+            }
+            Error::MountGone { path } => write!(
+                f,
+                "the volume's mount at {} went away; publish (or stage) it again",
+                shown(path)
+            ),
+            Error::SingleWriter { path, other } => write!(
+                f,
+                "not publishing at {}: the volume is SINGLE_NODE_SINGLE_WRITER and already published \
+                 read-write at {}",
+                shown(path),
+                shown(other)
+            ),
+            Error::Marker { path, .. } => {
+                write!(f, "cannot write or remove the marker next to {}", shown(path))
+            }
         }
     }
 }
@@ -161,6 +244,7 @@ impl std::error::Error for Error {
             Error::Nvme(e) => e.source(),
             Error::Device(e) => e.source(),
             Error::Mount(e) => e.source(),
+            Error::Marker { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -238,19 +322,37 @@ fn invalid(message: impl Into<String>) -> RpcStatus {
 fn volume_id(raw: &str) -> Result<VolumeId, RpcStatus> {
     status::require("volume_id", raw)?;
     VolumeId::parse(raw)
-        .ok_or_else(|| status::not_found(format!("volume {raw:?} is not a volume of this driver")))
+        .ok_or_else(|| status::not_found(format!("volume {} is not a volume of this driver", echo(raw))))
 }
 
-/// A required absolute path without `..` components.
-fn abs_path(field: &str, raw: &str) -> Result<PathBuf, RpcStatus> {
+/// A required staging or target path, resolved and confined strictly under
+/// the kubelet directory; anything else is INVALID_ARGUMENT naming the field.
+fn confined(field: &'static str, raw: &str, kubelet_dir: &Path) -> Result<PathBuf, RpcStatus> {
     status::require(field, raw)?;
-    let p = PathBuf::from(raw);
-    if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) || raw.contains('\0') {
-        return Err(invalid(format!(
-            "{field} {raw:?} must be an absolute path without '..'"
-        )));
+    paths::confine(field, raw, kubelet_dir).map_err(|e| invalid(e.to_string()))
+}
+
+/// The `volume_path` of stats and expand: one that does not exist (a
+/// relative one included: it names nothing here) is NOT_FOUND, as the CSI
+/// spec says; an existing one must lie under the kubelet directory.
+fn volume_path(raw: &str, kubelet_dir: &Path) -> Result<PathBuf, RpcStatus> {
+    status::require("volume_path", raw)?;
+    let gone = || status::not_found(format!("volume_path {} does not exist", echo(raw)));
+    if !Path::new(raw).is_absolute() {
+        return Err(gone());
     }
-    Ok(p)
+    let clean = paths::clean_absolute("volume_path", raw).map_err(|e| invalid(e.to_string()))?;
+    if !clean.exists() {
+        return Err(gone());
+    }
+    paths::confine("volume_path", raw, kubelet_dir).map_err(|e| invalid(e.to_string()))
+}
+
+/// True for SINGLE_NODE_SINGLE_WRITER: one read-write publish at a time.
+fn single_writer(cap: &MessageField<csi::VolumeCapability>) -> bool {
+    use csi::volume_capability::access_mode::Mode;
+    cap.as_ref()
+        .is_some_and(|c| c.access_mode.mode.enum_value_or_default() == Mode::SINGLE_NODE_SINGLE_WRITER)
 }
 
 /// The access type and whether the access mode is read-only.
@@ -260,7 +362,19 @@ fn access(cap: &MessageField<csi::VolumeCapability>) -> Result<(Access, bool), R
         return Err(invalid("volume_capability is required"));
     };
     let mode = cap.access_mode.mode.enum_value_or_default();
-    let read_only = matches!(mode, Mode::SINGLE_NODE_READER_ONLY | Mode::MULTI_NODE_READER_ONLY);
+    // SINGLE_NODE_SINGLE_WRITER and SINGLE_NODE_MULTI_WRITER are single-node
+    // writers like SINGLE_NODE_WRITER: the node stages and publishes them
+    // the same way (the CO keeps a single-writer volume to one pod).
+    let read_only = match mode {
+        Mode::SINGLE_NODE_READER_ONLY | Mode::MULTI_NODE_READER_ONLY => true,
+        Mode::SINGLE_NODE_WRITER
+        | Mode::SINGLE_NODE_SINGLE_WRITER
+        | Mode::SINGLE_NODE_MULTI_WRITER
+        | Mode::MULTI_NODE_SINGLE_WRITER
+        | Mode::MULTI_NODE_MULTI_WRITER => false,
+        // Not set: a writer, as it always was here.
+        Mode::UNKNOWN => false,
+    };
     let access = if cap.has_block() {
         Access::Block
     } else if cap.has_mount() {
@@ -356,19 +470,105 @@ impl NodeService {
     }
 
     // -----------------------------------------------------------------------
+    // Whose is it
+    // -----------------------------------------------------------------------
+
+    /// Whether the mount `m` is this volume's: its device is the namespace
+    /// of `<prefix>:<id>` now; or that device is no longer an attached
+    /// namespace and the `role` marker next to `marked` names this volume
+    /// and the same device number.
+    fn whose(&self, id: &VolumeId, m: &Mounted, marked: &Path, role: Role) -> Result<Whose, Error> {
+        let own = Nqn::for_volume(self.nvme.prefix(), id);
+        match self.sysfs().owner(m.dev)? {
+            Some((sub, ns)) if sub.nqn == own.as_str() => Ok(Whose::Ours(Some((sub, ns)))),
+            Some((sub, _)) => Ok(Whose::Other {
+                found: format!("the device of {}", sub.nqn),
+                nqn: Some(sub.nqn),
+            }),
+            None => match paths::marked_for(marked, role, id.as_str()) {
+                Some(mk) if mk.dev == m.dev => Ok(Whose::Ours(None)),
+                _ => Ok(Whose::Other {
+                    found: describe(m),
+                    nqn: None,
+                }),
+            },
+        }
+    }
+
+    /// Unmounts this volume's mounts at `at` (stacked ones one by one).
+    /// Returns whether it unmounted anything. A mount of something else on
+    /// top is NotOurs / OtherVolume and nothing is touched; one found under
+    /// ours is left in place.
+    fn unmount_ours(&self, id: &VolumeId, at: &Path, marked: &Path, role: Role) -> Result<bool, Error> {
+        let mut unmounted = false;
+        for _ in 0..8 {
+            let table = self.mount_table()?;
+            let Some(m) = table.mounted(at) else { break };
+            match self.whose(id, &m, marked, role)? {
+                Whose::Ours(_) => {
+                    if !mount::unmount(at)? {
+                        break;
+                    }
+                    unmounted = true;
+                }
+                Whose::Other { found, nqn } if !unmounted => {
+                    return Err(match nqn {
+                        Some(nqn) => Error::OtherVolume {
+                            path: at.to_path_buf(),
+                            nqn,
+                        },
+                        None => Error::NotOurs {
+                            path: at.to_path_buf(),
+                            found,
+                        },
+                    })
+                }
+                Whose::Other { found, .. } => {
+                    warn!("{}: under this volume's mount was {found}; leaving it", shown(at));
+                    break;
+                }
+            }
+        }
+        Ok(unmounted)
+    }
+
+    fn write_marker(&self, path: &Path, role: Role, id: &VolumeId, dev: DevNum) -> Result<(), Error> {
+        let marker = Marker {
+            volume: id.as_str().to_string(),
+            dev,
+        };
+        paths::write_marker(path, role, &marker).map_err(|source| Error::Marker {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Removes the `role` marker next to `path` when it names this volume.
+    fn remove_marker(&self, path: &Path, role: Role, id: &VolumeId) -> Result<(), Error> {
+        if paths::marked_for(path, role, id.as_str()).is_none() {
+            return Ok(());
+        }
+        paths::remove_marker(path, role).map_err(|source| Error::Marker {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    // -----------------------------------------------------------------------
     // Stage
     // -----------------------------------------------------------------------
 
-    /// Stages the volume at `staging`. Called again with the same volume it
-    /// finds it staged and does nothing.
+    /// Stages the volume at `staging` (confined and resolved by the caller).
+    /// Called again with the same volume it finds it staged and does nothing.
     pub fn stage(
         &self,
+        id: &VolumeId,
         staging: &Path,
         access: &Access,
         read_only: bool,
         ctx: &VolumeContext,
     ) -> Result<(), Error> {
-        let staging = mount::canonical(staging);
+        let staging = staging.to_path_buf();
         let block_file = staging.join(BLOCK_FILE);
         let nqn = ctx.nqn.as_str();
         let table = self.mount_table()?;
@@ -387,7 +587,12 @@ impl NodeService {
             Access::Block => None,
         };
         if let Some(m) = here {
-            return self.check_staged(&staging, &m, nqn, fs);
+            self.check_staged(&staging, &m, nqn, fs)?;
+            // Staged by a version without markers: record it now.
+            if paths::marked_for(&staging, Role::Staged, id.as_str()).is_none() {
+                self.write_marker(&staging, Role::Staged, id, m.dev)?;
+            }
+            return Ok(());
         }
 
         let target = Target {
@@ -397,12 +602,16 @@ impl NodeService {
         };
         let attached = self.nvme.attach(&target, &ctx.connection)?;
         let dev = &attached.device;
-        let result = match (access, fs) {
-            (Access::Filesystem { options, .. }, Some(fs)) => {
-                stage_filesystem(&dev.path, &staging, fs, options, read_only)
-            }
-            _ => stage_block(&dev.path, &block_file),
-        };
+        // The marker first: whatever is mounted here from now on is known
+        // to be this volume's, even after a restart or a lost controller.
+        let result = self
+            .write_marker(&staging, Role::Staged, id, dev.dev)
+            .and_then(|()| match (access, fs) {
+                (Access::Filesystem { options, .. }, Some(fs)) => {
+                    stage_filesystem(&dev.path, &staging, fs, options, read_only)
+                }
+                _ => stage_block(&dev.path, &block_file),
+            });
         if let Err(e) = result {
             warn!(
                 "staging {nqn} failed after attaching it, rolling back: {}",
@@ -410,9 +619,12 @@ impl NodeService {
             );
             let created = matches!(access, Access::Block).then_some(block_file.as_path());
             self.roll_back(nqn, dev.dev, &[&block_file, &staging], created);
+            if let Err(e) = self.remove_marker(&staging, Role::Staged, id) {
+                warn!("roll-back: {}", crate::error_chain(&e));
+            }
             return Err(e);
         }
-        info!("staged {nqn} ({}) at {}", dev.name, staging.display());
+        info!("staged {nqn} ({}) at {}", dev.name, shown(&staging));
         Ok(())
     }
 
@@ -457,9 +669,9 @@ impl NodeService {
     /// Undoes a half-done stage: unmounts what this device has at `paths`,
     /// removes the block file it created, and disconnects unless the device
     /// is in use elsewhere. Best effort.
-    fn roll_back(&self, nqn: &str, dev: DevNum, paths: &[&Path], created: Option<&Path>) {
+    fn roll_back(&self, nqn: &str, dev: DevNum, at: &[&Path], created: Option<&Path>) {
         if let Ok(table) = self.mount_table() {
-            for p in paths {
+            for p in at {
                 if table.mounted(p).is_some_and(|m| m.dev == dev) {
                     if let Err(e) = mount::unmount(p) {
                         warn!("roll-back: {}", crate::error_chain(&e));
@@ -469,7 +681,7 @@ impl NodeService {
         }
         if let Some(file) = created {
             if let Ok(false) = self.mount_table().map(|t| t.at(file).is_some()) {
-                let _ = mount::remove_target(file);
+                let _ = mount::remove_if_empty(file);
             }
         }
         match self.users_of_nqn(nqn, &[]) {
@@ -484,55 +696,66 @@ impl NodeService {
     }
 
     /// Where the NQN's namespaces are in use now, `except` these mount points.
+    /// A user that goes within [`device::BUSY_GRACE`] (udev's probe after
+    /// an unmount, say) does not count.
     fn users_of_nqn(&self, nqn: &str, except: &[&Path]) -> Result<Vec<String>, Error> {
-        let Some(sub) = self.sysfs().subsystem(nqn)? else {
-            return Ok(Vec::new());
-        };
-        let table = self.mount_table()?;
-        let mut users = Vec::new();
-        for ns in &sub.namespaces {
-            users.extend(orphan::device_users(self.sysfs(), &table, ns, except)?);
+        let started = Instant::now();
+        loop {
+            let Some(sub) = self.sysfs().subsystem(nqn)? else {
+                return Ok(Vec::new());
+            };
+            let table = self.mount_table()?;
+            let mut users = Vec::new();
+            for ns in &sub.namespaces {
+                users.extend(orphan::device_users(self.sysfs(), &table, ns, except)?);
+            }
+            if users.is_empty() || started.elapsed() >= device::BUSY_GRACE {
+                return Ok(users);
+            }
+            std::thread::sleep(device::BUSY_POLL);
         }
-        Ok(users)
     }
 
     // -----------------------------------------------------------------------
     // Unstage
     // -----------------------------------------------------------------------
 
-    /// Unmounts the staging path, then disconnects the volume's NQN (the
-    /// one of the device that was mounted, else `<prefix>:<volume id>`) and
-    /// checks it is gone. Nothing staged and nothing connected: success.
+    /// Unmounts the staging path (`staging`, confined and resolved by the
+    /// caller) when what is mounted there is this volume's, then
+    /// disconnects `<prefix>:<volume id>` and checks it is gone. Nothing
+    /// staged and nothing connected: success. A staging path holding
+    /// something else is refused with nothing touched.
     pub fn unstage(&self, id: &VolumeId, staging: &Path) -> Result<(), Error> {
-        let staging = mount::canonical(staging);
+        let staging = staging.to_path_buf();
         let block_file = staging.join(BLOCK_FILE);
         let table = self.mount_table()?;
-        let mounted = table.mounted(&block_file).or_else(|| table.mounted(&staging));
+        let mounted = match table.mounted(&block_file) {
+            Some(m) => Some((block_file.clone(), m)),
+            None => table.mounted(&staging).map(|m| (staging.clone(), m)),
+        };
         let mut nqn = None;
-        if let Some(m) = &mounted {
-            match self.sysfs().owner(m.dev)? {
-                Some((sub, _)) => {
-                    if !self.nvme.prefix().manages(&sub.nqn) {
-                        return Err(Error::Nvme(nvme::Error::NotManaged {
-                            nqn: sub.nqn,
-                            prefix: self.nvme.prefix().as_str().to_string(),
-                        }));
-                    }
-                    // Never tear down another volume because its device
-                    // ended up at this volume's staging path.
-                    if self.nvme.prefix().volume_of(&sub.nqn).is_some_and(|v| &v != id) {
-                        return Err(Error::OtherVolume {
-                            path: staging,
-                            nqn: sub.nqn,
-                        });
-                    }
-                    nqn = Some(sub.nqn);
-                }
-                None => warn!(
+        if let Some((at, m)) = &mounted {
+            match self.whose(id, m, &staging, Role::Staged)? {
+                Whose::Ours(Some((sub, _))) => nqn = Some(sub.nqn),
+                Whose::Ours(None) => warn!(
                     "unstage {id}: the device {} mounted at {} is no longer an attached namespace",
                     m.dev,
-                    m.entry.mount_point.display()
+                    shown(at)
                 ),
+                // Never tear down another volume, or anything else, because
+                // it ended up at this volume's staging path.
+                Whose::Other { nqn: Some(other), .. } => {
+                    return Err(Error::OtherVolume {
+                        path: at.clone(),
+                        nqn: other,
+                    })
+                }
+                Whose::Other { found, nqn: None } => {
+                    return Err(Error::NotOurs {
+                        path: at.clone(),
+                        found,
+                    })
+                }
             }
         }
         // Refuse before changing anything while the device is still used
@@ -546,18 +769,15 @@ impl NodeService {
                 });
             }
         }
-        for p in [&block_file, &staging] {
-            // Stacked mounts (a retried stage on a broken host) come off one by one.
-            for _ in 0..8 {
-                if !mount::unmount(p)? {
-                    break;
-                }
-            }
-        }
-        // The block file is ours; with the staging path still mounted it
-        // would be a file inside the volume's filesystem, which is not.
-        if self.mount_table()?.at(&staging).is_none() {
-            mount::remove_target(&block_file)?;
+        let block_unmounted = self.unmount_ours(id, &block_file, &staging, Role::Staged)?;
+        self.unmount_ours(id, &staging, &staging, Role::Staged)?;
+        // The block file is ours when we just unmounted the device from it
+        // or our marker says we staged here; with the staging path still
+        // mounted it would be a file inside the volume's filesystem, which
+        // is not. Only an empty file is removed.
+        let ours = block_unmounted || paths::marked_for(&staging, Role::Staged, id.as_str()).is_some();
+        if ours && self.mount_table()?.at(&staging).is_none() {
+            mount::remove_if_empty(&block_file)?;
         }
         if nqn.is_none() {
             let own = Nqn::for_volume(self.nvme.prefix(), id);
@@ -565,15 +785,15 @@ impl NodeService {
                 nqn = Some(own.to_string());
             }
         }
-        let Some(nqn) = nqn else {
-            return Ok(());
-        };
-        let users = self.users_of_nqn(&nqn, &[])?;
-        if !users.is_empty() {
-            return Err(Error::InUse { nqn, users });
+        if let Some(nqn) = nqn {
+            let users = self.users_of_nqn(&nqn, &[])?;
+            if !users.is_empty() {
+                return Err(Error::InUse { nqn, users });
+            }
+            self.nvme.disconnect(&nqn)?;
+            info!("unstaged {nqn} from {}", shown(&staging));
         }
-        self.nvme.disconnect(&nqn)?;
-        info!("unstaged {nqn} from {}", staging.display());
+        self.remove_marker(&staging, Role::Staged, id)?;
         Ok(())
     }
 
@@ -581,27 +801,48 @@ impl NodeService {
     // Publish / unpublish
     // -----------------------------------------------------------------------
 
-    /// Bind-mounts the staged volume at `target`. Called again with the same
+    /// Bind-mounts this volume, staged at `staging`, at `target` (both
+    /// confined and resolved by the caller). Called again with the same
     /// arguments it finds the mount and does nothing.
+    /// With `single_writer` (SINGLE_NODE_SINGLE_WRITER), a read-write
+    /// publish is refused while the volume is published read-write at
+    /// another target.
     pub fn publish(
         &self,
+        id: &VolumeId,
         staging: &Path,
         target: &Path,
         access: &Access,
         read_only: bool,
+        single_writer: bool,
     ) -> Result<(), Error> {
-        let staging = mount::canonical(staging);
         let table = self.mount_table()?;
         let (source, block) = match access {
             Access::Block => (staging.join(BLOCK_FILE), true),
-            Access::Filesystem { .. } => (staging.clone(), false),
+            Access::Filesystem { .. } => (staging.to_path_buf(), false),
         };
         let staged = table
             .mounted(&source)
             .filter(|m| m.block == block)
             .ok_or_else(|| Error::NotStaged { path: source.clone() })?;
-        if let Some(m) = table.mounted(&mount::canonical(target)) {
+        // Publish only this volume: another volume's staging path (or any
+        // other mount) under this id would hand its data to the wrong pod.
+        match self.whose(id, &staged, staging, Role::Staged)? {
+            Whose::Ours(Some(_)) => {}
+            Whose::Ours(None) => {
+                return Err(Error::NotAttached {
+                    path: source,
+                    dev: staged.dev,
+                })
+            }
+            Whose::Other { nqn: Some(nqn), .. } => return Err(Error::OtherVolume { path: source, nqn }),
+            Whose::Other { found, nqn: None } => return Err(Error::NotOurs { path: source, found }),
+        }
+        if let Some(m) = table.mounted(target) {
             if m.block == block && m.dev == staged.dev && m.entry.read_only() == read_only {
+                if paths::marked_for(target, Role::Published, id.as_str()).is_none() {
+                    self.write_marker(target, Role::Published, id, staged.dev)?;
+                }
                 return Ok(());
             }
             return Err(Error::PublishedOtherwise {
@@ -609,31 +850,94 @@ impl NodeService {
                 found: describe(&m),
             });
         }
-        if block {
-            mount::ensure_file(target)?;
-        } else {
-            mount::ensure_dir(target)?;
+        if single_writer && !read_only {
+            let block_file = staging.join(BLOCK_FILE);
+            let writers: Vec<PathBuf> = table
+                .users_of(staged.dev)
+                .into_iter()
+                .filter(|p| p != staging && *p != block_file && p != target)
+                .filter(|p| table.at(p).is_some_and(|e| !e.read_only()))
+                .collect();
+            if let Some(other) = writers.first() {
+                return Err(Error::SingleWriter {
+                    path: target.to_path_buf(),
+                    other: other.clone(),
+                });
+            }
         }
-        mount::bind(&source, target, read_only)?;
+        // The marker before the target: a target we create is always known
+        // to be ours, even when we die before the bind.
+        self.write_marker(target, Role::Published, id, staged.dev)?;
+        let existed = target.exists();
+        let made = if block {
+            mount::ensure_file(target)
+        } else {
+            mount::ensure_dir(target)
+        };
+        if let Err(e) = made.and_then(|()| mount::bind(&source, target, read_only)) {
+            // Leave nothing behind that kubelet's clean-up of the target's
+            // directory would trip over: what we made, then our marker.
+            if !existed && self.mount_table()?.at(target).is_none() {
+                let _ = mount::remove_if_empty(target);
+            }
+            if let Err(m) = self.remove_marker(target, Role::Published, id) {
+                warn!("publish roll-back: {}", crate::error_chain(&m));
+            }
+            return Err(e.into());
+        }
         info!(
             "published {} at {}{}",
-            source.display(),
-            target.display(),
+            shown(&source),
+            shown(target),
             if read_only { " (read-only)" } else { "" }
         );
         Ok(())
     }
 
-    /// Unmounts `target` and removes it. A target that does not exist is
-    /// already unpublished.
-    pub fn unpublish(&self, target: &Path) -> Result<(), Error> {
-        let canonical = mount::canonical(target);
-        for _ in 0..8 {
-            if !mount::unmount(&canonical)? {
-                break;
+    /// Unmounts this volume from `target` (confined and resolved by the
+    /// caller) and removes the target when we made it. A target that does
+    /// not exist, or that holds nothing of ours, is already unpublished; a
+    /// mount of something else there is refused, untouched.
+    pub fn unpublish(&self, id: &VolumeId, target: &Path) -> Result<(), Error> {
+        // A staging path (or a block volume's device file in one) is no
+        // publish target, whoever's it is: unstage takes it down.
+        let staged_here = paths::read_marker(target, Role::Staged).or_else(|| {
+            let parent = target.parent()?;
+            (target.file_name()? == BLOCK_FILE)
+                .then(|| paths::read_marker(parent, Role::Staged))
+                .flatten()
+        });
+        if let Some(staged) = staged_here {
+            return Err(Error::NotOurs {
+                path: target.to_path_buf(),
+                found: format!("a staging path (of volume {})", echo(&staged.volume)),
+            });
+        }
+        let unmounted = self.unmount_ours(id, target, target, Role::Published)?;
+        let marker = paths::read_marker(target, Role::Published);
+        let marked_ours = marker.as_ref().is_some_and(|m| m.volume == id.as_str());
+        if let Some(other) = marker.as_ref().filter(|m| m.volume != id.as_str()) {
+            if !unmounted && target.exists() {
+                return Err(Error::NotOurs {
+                    path: target.to_path_buf(),
+                    found: format!("the publish target of volume {}", echo(&other.volume)),
+                });
             }
         }
-        mount::remove_target(target)?;
+        if (unmounted || marked_ours) && self.mount_table()?.at(target).is_none() {
+            if !mount::remove_if_empty(target)? {
+                warn!("unpublish {id}: {} is not empty; leaving it", shown(target));
+            }
+        } else if target.exists() && !unmounted {
+            warn!(
+                "unpublish {id}: {} holds nothing of this volume; leaving it untouched",
+                shown(target)
+            );
+        }
+        self.remove_marker(target, Role::Published, id)?;
+        if unmounted {
+            info!("unpublished {id} from {}", shown(target));
+        }
         Ok(())
     }
 
@@ -641,55 +945,58 @@ impl NodeService {
     // Stats and expansion
     // -----------------------------------------------------------------------
 
-    /// What is mounted at a volume path, and the NVMe namespace behind it.
-    fn volume_at(
-        &self,
-        id: &VolumeId,
-        path: &Path,
-    ) -> Result<(Mounted, Option<(device::Subsystem, device::Namespace)>), Error> {
-        if !path.exists() {
-            return Err(Error::NoSuchVolumePath {
+    /// What is at a volume path (existing, confined): this volume's mount
+    /// and the NVMe namespace behind it (None when the device is no longer
+    /// attached), or `Gone` for a known staging or publish path of this
+    /// volume with nothing mounted. Anything else is NotMounted /
+    /// NotThisVolume.
+    fn volume_at(&self, id: &VolumeId, path: &Path) -> Result<At, Error> {
+        let table = self.mount_table()?;
+        let known = |dev: Option<DevNum>| {
+            [Role::Published, Role::Staged].into_iter().any(|role| {
+                paths::marked_for(path, role, id.as_str()).is_some_and(|mk| dev.is_none_or(|d| d == mk.dev))
+            })
+        };
+        // A block volume's staging path holds its device one level down.
+        let Some(m) = table
+            .mounted(path)
+            .or_else(|| table.mounted(&path.join(BLOCK_FILE)).filter(|m| m.block))
+        else {
+            if known(None) {
+                return Ok(At::Gone);
+            }
+            return Err(Error::NotMounted {
                 path: path.to_path_buf(),
             });
-        }
-        let table = self.mount_table()?;
-        let m = table
-            .mounted(&mount::canonical(path))
-            .ok_or_else(|| Error::NotMounted {
+        };
+        let own = Nqn::for_volume(self.nvme.prefix(), id);
+        match self.sysfs().owner(m.dev)? {
+            Some((sub, ns)) if sub.nqn == own.as_str() => Ok(At::Mounted(Box::new((m, Some((sub, ns)))))),
+            Some((sub, _)) => Err(Error::NotThisVolume {
                 path: path.to_path_buf(),
-            })?;
-        let owner = self.sysfs().owner(m.dev)?;
-        if let Some((sub, _)) = &owner {
-            if let Some(v) = self.nvme.prefix().volume_of(&sub.nqn) {
-                if &v != id {
-                    return Err(Error::OtherVolume {
-                        path: path.to_path_buf(),
-                        nqn: sub.nqn.clone(),
-                    });
-                }
-            }
+                found: format!("the device of {}, another volume", sub.nqn),
+            }),
+            None if known(Some(m.dev)) => Ok(At::Mounted(Box::new((m, None)))),
+            None => Err(Error::NotThisVolume {
+                path: path.to_path_buf(),
+                found: describe(&m),
+            }),
         }
-        Ok((m, owner))
     }
 
-    /// Usage and condition of the volume at `path`.
+    /// Usage and condition of the volume at `path` (existing, confined).
     pub fn stats(&self, id: &VolumeId, path: &Path) -> Result<csi::NodeGetVolumeStatsResponse, Error> {
         use csi::volume_usage::Unit;
         let mut resp = csi::NodeGetVolumeStatsResponse::new();
-        let (m, owner) = match self.volume_at(id, path) {
-            Ok(found) => found,
-            Err(Error::NotMounted { path }) => {
-                resp.volume_condition = condition(Some(format!("nothing is mounted at {}", path.display())));
-                return Ok(resp);
-            }
-            Err(Error::OtherVolume { path, nqn }) => {
+        let (m, owner) = match self.volume_at(id, path)? {
+            At::Mounted(found) => *found,
+            At::Gone => {
                 resp.volume_condition = condition(Some(format!(
-                    "{} holds the device of {nqn}, another volume",
-                    path.display()
+                    "the volume's mount at {} went away (nothing is mounted there)",
+                    shown(path)
                 )));
                 return Ok(resp);
             }
-            Err(e) => return Err(e),
         };
         let mut problems = Vec::new();
         let size = match &owner {
@@ -741,7 +1048,14 @@ impl NodeService {
     /// grows the filesystem online, and returns the device's size. A second
     /// call finds nothing to grow and returns the same size.
     pub fn expand(&self, id: &VolumeId, path: &Path, required: u64) -> Result<u64, Error> {
-        let (m, owner) = self.volume_at(id, path)?;
+        let (m, owner) = match self.volume_at(id, path)? {
+            At::Mounted(found) => *found,
+            At::Gone => {
+                return Err(Error::MountGone {
+                    path: path.to_path_buf(),
+                })
+            }
+        };
         let Some((sub, ns)) = owner else {
             return Err(Error::NotAttached {
                 path: path.to_path_buf(),
@@ -782,6 +1096,21 @@ impl NodeService {
         info!("expanded {} ({}) to {size} bytes", sub.nqn, ns.name);
         Ok(size)
     }
+}
+
+/// Whose a mount is (see [`NodeService::whose`]).
+enum Whose {
+    /// This volume's, with its namespace unless the device is no longer attached.
+    Ours(Option<(device::Subsystem, device::Namespace)>),
+    /// Something else: what, and the NQN when it is another namespace.
+    Other { found: String, nqn: Option<String> },
+}
+
+/// What a stats or expand path holds.
+enum At {
+    Mounted(Box<(Mounted, Option<(device::Subsystem, device::Namespace)>)>),
+    /// A known staging or publish path of this volume with nothing mounted.
+    Gone,
 }
 
 fn condition(problem: Option<String>) -> MessageField<csi::VolumeCondition> {
@@ -844,7 +1173,8 @@ impl Node for NodeService {
         req: csi::NodeStageVolumeRequest,
     ) -> Result<csi::NodeStageVolumeResponse, RpcStatus> {
         let id = volume_id(&req.volume_id)?;
-        let staging = abs_path("staging_target_path", &req.staging_target_path)?;
+        let kubelet = &self.settings.kubelet_dir;
+        let staging = confined("staging_target_path", &req.staging_target_path, kubelet)?;
         let (access, read_only) = access(&req.volume_capability)?;
         let ctx = VolumeContext::from_map(&req.volume_context).map_err(|e| invalid(e.to_string()))?;
         if !self.nvme.prefix().manages(ctx.nqn.as_str()) {
@@ -853,8 +1183,19 @@ impl Node for NodeService {
                 prefix: self.nvme.prefix().as_str().to_string(),
             })));
         }
+        // The context must be this volume's: another volume's context under
+        // this id would attach and mount that volume under this id's lock.
+        let own = Nqn::for_volume(self.nvme.prefix(), &id);
+        if ctx.nqn != own {
+            return Err(invalid(format!(
+                "volume_context.nqn {} is not the NQN of volume {} (expected {})",
+                echo(ctx.nqn.as_str()),
+                id,
+                own
+            )));
+        }
         let _guard = self.lock(&id)?;
-        self.stage(&staging, &access, read_only, &ctx)
+        self.stage(&id, &staging, &access, read_only, &ctx)
             .map_err(node_status)?;
         Ok(csi::NodeStageVolumeResponse::new())
     }
@@ -865,7 +1206,11 @@ impl Node for NodeService {
         req: csi::NodeUnstageVolumeRequest,
     ) -> Result<csi::NodeUnstageVolumeResponse, RpcStatus> {
         let id = volume_id(&req.volume_id)?;
-        let staging = abs_path("staging_target_path", &req.staging_target_path)?;
+        let staging = confined(
+            "staging_target_path",
+            &req.staging_target_path,
+            &self.settings.kubelet_dir,
+        )?;
         let _guard = self.lock(&id)?;
         self.unstage(&id, &staging).map_err(node_status)?;
         Ok(csi::NodeUnstageVolumeResponse::new())
@@ -877,12 +1222,28 @@ impl Node for NodeService {
         req: csi::NodePublishVolumeRequest,
     ) -> Result<csi::NodePublishVolumeResponse, RpcStatus> {
         let id = volume_id(&req.volume_id)?;
-        let staging = abs_path("staging_target_path", &req.staging_target_path)?;
-        let target = abs_path("target_path", &req.target_path)?;
+        let kubelet = &self.settings.kubelet_dir;
+        let staging = confined("staging_target_path", &req.staging_target_path, kubelet)?;
+        let target = confined("target_path", &req.target_path, kubelet)?;
+        if target == staging || target.starts_with(&staging) || staging.starts_with(&target) {
+            return Err(invalid(format!(
+                "target_path {} and staging_target_path {} must not contain each other",
+                echo(&req.target_path),
+                echo(&req.staging_target_path)
+            )));
+        }
         let (access, read_only_mode) = access(&req.volume_capability)?;
         let _guard = self.lock(&id)?;
-        self.publish(&staging, &target, &access, req.readonly || read_only_mode)
-            .map_err(node_status)?;
+        let single = single_writer(&req.volume_capability);
+        self.publish(
+            &id,
+            &staging,
+            &target,
+            &access,
+            req.readonly || read_only_mode,
+            single,
+        )
+        .map_err(node_status)?;
         Ok(csi::NodePublishVolumeResponse::new())
     }
 
@@ -892,9 +1253,9 @@ impl Node for NodeService {
         req: csi::NodeUnpublishVolumeRequest,
     ) -> Result<csi::NodeUnpublishVolumeResponse, RpcStatus> {
         let id = volume_id(&req.volume_id)?;
-        let target = abs_path("target_path", &req.target_path)?;
+        let target = confined("target_path", &req.target_path, &self.settings.kubelet_dir)?;
         let _guard = self.lock(&id)?;
-        self.unpublish(&target).map_err(node_status)?;
+        self.unpublish(&id, &target).map_err(node_status)?;
         Ok(csi::NodeUnpublishVolumeResponse::new())
     }
 
@@ -905,7 +1266,7 @@ impl Node for NodeService {
     ) -> Result<csi::NodeGetVolumeStatsResponse, RpcStatus> {
         // Read-only: no volume guard, so stats never wait for or abort a stage.
         let id = volume_id(&req.volume_id)?;
-        let path = abs_path("volume_path", &req.volume_path)?;
+        let path = volume_path(&req.volume_path, &self.settings.kubelet_dir)?;
         self.stats(&id, &path).map_err(node_status)
     }
 
@@ -915,7 +1276,7 @@ impl Node for NodeService {
         req: csi::NodeExpandVolumeRequest,
     ) -> Result<csi::NodeExpandVolumeResponse, RpcStatus> {
         let id = volume_id(&req.volume_id)?;
-        let path = abs_path("volume_path", &req.volume_path)?;
+        let path = volume_path(&req.volume_path, &self.settings.kubelet_dir)?;
         let required = req.capacity_range.required_bytes.max(0) as u64;
         let _guard = self.lock(&id)?;
         let size = self.expand(&id, &path, required).map_err(node_status)?;
@@ -936,6 +1297,9 @@ impl Node for NodeService {
             Type::EXPAND_VOLUME,
             Type::GET_VOLUME_STATS,
             Type::VOLUME_CONDITION,
+            // Like the controller: SINGLE_NODE_SINGLE_WRITER and
+            // SINGLE_NODE_MULTI_WRITER are staged and published here.
+            Type::SINGLE_NODE_MULTI_WRITER,
         ] {
             let mut rpc = RPC::new();
             rpc.type_ = t.into();
@@ -1022,14 +1386,60 @@ mod tests {
             grpcio::RpcStatusCode::NOT_FOUND
         );
         assert!(volume_id("pvc-1").is_ok());
-        assert!(abs_path("target_path", "/a/b").is_ok());
-        for bad in ["", "relative/x", "/a/../b"] {
-            assert_eq!(
-                abs_path("target_path", bad).unwrap_err().code(),
-                grpcio::RpcStatusCode::INVALID_ARGUMENT,
-                "{bad}"
-            );
+        let long = "x".repeat(1 << 20);
+        let e = volume_id(&long).unwrap_err();
+        assert!(e.message().len() < 1024, "{} bytes", e.message().len());
+        let kubelet = std::env::temp_dir().join(format!("rds-csi-node-fields-{}", std::process::id()));
+        std::fs::create_dir_all(kubelet.join("pods")).unwrap();
+        let k = kubelet.display().to_string();
+        assert!(confined("target_path", &format!("{k}/pods/a/b"), &kubelet).is_ok());
+        for bad in [
+            "",
+            "relative/x",
+            "/a/../b",
+            "/tmp/x/precious.txt",
+            "/proc/self",
+            k.as_str(),
+        ] {
+            let e = confined("target_path", bad, &kubelet).unwrap_err();
+            assert_eq!(e.code(), grpcio::RpcStatusCode::INVALID_ARGUMENT, "{bad}");
+            assert!(e.message().contains("target_path"), "{bad}: {}", e.message());
         }
+        // Stats and expand: what does not exist is NOT_FOUND, a relative
+        // path included; an existing path outside is INVALID_ARGUMENT.
+        for gone in ["relative/x", "/no/such/path", &format!("{k}/pods/missing")] {
+            let e = volume_path(gone, &kubelet).unwrap_err();
+            assert_eq!(e.code(), grpcio::RpcStatusCode::NOT_FOUND, "{gone}");
+        }
+        assert_eq!(
+            volume_path("", &kubelet).unwrap_err().code(),
+            grpcio::RpcStatusCode::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            volume_path("/proc/self", &kubelet).unwrap_err().code(),
+            grpcio::RpcStatusCode::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            volume_path(&format!("{k}/pods"), &kubelet).unwrap(),
+            std::fs::canonicalize(kubelet.join("pods")).unwrap()
+        );
+        std::fs::remove_dir_all(&kubelet).unwrap();
+    }
+
+    #[test]
+    fn single_node_writer_modes_are_writers() {
+        for mode in [
+            Mode::SINGLE_NODE_WRITER,
+            Mode::SINGLE_NODE_SINGLE_WRITER,
+            Mode::SINGLE_NODE_MULTI_WRITER,
+        ] {
+            for block in [false, true] {
+                let (_, ro) = access(&cap(block, mode, "ext4", &[])).unwrap();
+                assert!(!ro, "{mode:?}");
+            }
+        }
+        let (_, ro) = access(&cap(false, Mode::MULTI_NODE_READER_ONLY, "ext4", &[])).unwrap();
+        assert!(ro);
     }
 
     #[test]

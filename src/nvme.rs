@@ -246,6 +246,12 @@ pub enum Error {
         source: Box<exec::Error>,
     },
     Sysfs(device::Error),
+    /// A namespace of the subsystem is in use (mounted, held, open in a
+    /// process): not disconnected, never pulled from under anyone.
+    Busy {
+        nqn: String,
+        users: Vec<String>,
+    },
 }
 
 impl fmt::Display for Error {
@@ -284,6 +290,11 @@ impl fmt::Display for Error {
             }
             Error::Rescan { controller, .. } => write!(f, "cannot rescan the namespaces of {controller}"),
             Error::Sysfs(_) => write!(f, "cannot read the NVMe state from sysfs"),
+            Error::Busy { nqn, users } => write!(
+                f,
+                "not disconnecting {nqn}: its device is in use ({})",
+                users.join("; ")
+            ),
         }
     }
 }
@@ -510,11 +521,32 @@ impl Nvme {
     }
 
     /// [`Nvme::disconnect`] taking at most about `limit` in all.
+    /// Whatever the caller checked before, a namespace that is mounted,
+    /// held, or open in any process is never disconnected (`Busy`).
     pub fn disconnect_within(&self, nqn: &str, limit: Duration) -> Result<bool, Error> {
         self.check_managed(nqn)?;
-        if self.sysfs.subsystem(nqn)?.is_none() {
+        let Some(sub) = self.sysfs.subsystem(nqn)? else {
             return Ok(false);
+        };
+        let started = Instant::now();
+        let grace = device::BUSY_GRACE.min(limit / 2);
+        loop {
+            let mut users = Vec::new();
+            for ns in &sub.namespaces {
+                users.extend(self.sysfs.busy(ns)?);
+            }
+            if users.is_empty() {
+                break;
+            }
+            if started.elapsed() >= grace {
+                return Err(Error::Busy {
+                    nqn: nqn.to_string(),
+                    users,
+                });
+            }
+            std::thread::sleep(device::BUSY_POLL);
         }
+        let limit = limit.saturating_sub(started.elapsed());
         let result = self.disconnect_connected(nqn, limit);
         let outcome = if result.is_ok() { "ok" } else { "failed" };
         metrics::inc("rds_csi_nvme_disconnects_total", &[("outcome", outcome)]);

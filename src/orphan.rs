@@ -1,9 +1,11 @@
 //! Start-up clean-up of our own stale NVMe connections: connected subsystems
 //! under the managed NQN prefix whose namespace has no block device, or
 //! whose device is not mounted anywhere (as a filesystem or a bound device
-//! node) and has no holders. Best effort within a time bound, each action
-//! logged; nothing outside the prefix is ever touched (a node may boot from
-//! NVMe-oF).
+//! node), has no holders, is open in no process (`<proc>/*/fd`) and can be
+//! opened exclusively (an mkfs of a plugin that died, say, holds it
+//! exclusively). A busy namespace is kept and logged, never disconnected.
+//! Best effort within a time bound, each action logged; nothing outside the
+//! prefix is ever touched (a node may boot from NVMe-oF).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,8 +18,10 @@ use crate::nvme::Nvme;
 use crate::volume::NqnPrefix;
 
 /// Where a namespace's device is in use: mount points of it or of its
-/// partitions (other than `except`), and the devices stacked on it. Empty
-/// means unused.
+/// partitions (other than `except`), the devices stacked on it, the
+/// processes that hold it open, and, when nothing else was found and no
+/// mount is excepted, an exclusive open that the kernel refuses (mounted
+/// elsewhere, or held by mkfs or device-mapper). Empty means unused.
 pub fn device_users(
     sysfs: &Sysfs,
     table: &MountTable,
@@ -44,6 +48,12 @@ pub fn device_users(
             .into_iter()
             .map(|h| format!("held by {h}")),
     );
+    users.extend(sysfs.open_by(ns.dev));
+    // With a mount excepted, the exclusive open fails because of that very
+    // mount: only asked when the device should be free.
+    if users.is_empty() && except.is_empty() {
+        users.extend(sysfs.exclusive_probe(ns));
+    }
     Ok(users)
 }
 
@@ -146,7 +156,13 @@ pub fn clean_up(nvme: &Nvme, table: Result<MountTable, crate::mount::Error>, bud
         match verdict {
             Verdict::Foreign => debug!("orphan clean-up: {nqn} is not under the managed prefix; untouched"),
             Verdict::Keep(why) => {
-                debug!("orphan clean-up: keeping {nqn} ({why})");
+                // Mounted is the normal case; anything else that holds an
+                // unmounted namespace is worth a line at info.
+                if why.contains("mounted at") {
+                    debug!("orphan clean-up: keeping {nqn} ({why})");
+                } else {
+                    info!("orphan clean-up: keeping {nqn}, busy ({why})");
+                }
                 report.kept.push(nqn);
             }
             Verdict::Orphan(why) => {

@@ -98,7 +98,7 @@ pub fn nvme_error(e: &crate::nvme::Error) -> RpcStatus {
     use crate::retry::GaveUp;
     let msg = crate::error_chain(e);
     match e {
-        E::NotManaged { .. } => failed_precondition(msg),
+        E::NotManaged { .. } | E::Busy { .. } => failed_precondition(msg),
         E::Reconnecting { .. } => unavailable(msg),
         E::Connect {
             gave_up: GaveUp::Definite,
@@ -144,10 +144,17 @@ pub fn node_error(e: &crate::node::Error) -> RpcStatus {
         E::StagedOtherDevice { .. } | E::StagedOtherwise { .. } | E::PublishedOtherwise { .. } => {
             already_exists(crate::error_chain(e))
         }
-        E::NotStaged { .. } | E::InUse { .. } | E::NotAttached { .. } | E::OtherVolume { .. } => {
-            failed_precondition(crate::error_chain(e))
+        E::NotStaged { .. }
+        | E::InUse { .. }
+        | E::NotAttached { .. }
+        | E::OtherVolume { .. }
+        | E::NotOurs { .. }
+        | E::SingleWriter { .. }
+        | E::MountGone { .. } => failed_precondition(crate::error_chain(e)),
+        E::NoSuchVolumePath { .. } | E::NotMounted { .. } | E::NotThisVolume { .. } => {
+            not_found(crate::error_chain(e))
         }
-        E::NoSuchVolumePath { .. } | E::NotMounted { .. } => not_found(crate::error_chain(e)),
+        E::Marker { .. } => internal(crate::error_chain(e)),
         E::SizeNotReached { .. } => unavailable(crate::error_chain(e)),
     }
 }

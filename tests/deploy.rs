@@ -704,7 +704,17 @@ fn socket_problems(docs: &[Doc], driver_name: &str) -> Sockets {
                     _ => p("registrar: /registration is not a mounted volume".into()),
                 }
                 match drivers.first() {
-                    Some(drv) => node_driver_problems(spec, drv, kubelet, &mut p),
+                    Some(drv) => {
+                        node_driver_problems(spec, drv, kubelet, &mut p);
+                        match driver_invocation(d, drv, docs) {
+                            Ok((args, env)) => {
+                                if let Some(e) = kubelet_dir_problem(&args, &env, kubelet) {
+                                    p(format!("node plugin: {e}"));
+                                }
+                            }
+                            Err(e) => p(e),
+                        }
+                    }
                     None => out.host_registrations.push(reg.clone()),
                 }
             }
@@ -720,6 +730,22 @@ fn socket_problems(docs: &[Doc], driver_name: &str) -> Sockets {
         health_port_problems(spec, &mut p);
     }
     out
+}
+
+/// The node plugin confines staging and target paths under its
+/// `--kubelet-dir` (or RDS_CSI_KUBELET_DIR): it must be given, and be
+/// kubelet's directory, or every stage is refused.
+fn kubelet_dir_problem(args: &[String], env: &BTreeMap<String, String>, kubelet: &str) -> Option<String> {
+    let given = flag_value(args, "--kubelet-dir").or_else(|| env.get("RDS_CSI_KUBELET_DIR").cloned());
+    match given {
+        None => Some(format!(
+            "no --kubelet-dir (or RDS_CSI_KUBELET_DIR): pass kubelet's directory {kubelet}"
+        )),
+        Some(dir) if dir.trim_end_matches('/') != kubelet.trim_end_matches('/') => Some(format!(
+            "--kubelet-dir is {dir}, but kubelet's directory is {kubelet}"
+        )),
+        Some(_) => None,
+    }
 }
 
 /// The node plugin next to a registrar: kubelet's directory at the same
@@ -828,6 +854,46 @@ fn every_sidecar_socket_is_the_driver_socket() {
             rds_csi::DEFAULT_DRIVER_NAME
         )],
         "alternatives/node-registrar.yaml registers the host plugin's socket"
+    );
+}
+
+#[test]
+fn a_missing_or_wrong_kubelet_dir_is_caught() {
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["serve", "--node"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let none = BTreeMap::new();
+    let k = "/var/lib/kubelet";
+    assert!(kubelet_dir_problem(&args(&[]), &none, k).is_some());
+    assert!(kubelet_dir_problem(&args(&["--kubelet-dir=/data/kubelet"]), &none, k).is_some());
+    assert_eq!(
+        kubelet_dir_problem(&args(&["--kubelet-dir=/var/lib/kubelet/"]), &none, k),
+        None
+    );
+    let env = BTreeMap::from([("RDS_CSI_KUBELET_DIR".to_string(), k.to_string())]);
+    assert_eq!(kubelet_dir_problem(&args(&[]), &env, k), None);
+    // In a manifest: dropping the flag from the node plugin is a problem.
+    let mut docs = plain_docs();
+    let ds = docs
+        .iter_mut()
+        .find(|d| d.kind() == "DaemonSet" && d.obj.to_string().contains("--kubelet-dir"))
+        .expect("a node DaemonSet passing --kubelet-dir");
+    let containers = ds.obj["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap();
+    for c in containers.iter_mut() {
+        if let Some(a) = c.get_mut("args").and_then(Value::as_array_mut) {
+            a.retain(|v| !v.as_str().is_some_and(|s| s.starts_with("--kubelet-dir")));
+        }
+    }
+    let problems = socket_problems(&docs, rds_csi::DEFAULT_DRIVER_NAME).problems;
+    assert!(
+        problems.iter().any(|p| p.contains("--kubelet-dir")),
+        "{problems:?}"
     );
 }
 
@@ -1654,8 +1720,14 @@ fn the_systemd_unit_passes_check_config_and_registers_where_the_registrar_looks(
     let env = unit_env(&entries, &read(&repo().join(ENV_FILE)));
     check_config(&args, &env).unwrap_or_else(|e| panic!("{UNIT} with {ENV_FILE}: {e}"));
 
-    // The host plugin's socket is what the registrar-only DaemonSet hands kubelet.
+    // The host plugin's socket is what the registrar-only DaemonSet hands
+    // kubelet, and its kubelet dir is the one that socket lives in.
     let socket = driver_socket(&args, &env).expect("endpoint");
+    let suffix = format!("/plugins/{}/csi.sock", rds_csi::DEFAULT_DRIVER_NAME);
+    let kubelet = socket
+        .strip_suffix(&suffix)
+        .expect("socket under <kubelet>/plugins");
+    assert_eq!(kubelet_dir_problem(&args, &env, kubelet), None);
     let registrar = socket_problems(&plain_docs(), rds_csi::DEFAULT_DRIVER_NAME).host_registrations;
     assert_eq!(registrar, vec![socket]);
 }

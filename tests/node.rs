@@ -574,11 +574,13 @@ fn a_reconnecting_controller_makes_stats_abnormal() {
     let s = expect_ok("stats", &node, node.stats(&vol, &target));
     assert!(!s.volume_condition.abnormal, "{}", s.volume_condition.message);
 
-    // A path with nothing mounted is abnormal; a missing one is NOT_FOUND.
+    // A path where the volume is not mounted (and never was) and a missing
+    // one are both NOT_FOUND, as the CSI spec says.
     let empty = node.fabric.path("empty");
     fs::create_dir_all(&empty).unwrap();
-    let s = expect_ok("stats", &node, node.stats(&vol, &empty));
-    assert!(s.volume_condition.abnormal && s.volume_condition.message.contains("nothing is mounted"));
+    let (c, msg) = code(node.stats(&vol, &empty).unwrap_err());
+    assert_eq!(c, RpcStatusCode::NOT_FOUND, "{msg}");
+    assert!(msg.contains("nothing is mounted"), "{msg}");
     let (c, _) = code(node.stats(&vol, &node.fabric.path("missing")).unwrap_err());
     assert_eq!(c, RpcStatusCode::NOT_FOUND);
 
@@ -679,7 +681,7 @@ fn every_call_twice_gives_the_same_answer() {
             .unwrap()
     };
     assert_eq!(caps(&node), caps(&node));
-    assert_eq!(caps(&node).capabilities.len(), 4);
+    assert_eq!(caps(&node).capabilities.len(), 5);
     for _ in 0..2 {
         expect_ok("unpublish", &node, node.unpublish(&vol, &target));
     }
@@ -861,4 +863,551 @@ fn unstage_never_tears_down_another_volume() {
     expect_ok("unpublish", &node, node.unpublish(&vol, &target));
     expect_ok("unstage", &node, node.unstage(&vol, &staging));
     assert!(!node.fabric.connected(&vol.nqn));
+}
+
+// ---------------------------------------------------------------------------
+// Issue 10: confined paths, only our own mounts, busy namespaces, children
+// that die with the plugin, CSI details.
+// ---------------------------------------------------------------------------
+
+fn unpublish_path(node: &Node, vol: &Volume, target: &str) -> Result<(), grpcio::Error> {
+    let mut r = csi::NodeUnpublishVolumeRequest::new();
+    r.volume_id = vol.slot.clone();
+    r.target_path = target.to_string();
+    node.client().node_unpublish_volume(&r, opt(60)).map(|_| ())
+}
+
+/// Mounts a tmpfs at `path` (something that is not ours) with a file in it.
+fn foreign_mount(path: &Path) {
+    fs::create_dir_all(path).unwrap();
+    rds_csi::host::mount(Some(Path::new("tmpfs")), path, Some("tmpfs"), 0, Some("size=1m"))
+        .expect("mount a tmpfs");
+    fs::write(path.join("theirs.txt"), b"not yours").unwrap();
+}
+
+#[test]
+fn node_paths_outside_the_kubelet_dir_are_refused() {
+    let node = Node::start(true);
+    let vol = create_volume(&node.sim, "confine", GIB);
+    // A precious file outside the kubelet directory (beside it, in the
+    // fabric's tree): unpublish must not delete it.
+    let outside = node.fabric.root.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let precious = outside.join("precious.txt");
+    fs::write(&precious, b"keep me").unwrap();
+    let (c, msg) = code(unpublish_path(&node, &vol, precious.to_str().unwrap()).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("target_path") && msg.contains("kubelet"), "{msg}");
+    assert_eq!(fs::read(&precious).unwrap(), b"keep me");
+    // The same through a symlink inside the kubelet directory.
+    let link = node.fabric.path("pods/escape");
+    fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let (c, msg) =
+        code(unpublish_path(&node, &vol, link.join("precious.txt").to_str().unwrap()).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert_eq!(fs::read(&precious).unwrap(), b"keep me");
+    // A foreign mount outside: untouched.
+    let mnt = outside.join("mnt");
+    foreign_mount(&mnt);
+    let (c, _) = code(unpublish_path(&node, &vol, mnt.to_str().unwrap()).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT);
+    assert!(fabric::mounted_at(&mnt).is_some() && mnt.join("theirs.txt").exists());
+
+    // Staging at /proc/self is refused before anything happens, and every
+    // later call still works.
+    let req = fabric::stage_request(
+        &vol,
+        Path::new("/proc/self"),
+        capability(false, "ext4"),
+        context(&vol, &[]),
+    );
+    let (c, msg) = code(node.client().node_stage_volume(&req, opt(60)).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("staging_target_path"), "{msg}");
+    assert!(node.fabric.connects().is_empty(), "connected for a refused path");
+    for (staging, target) in [("/tmp", "pod/v"), ("s", "/tmp/pod")] {
+        let staging = if staging.starts_with('/') {
+            staging.into()
+        } else {
+            node.fabric.path(staging)
+        };
+        let target = if target.starts_with('/') {
+            target.into()
+        } else {
+            node.fabric.path(target)
+        };
+        let (c, msg) = code(node.publish(&vol, &staging, &target, false, false).unwrap_err());
+        assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    }
+    // The kubelet directory itself is not "under" it.
+    let kubelet = node.fabric.kubelet_dir();
+    let (c, _) = code(node.unstage(&vol, &kubelet).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT);
+    let staging = node.fabric.path("s");
+    let target = node.fabric.path("pod/v");
+    expect_ok("stage", &node, node.stage(&vol, &staging, false, "ext4", &[]));
+    expect_ok(
+        "publish",
+        &node,
+        node.publish(&vol, &staging, &target, false, false),
+    );
+    expect_ok("unpublish", &node, node.unpublish(&vol, &target));
+    expect_ok("unstage", &node, node.unstage(&vol, &staging));
+}
+
+#[test]
+fn only_this_volumes_own_mounts_and_files_are_touched() {
+    let node = Node::start(true);
+    let mine = create_volume(&node.sim, "own", GIB);
+    let theirs = create_volume(&node.sim, "other", GIB);
+    let (s_mine, t_mine) = (
+        node.fabric.path("mine/globalmount"),
+        node.fabric.path("pods/a/mount"),
+    );
+    let (s_theirs, t_theirs) = (
+        node.fabric.path("theirs/globalmount"),
+        node.fabric.path("pods/b/mount"),
+    );
+    expect_ok(
+        "stage mine",
+        &node,
+        node.stage(&mine, &s_mine, false, "ext4", &[]),
+    );
+    expect_ok(
+        "stage theirs",
+        &node,
+        node.stage(&theirs, &s_theirs, false, "ext4", &[]),
+    );
+    expect_ok(
+        "publish theirs",
+        &node,
+        node.publish(&theirs, &s_theirs, &t_theirs, false, false),
+    );
+    fs::write(t_theirs.join("data"), b"theirs").unwrap();
+
+    // Another volume's staging path and publish target under my id:
+    // refused, still mounted.
+    for (path, says) in [
+        (&s_theirs, theirs.slot.as_str()),
+        (&t_theirs, theirs.nqn.as_str()),
+    ] {
+        let (c, msg) = code(node.unpublish(&mine, path).unwrap_err());
+        assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+        assert!(msg.contains(says), "{msg}");
+        assert!(fabric::mounted_at(path).is_some(), "{} unmounted", path.display());
+    }
+    // My own staging path is no publish target either (unstage takes it down).
+    for path in [s_mine.clone(), node.fabric.path("blk-own/staging/device")] {
+        if path.ends_with("device") {
+            let blk = create_volume(&node.sim, "own-blk", GIB);
+            let staging = path.parent().unwrap().to_path_buf();
+            expect_ok("stage block", &node, node.stage(&blk, &staging, true, "", &[]));
+            let (c, msg) = code(node.unpublish(&blk, &path).unwrap_err());
+            assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+            assert!(fabric::mounted_at(&path).is_some());
+            expect_ok("unstage block", &node, node.unstage(&blk, &staging));
+        } else {
+            let (c, msg) = code(node.unpublish(&mine, &path).unwrap_err());
+            assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+            assert!(msg.contains("staging path"), "{msg}");
+            assert!(fabric::mounted_at(&path).is_some());
+        }
+    }
+    // Publishing their staging path under my id would hand their data to my pod.
+    let (c, msg) = code(
+        node.publish(&mine, &s_theirs, &node.fabric.path("pods/c/mount"), false, false)
+            .unwrap_err(),
+    );
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(!node.fabric.path("pods/c/mount").exists());
+
+    // A foreign mount (a pod's tmpfs, say) under the kubelet directory:
+    // neither unpublish nor unstage touches it.
+    let tmpfs = node.fabric.path("pods/d/volumes/secret");
+    foreign_mount(&tmpfs);
+    let (c, msg) = code(node.unpublish(&mine, &tmpfs).unwrap_err());
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    let (c, msg) = code(node.unstage(&mine, &tmpfs).unwrap_err());
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(fabric::mounted_at(&tmpfs).is_some() && tmpfs.join("theirs.txt").exists());
+    assert!(
+        node.fabric.connected(&mine.nqn),
+        "unstage disconnected under a refused path"
+    );
+
+    // A plain file or a non-empty directory we did not make: left alone.
+    let precious = node.fabric.path("pods/e/precious.txt");
+    fs::create_dir_all(precious.parent().unwrap()).unwrap();
+    fs::write(&precious, b"keep me").unwrap();
+    expect_ok(
+        "unpublish a foreign file",
+        &node,
+        node.unpublish(&mine, &precious),
+    );
+    assert_eq!(fs::read(&precious).unwrap(), b"keep me");
+    let empty_file = node.fabric.path("pods/e/empty");
+    fs::write(&empty_file, b"").unwrap();
+    expect_ok(
+        "unpublish a foreign empty file",
+        &node,
+        node.unpublish(&mine, &empty_file),
+    );
+    assert!(empty_file.exists(), "an empty file we did not make was removed");
+
+    // What is ours goes: a filesystem target, and a block target file.
+    expect_ok(
+        "publish mine",
+        &node,
+        node.publish(&mine, &s_mine, &t_mine, false, false),
+    );
+    expect_ok("unpublish mine", &node, node.unpublish(&mine, &t_mine));
+    assert!(!t_mine.exists());
+    let block = create_volume(&node.sim, "blk", GIB);
+    let (s_blk, t_blk) = (node.fabric.path("blk/staging"), node.fabric.path("pods/f/dev"));
+    expect_ok("stage block", &node, node.stage(&block, &s_blk, true, "", &[]));
+    expect_ok(
+        "publish block",
+        &node,
+        node.publish(&block, &s_blk, &t_blk, true, false),
+    );
+    assert!(fabric::mounted_at(&t_blk).is_some());
+    // Unmounted behind the driver's back: still the target it made.
+    rds_csi::host::umount(&t_blk, 0).unwrap();
+    expect_ok("unpublish block", &node, node.unpublish(&block, &t_blk));
+    assert!(!t_blk.exists(), "the block target file we made was left");
+    expect_ok("unstage block", &node, node.unstage(&block, &s_blk));
+    assert!(!s_blk.join("device").exists());
+
+    // Their volume is as it was.
+    assert_eq!(fs::read(t_theirs.join("data")).unwrap(), b"theirs");
+    expect_ok("unpublish theirs", &node, node.unpublish(&theirs, &t_theirs));
+    expect_ok("unstage theirs", &node, node.unstage(&theirs, &s_theirs));
+    expect_ok("unstage mine", &node, node.unstage(&mine, &s_mine));
+    assert!(!node.fabric.connected(&mine.nqn) && !node.fabric.connected(&theirs.nqn));
+}
+
+#[test]
+fn stage_refuses_another_volumes_context() {
+    let node = Node::start(true);
+    let a = create_volume(&node.sim, "ctx-a", GIB);
+    let b = create_volume(&node.sim, "ctx-b", GIB);
+    // Volume A's context under B's id.
+    let mut req = fabric::stage_request(
+        &b,
+        &node.fabric.path("s"),
+        capability(false, "ext4"),
+        context(&a, &[]),
+    );
+    req.volume_id = b.slot.clone();
+    let (c, msg) = code(node.client().node_stage_volume(&req, opt(60)).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(
+        msg.contains("volume_context.nqn") && msg.contains(&a.nqn),
+        "{msg}"
+    );
+    assert!(node.fabric.connects().is_empty());
+    assert!(fabric::mounted_at(&node.fabric.path("s")).is_none());
+}
+
+#[test]
+fn stats_and_expand_find_only_this_volume() {
+    let mut node = Node::start(true);
+    let vol = create_volume(&node.sim, "where", GIB);
+    let other = create_volume(&node.sim, "elsewhere", GIB);
+    let (staging, target) = (node.fabric.path("s"), node.fabric.path("pods/a/mount"));
+    let (s_other, t_other) = (node.fabric.path("s2"), node.fabric.path("pods/b/mount"));
+    expect_ok("stage", &node, node.stage(&vol, &staging, false, "ext4", &[]));
+    expect_ok(
+        "publish",
+        &node,
+        node.publish(&vol, &staging, &target, false, false),
+    );
+    expect_ok(
+        "stage other",
+        &node,
+        node.stage(&other, &s_other, false, "ext4", &[]),
+    );
+    expect_ok(
+        "publish other",
+        &node,
+        node.publish(&other, &s_other, &t_other, false, false),
+    );
+    let expand = |n: &Node, path: &str| {
+        let mut req = csi::NodeExpandVolumeRequest::new();
+        req.volume_id = vol.slot.clone();
+        req.volume_path = path.to_string();
+        n.client().node_expand_volume(&req, opt(60))
+    };
+    let stats = |n: &Node, path: &str| {
+        let mut req = csi::NodeGetVolumeStatsRequest::new();
+        req.volume_id = vol.slot.clone();
+        req.volume_path = path.to_string();
+        n.client().node_get_volume_stats(&req, opt(30))
+    };
+    // Does not exist, a relative path included; exists but another volume
+    // is mounted there; exists with nothing mounted: all NOT_FOUND.
+    let empty = node.fabric.path("pods/empty");
+    fs::create_dir_all(&empty).unwrap();
+    for path in [
+        "pods/a/mount".to_string(),
+        node.fabric.path("pods/missing").display().to_string(),
+        t_other.display().to_string(),
+        empty.display().to_string(),
+    ] {
+        let (c, msg) = code(stats(&node, &path).unwrap_err());
+        assert_eq!(c, RpcStatusCode::NOT_FOUND, "stats {path}: {msg}");
+        let (c, msg) = code(expand(&node, &path).unwrap_err());
+        assert_eq!(c, RpcStatusCode::NOT_FOUND, "expand {path}: {msg}");
+    }
+    let healthy = expect_ok("stats", &node, stats(&node, target.to_str().unwrap()));
+    assert!(
+        !healthy.volume_condition.abnormal,
+        "{}",
+        healthy.volume_condition.message
+    );
+
+    // The publish target's mount goes away behind the driver's back: a
+    // known target of this volume, so OK and abnormal, also after a restart.
+    rds_csi::host::umount(&target, 0).unwrap();
+    for round in 0..2 {
+        let s = expect_ok(
+            "stats of a lost mount",
+            &node,
+            stats(&node, target.to_str().unwrap()),
+        );
+        assert!(s.volume_condition.abnormal, "round {round}");
+        assert!(
+            s.volume_condition.message.contains("went away"),
+            "{}",
+            s.volume_condition.message
+        );
+        let (c, msg) = code(expand(&node, target.to_str().unwrap()).unwrap_err());
+        assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+        if round == 0 {
+            node.restart();
+        }
+    }
+    // Under another volume's id the same path is nothing of theirs.
+    let (c, _) = code(node.stats(&other, &target).unwrap_err());
+    assert_eq!(c, RpcStatusCode::NOT_FOUND);
+    expect_ok("unpublish", &node, node.unpublish(&vol, &target));
+    assert!(!target.exists());
+    let (c, _) = code(stats(&node, target.to_str().unwrap()).unwrap_err());
+    assert_eq!(c, RpcStatusCode::NOT_FOUND);
+}
+
+#[test]
+fn single_node_multi_writer_is_advertised_and_served() {
+    use csi::node_service_capability::rpc::Type;
+    use csi::volume_capability::access_mode::Mode;
+    let node = Node::start(true);
+    let caps = node
+        .client()
+        .node_get_capabilities(&csi::NodeGetCapabilitiesRequest::new(), opt(5))
+        .unwrap();
+    assert!(
+        caps.capabilities
+            .iter()
+            .any(|c| c.rpc().type_.enum_value() == Ok(Type::SINGLE_NODE_MULTI_WRITER)),
+        "{caps:?}"
+    );
+    for (mode, block) in [
+        (Mode::SINGLE_NODE_MULTI_WRITER, false),
+        (Mode::SINGLE_NODE_SINGLE_WRITER, false),
+        (Mode::SINGLE_NODE_MULTI_WRITER, true),
+    ] {
+        let vol = create_volume(&node.sim, "snmw", GIB);
+        let staging = node.fabric.path(&format!("{}/s", vol.slot));
+        let target = node.fabric.path(&format!("{}/t", vol.slot));
+        let with_mode = || {
+            let mut cap = capability(block, "ext4");
+            cap.as_mut().unwrap().access_mode.as_mut().unwrap().mode = mode.into();
+            cap
+        };
+        let req = fabric::stage_request(&vol, &staging, with_mode(), context(&vol, &[]));
+        expect_ok("stage", &node, node.client().node_stage_volume(&req, opt(120)));
+        let req = fabric::publish_request(&vol, &staging, &target, with_mode(), false);
+        expect_ok("publish", &node, node.client().node_publish_volume(&req, opt(60)));
+        let m = fabric::mounted_at(&target).expect("published");
+        assert!(!m.read_only(), "{mode:?} published read-only");
+        if !block {
+            fs::write(target.join("w"), b"writable").unwrap();
+        }
+        // A second workload: read-write is fine for MULTI_WRITER, refused
+        // for SINGLE_WRITER; read-only is fine for both.
+        let second = node.fabric.path(&format!("{}/t2", vol.slot));
+        let req = fabric::publish_request(&vol, &staging, &second, with_mode(), false);
+        let r = node.client().node_publish_volume(&req, opt(60));
+        if mode == Mode::SINGLE_NODE_SINGLE_WRITER {
+            let (c, msg) = code(r.unwrap_err());
+            assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+            assert!(!second.exists(), "a refused target was created");
+            let req = fabric::publish_request(&vol, &staging, &second, with_mode(), true);
+            expect_ok(
+                "read-only second publish",
+                &node,
+                node.client().node_publish_volume(&req, opt(60)),
+            );
+        } else {
+            expect_ok("second publish", &node, r);
+        }
+        expect_ok("unpublish second", &node, node.unpublish(&vol, &second));
+        expect_ok("unpublish", &node, node.unpublish(&vol, &target));
+        expect_ok("unstage", &node, node.unstage(&vol, &staging));
+    }
+}
+
+#[test]
+fn a_namespace_held_open_is_never_disconnected() {
+    let sim = Sim::start();
+    let fabric = Fabric::new(&sim, true);
+    // Left connected by an earlier run, and held open by a process (this
+    // test) although nothing is mounted: not an orphan.
+    let vol = create_volume(&sim, "held", GIB);
+    fabric.connect(&vol.nqn);
+    let holder = fs::File::open(fabric.device_of(&vol.nqn)).expect("open the namespace");
+    let mut driver = start_driver(&fabric, &[]);
+    assert!(
+        fabric.connected(&vol.nqn),
+        "disconnected under an open file:\n{}",
+        driver.log_text()
+    );
+    // Unstage (kubelet's retry of a half-done unstage, say) refuses too.
+    let node = driver.node();
+    let (c, msg) = code(
+        node.node_unstage_volume(&fabric::unstage_request(&vol, &fabric.path("s")), opt(60))
+            .unwrap_err(),
+    );
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    assert!(fabric.connected(&vol.nqn));
+    drop(holder);
+    node.node_unstage_volume(&fabric::unstage_request(&vol, &fabric.path("s")), opt(60))
+        .unwrap();
+    assert!(!fabric.connected(&vol.nqn));
+
+    // Staged, and a process holds the device: unstage changes nothing.
+    let staging = fabric.path("staged");
+    let req = fabric::stage_request(&vol, &staging, capability(false, "ext4"), context(&vol, &[]));
+    node.node_stage_volume(&req, opt(120)).unwrap();
+    let holder = fs::File::open(fabric.device_of(&vol.nqn)).unwrap();
+    let (c, msg) = code(
+        node.node_unstage_volume(&fabric::unstage_request(&vol, &staging), opt(60))
+            .unwrap_err(),
+    );
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(fabric::mounted_at(&staging).is_some() && fabric.connected(&vol.nqn));
+    drop(holder);
+    node.node_unstage_volume(&fabric::unstage_request(&vol, &staging), opt(60))
+        .unwrap();
+    assert!(!fabric.connected(&vol.nqn));
+    driver.stop();
+    let log = driver.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("keeping") && l.contains(&vol.nqn) && l.contains("open by pid")),
+        "{log}"
+    );
+}
+
+/// The direct child of `parent` named `comm`, if one runs.
+fn child_named(parent: i32, comm: &str) -> Option<i32> {
+    for entry in fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let ppid = stat[close + 2..]
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if name == comm && ppid == Some(parent) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Whether `pid` still runs (a zombie waiting to be reaped does not).
+fn running(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next());
+    state != Some('Z')
+}
+
+#[test]
+fn a_killed_plugin_takes_its_mkfs_along_and_the_next_one_formats_once() {
+    // A 15 TiB ext4 takes mkfs a few seconds (bitmaps, journal): time to
+    // kill the plugin under it.
+    let sim = Sim::with(common::SimOptions {
+        pool_size: 20 << 40,
+        ..Default::default()
+    });
+    let fabric = Fabric::new(&sim, true);
+    let vol = create_volume(&sim, "mkfs-kill", 15 << 40);
+    let staging = fabric.path("s");
+    let mut first = start_driver(&fabric, &[]);
+    let plugin = first.pid();
+    let client = first.node();
+    let req = fabric::stage_request(&vol, &staging, capability(false, "ext4"), context(&vol, &[]));
+    let call = std::thread::spawn(move || client.node_stage_volume(&req, opt(600)).map(|_| ()));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mkfs = loop {
+        if let Some(pid) = child_named(plugin, "mkfs.ext4") {
+            break pid;
+        }
+        assert!(
+            !call.is_finished(),
+            "the stage ended before its mkfs was seen:\n{}",
+            first.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no mkfs within 300 s:\n{}",
+            first.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(60));
+    // The mkfs dies with the plugin (its parent-death signal).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running(mkfs) {
+        assert!(Instant::now() < deadline, "mkfs {mkfs} outlived its plugin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = call.join();
+    // The next plugin finds an idle namespace, and a stage formats it once
+    // (nothing was formatted behind its back).
+    let second = start_driver(&fabric, &[]);
+    let node = second.node();
+    let req = fabric::stage_request(&vol, &staging, capability(false, "ext4"), context(&vol, &[]));
+    node.node_stage_volume(&req, opt(600))
+        .unwrap_or_else(|e| panic!("stage after the restart: {e:?}\n{}", second.log_text()));
+    let formats = second.log_text().matches("formatted").count();
+    assert_eq!(formats, 1, "formatted {formats} times:\n{}", second.log_text());
+    node.node_unstage_volume(&fabric::unstage_request(&vol, &staging), opt(120))
+        .unwrap();
+    let backing = sim.backing_path(&vol.file_path);
+    let out = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&backing)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

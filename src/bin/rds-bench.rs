@@ -826,8 +826,12 @@ fn make_fabric(bins: &Path, dir: &Path, sim: &Sim) -> Res<Fabric> {
     })
 }
 
-fn node_args(f: &Fabric) -> Vec<String> {
+/// `kubelet` holds the staging and target paths the bench uses: the node
+/// plugin refuses paths outside its kubelet directory.
+fn node_args(f: &Fabric, kubelet: &Path) -> Vec<String> {
     vec![
+        "--kubelet-dir".into(),
+        kubelet.display().to_string(),
         "--node".into(),
         "--node-id".into(),
         "bench".into(),
@@ -977,7 +981,7 @@ fn node_figures(bins: &Path, work: &Work, grpc: &Arc<Environment>, quick: bool) 
 
     // Memory first, on a fresh node plugin: idle, then 64 calls at once.
     {
-        let (driver, socket) = start_driver(bins, &dir, &node_args(&fabric))?;
+        let (driver, socket) = start_driver(bins, &dir, &node_args(&fabric, &dir))?;
         std::thread::sleep(Duration::from_secs(2));
         let idle = status_kib(driver.pid(), "VmRSS:")?;
         let vol = node_volume(&sim, &dir, "mem")?;
@@ -1054,7 +1058,7 @@ fn node_figures(bins: &Path, work: &Work, grpc: &Arc<Environment>, quick: bool) 
 
     // Overhead: stage → publish → unpublish → unstage through the driver
     // against the same commands run directly, interleaved.
-    let (driver, socket) = start_driver(bins, &dir, &node_args(&fabric))?;
+    let (driver, socket) = start_driver(bins, &dir, &node_args(&fabric, &dir))?;
     let n = NodeClient::new(channel(grpc, &socket));
     let vol = node_volume(&sim, &dir, "cycle")?;
     driver_cycle(&n, &vol)?; // formats once
@@ -1155,7 +1159,7 @@ fn startup(bins: &Path, work: &Work, grpc: &Arc<Environment>, quick: bool) -> Re
     let fabric = make_fabric(bins, &dir.join("fabric-root"), &sim)?;
     work.track_fabric(&fabric.nvme);
     let mut args = controller_args(&sim);
-    args.extend(node_args(&fabric));
+    args.extend(node_args(&fabric, &dir));
     let socket = dir.join("csi.sock");
     let mut samples = Vec::new();
     for _ in 0..(if quick { 2 } else { 7 }) {

@@ -95,19 +95,27 @@ impl Fabric {
     }
 
     /// A path for staging or target directories, inside the fabric's tree
-    /// (so the clean-up finds every mount).
+    /// (so the clean-up finds every mount) and under its kubelet directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.root.path.join("mnt").join(name)
+        self.kubelet_dir().join(name)
+    }
+
+    /// What the node plugin is told is kubelet's directory (`--kubelet-dir`):
+    /// it refuses staging and target paths outside it.
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.root.path.join("mnt")
     }
 
     /// `serve` arguments for a node plugin on this fabric.
     pub fn driver_args(&self) -> Vec<String> {
         let mut args: Vec<String> = vec!["--node".into(), "--node-id".into(), "n1".into()];
+        let kubelet = self.kubelet_dir();
         for (flag, path) in [
             ("--nvme-bin", &self.nvme),
             ("--sys-root", &self.sys),
             ("--dev-root", &self.dev),
             ("--etc-root", &self.etc),
+            ("--kubelet-dir", &kubelet),
         ] {
             args.push(flag.into());
             args.push(path.display().to_string());

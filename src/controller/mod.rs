@@ -19,9 +19,16 @@ use crate::rds;
 use crate::server::CallInfo;
 use crate::status;
 use crate::volume::{
-    self, check_name, params_digest, resolve_volume_path, CapacityError, FsType, Nqn, NqnPrefix, Ownership,
-    SizePolicy, VolumeContext, VolumeId, VolumeParams,
+    self, resolve_volume_path, CapacityError, FsType, Nqn, NqnPrefix, SizePolicy, VolumeContext, VolumeId,
 };
+
+pub mod params;
+pub mod record;
+
+use params::check_name;
+pub use params::VolumeParams;
+pub use record::Ownership;
+use record::{creation_digest, owned};
 
 /// ListVolumes tokens: this prefix and the last slot of the previous page.
 /// A token is accepted only in exactly this form, naming a slot of the exact
@@ -387,40 +394,6 @@ impl crate::identity::Readiness for RdsHealth {
     fn check(&self) -> Result<(), String> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-}
-
-/// The record that makes `disk` one of our volumes, or `None` when it
-/// is not ours. Ours means: a file disk whose comment carries our
-/// ownership record for this very slot, or a legacy volume of the
-/// earlier Go driver — slot `pvc-<uuid>` exactly, backing file under
-/// the base path, NQN `<managed prefix>:<slot>` — which gets a fresh
-/// record keeping its old comment as a note, so the attachment fence
-/// works for it too. Anything else (a disk made by hand, a VM's disk,
-/// a foreign driver's) is never acted on.
-fn owned(settings: &ControllerSettings, id: &VolumeId, disk: &rds::Disk) -> Option<Ownership> {
-    if disk.kind.as_deref().is_some_and(|k| k != "file") || disk.slot != id.slot() {
-        return None;
-    }
-    if let Some(own) = Ownership::from_comment(&disk.comment) {
-        // A record copied onto another disk does not make it ours: the
-        // slot must be the one the recorded name gives (or, for a legacy
-        // volume recorded on publish, the name is the slot itself).
-        let matches =
-            VolumeId::for_name(&own.name) == *id || (id.is_legacy_shape() && own.name == id.as_str());
-        return matches.then_some(own);
-    }
-    let legacy = id.is_legacy_shape()
-        && disk
-            .file_path
-            .as_deref()
-            .is_some_and(|f| volume::file_under_base(&settings.base_path, f))
-        && settings.nqn_prefix.volume_of(disk.effective_nqn()).as_ref() == Some(id);
-    legacy.then(|| Ownership {
-        name: id.to_string(),
-        params_digest: "legacy".into(),
-        note: disk.comment.clone(),
-        ..Default::default()
-    })
 }
 
 fn controller_capability(
@@ -947,21 +920,6 @@ impl Controller for ControllerService {
 fn parse_token(token: &str) -> Option<VolumeId> {
     let id = VolumeId::parse(token.strip_prefix(TOKEN_PREFIX)?)?;
     id.is_driver_shape().then_some(id)
-}
-
-/// What makes two CreateVolume requests for one name the same volume.
-fn creation_digest(file_path: &str, ctx: &VolumeContext, block: bool) -> String {
-    let c = ctx.connection;
-    params_digest(&[
-        ("file", file_path.to_string()),
-        ("address", ctx.nvme_address.clone()),
-        ("port", ctx.nvme_port.to_string()),
-        ("fs", ctx.fs_type.map(|f| f.to_string()).unwrap_or_default()),
-        ("block", block.to_string()),
-        ("ctrl_loss_tmo", c.ctrl_loss_tmo.to_string()),
-        ("reconnect_delay", c.reconnect_delay.to_string()),
-        ("keep_alive_tmo", c.keep_alive_tmo.to_string()),
-    ])
 }
 
 /// Abnormal when the disk is not exported: no node can attach it.

@@ -5,8 +5,9 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
-pub mod echo;
+pub mod csi;
 pub mod ctl;
+pub mod echo;
 pub mod host;
 pub mod identity;
 pub mod locks;

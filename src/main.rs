@@ -8,7 +8,8 @@ use log::info;
 
 use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
-use rds_csi::controller::{ControllerService, ControllerSettings, RdsHealth};
+use rds_csi::controller::{ControllerSettings, RdsHealth};
+use rds_csi::csi::controller::ControllerService;
 use rds_csi::host::TerminationSignals;
 use rds_csi::identity::{IdentityService, Readiness};
 use rds_csi::metrics;

@@ -4,11 +4,14 @@
 
 use std::collections::HashMap;
 
-use crate::echo::echo;
 use crate::volume::{
-    check_address, int_param, param_error, ConnectionConfig, FsType, ParamError, DEFAULT_NVME_PORT,
-    KEY_CTRL_LOSS_TMO, KEY_FS_TYPE, KEY_KEEP_ALIVE_TMO, KEY_NVME_ADDRESS, KEY_NVME_PORT, KEY_RECONNECT_DELAY,
+    check_address, int_param, param_error, resolve_volume_path, ConnectionConfig, FsType, ParamError,
+    DEFAULT_NVME_PORT, KEY_CTRL_LOSS_TMO, KEY_FS_TYPE, KEY_KEEP_ALIVE_TMO, KEY_NVME_ADDRESS, KEY_NVME_PORT,
+    KEY_RECONNECT_DELAY,
 };
+
+use super::access::{check_access, Access, Capability};
+use super::error::Invalid;
 
 pub const KEY_VOLUME_PATH: &str = "volumePath";
 /// Added by the external-provisioner with `--extra-create-metadata`.
@@ -20,21 +23,22 @@ const K8S_PREFIX: &str = "csi.storage.k8s.io/";
 
 /// CSI names are free text from the CO; keep them to what fits safely in a
 /// disk comment and a log line.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), Invalid> {
     if name.is_empty() {
-        return Err("name is required".into());
+        return Err(Invalid::NameMissing);
     }
     if name.len() > 128 {
-        return Err(format!("name {} is longer than 128 characters", echo(name)));
+        return Err(Invalid::NameTooLong {
+            name: name.to_string(),
+        });
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     {
-        return Err(format!(
-            "name {} may only contain letters, digits, '-', '_' and '.'",
-            echo(name)
-        ));
+        return Err(Invalid::NameCharacters {
+            name: name.to_string(),
+        });
     }
     Ok(())
 }
@@ -141,6 +145,51 @@ pub fn check_dns1123(value: &str, max: usize, label_only: bool) -> Result<(), St
     } else {
         Err("must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit".into())
     }
+}
+
+/// A CreateVolume request's capabilities and parameters, once validated:
+/// what CreateVolume acts on and what ValidateVolumeCapabilities confirms.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub access: Access,
+    pub params: VolumeParams,
+    /// The filesystem the capabilities or the parameters ask for.
+    pub fs_type: Option<FsType>,
+    /// The resolved volume folder under the base path.
+    pub folder: String,
+}
+
+/// The one validation CreateVolume and ValidateVolumeCapabilities both
+/// apply to capabilities and parameters.
+pub fn plan(
+    caps: &[Capability],
+    parameters: &HashMap<String, String>,
+    base_path: &str,
+    allow_multi_node_block: bool,
+) -> Result<Plan, Invalid> {
+    let access = check_access(caps, allow_multi_node_block)?;
+    let params = VolumeParams::parse(parameters).map_err(Invalid::Parameter)?;
+    let fs_type = match (access.fs_type, params.fs_type) {
+        (Some(capability), Some(parameter)) if capability != parameter => {
+            return Err(Invalid::FsTypeContradicts {
+                parameter,
+                capability,
+            })
+        }
+        (a, b) => a.or(b),
+    };
+    let folder = resolve_volume_path(base_path, params.volume_path.as_deref()).map_err(|rule| {
+        Invalid::VolumePath {
+            value: Some(params.volume_path.clone().unwrap_or_default()),
+            rule,
+        }
+    })?;
+    Ok(Plan {
+        access,
+        params,
+        fs_type,
+        folder,
+    })
 }
 
 #[cfg(test)]

@@ -96,10 +96,6 @@ impl<R: RdsApi> Controller<R> {
         }
     }
 
-    pub fn settings(&self) -> &ControllerSettings {
-        &self.settings
-    }
-
     fn lock(&self, op: &'static str, keys: &[&str]) -> Result<VolumeGuard, Error> {
         self.locks.try_lock(keys).map_err(|key| Error::Busy { op, key })
     }

@@ -324,3 +324,49 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
         Ok(resp)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_access_mode_keeps_its_csi_name() {
+        for mode in [
+            Mode::SINGLE_NODE_WRITER,
+            Mode::SINGLE_NODE_READER_ONLY,
+            Mode::SINGLE_NODE_SINGLE_WRITER,
+            Mode::SINGLE_NODE_MULTI_WRITER,
+            Mode::MULTI_NODE_READER_ONLY,
+            Mode::MULTI_NODE_SINGLE_WRITER,
+            Mode::MULTI_NODE_MULTI_WRITER,
+        ] {
+            let mut cap = csi::VolumeCapability::new();
+            cap.set_block(Default::default());
+            cap.access_mode.mut_or_insert_default().mode = mode.into();
+            let domain = capability(&cap);
+            assert_eq!(domain.access_type, Some(AccessType::Block));
+            assert_eq!(
+                domain.mode.map(AccessMode::as_str),
+                Some(format!("{mode:?}").as_str())
+            );
+        }
+        let unset = capability(&csi::VolumeCapability::new());
+        assert_eq!((unset.access_type, unset.mode), (None, None));
+    }
+
+    #[test]
+    fn mount_capabilities_carry_filesystem_and_flags() {
+        let mut cap = csi::VolumeCapability::new();
+        let mut mount = csi::volume_capability::MountVolume::new();
+        mount.fs_type = "xfs".into();
+        mount.mount_flags = vec!["noatime".into()];
+        cap.set_mount(mount);
+        assert_eq!(
+            capability(&cap).access_type,
+            Some(AccessType::Mount {
+                fs_type: "xfs".into(),
+                mount_flags: vec!["noatime".into()]
+            })
+        );
+    }
+}

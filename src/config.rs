@@ -6,7 +6,6 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::cli::Values;
-use crate::controller::ControllerSettings;
 use crate::rds;
 use crate::server::Endpoint;
 use crate::volume::{self, NqnPrefix, SizePolicy};
@@ -105,11 +104,23 @@ impl ServeConfig {
 }
 
 /// The controller's settings: how to reach the RDS and how volumes are laid
-/// out on it.
+/// out on it. Plain validated values: `main` hands them to the controller,
+/// so config does not depend on the controller's types.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub rds: rds::ClientConfig,
-    pub settings: ControllerSettings,
+    /// Pool slot or mount point (`--rds-pool`).
+    pub pool: String,
+    /// Folder on the RDS under which every backing file lives (`--volume-base-path`).
+    pub base_path: String,
+    pub nqn_prefix: NqnPrefix,
+    /// NVMe/TCP address the nodes connect to unless a StorageClass says otherwise.
+    pub nvme_address: String,
+    /// Pool bytes never handed out to volumes (`--capacity-reserve`).
+    pub capacity_reserve: u64,
+    pub sizes: SizePolicy,
+    /// Multi-node access modes for block volumes (`--allow-multi-node-block`).
+    pub allow_multi_node_block: bool,
     /// How often the background readiness check asks the RDS.
     pub check_interval: Duration,
 }
@@ -148,15 +159,13 @@ impl ControllerConfig {
             .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe("capacity-reserve"))))?;
         Ok(ControllerConfig {
             rds,
-            settings: ControllerSettings {
-                pool,
-                base_path,
-                nqn_prefix: nqn_prefix(v)?,
-                nvme_address,
-                capacity_reserve,
-                sizes: SizePolicy::default(),
-                allow_multi_node_block: flag_bool(v, "allow-multi-node-block")?,
-            },
+            pool,
+            base_path,
+            nqn_prefix: nqn_prefix(v)?,
+            nvme_address,
+            capacity_reserve,
+            sizes: SizePolicy::default(),
+            allow_multi_node_block: flag_bool(v, "allow-multi-node-block")?,
             check_interval: Duration::from_secs(number(v, "rds-check-interval", 1, 3600)?),
         })
     }
@@ -511,11 +520,11 @@ mod tests {
     fn controller_settings_and_their_defaults() {
         let c = serve(&["--controller", "--rds-address", "https://10.0.0.5"], &[]).unwrap();
         let cc = c.controller_config.unwrap();
-        assert_eq!(cc.settings.pool, "storage-pool");
-        assert_eq!(cc.settings.base_path, "storage-pool/csi");
-        assert_eq!(cc.settings.nvme_address, "10.0.0.5");
-        assert_eq!(cc.settings.nqn_prefix.as_str(), "nqn.2000-02.com.mikrotik");
-        assert_eq!(cc.settings.capacity_reserve, 0);
+        assert_eq!(cc.pool, "storage-pool");
+        assert_eq!(cc.base_path, "storage-pool/csi");
+        assert_eq!(cc.nvme_address, "10.0.0.5");
+        assert_eq!(cc.nqn_prefix.as_str(), "nqn.2000-02.com.mikrotik");
+        assert_eq!(cc.capacity_reserve, 0);
         assert_eq!(cc.rds.trust, rds::Trust::System);
         assert_eq!(cc.rds.max_in_flight, 4);
         let c = serve(
@@ -534,9 +543,9 @@ mod tests {
         )
         .unwrap();
         let cc = c.controller_config.unwrap();
-        assert_eq!(cc.settings.base_path, "raid1/csi");
-        assert_eq!(cc.settings.nvme_address, "fd00::5");
-        assert_eq!(cc.settings.capacity_reserve, 50 << 30);
+        assert_eq!(cc.base_path, "raid1/csi");
+        assert_eq!(cc.nvme_address, "fd00::5");
+        assert_eq!(cc.capacity_reserve, 50 << 30);
         assert_eq!(cc.rds.trust, rds::Trust::Fingerprint([0xab; 32]));
     }
 

@@ -85,7 +85,7 @@ pub fn run(v: &Values) -> Result<Vec<Check>, ConfigError> {
 
 fn rds_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
     let cfg = config::ControllerConfig::from_values(v)?;
-    let settings = cfg.settings;
+    let settings = cfg.clone();
     let mut checks = Vec::new();
     let address =
         rds::Address::parse(&cfg.rds.address).map_err(|e| ConfigError(format!("--rds-address: {e}")))?;

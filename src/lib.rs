@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod csi;
 pub mod ctl;
 pub mod echo;
 pub mod host;

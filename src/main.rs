@@ -8,7 +8,8 @@ use log::info;
 
 use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
-use rds_csi::controller::{ControllerService, RdsHealth};
+use rds_csi::controller::{ControllerSettings, RdsHealth};
+use rds_csi::csi::controller::ControllerService;
 use rds_csi::host::TerminationSignals;
 use rds_csi::identity::{IdentityService, Readiness};
 use rds_csi::metrics;
@@ -132,12 +133,17 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(cc) = cfg.controller_config.clone() {
         let rds = rds::Client::new(cc.rds)?;
-        readiness.push(RdsHealth::start(
-            rds.clone(),
-            cc.settings.pool.clone(),
-            cc.check_interval,
-        ));
-        let controller = ControllerService::new(rds, cc.settings);
+        readiness.push(RdsHealth::start(rds.clone(), cc.pool.clone(), cc.check_interval));
+        let settings = ControllerSettings {
+            pool: cc.pool,
+            base_path: cc.base_path,
+            nqn_prefix: cc.nqn_prefix,
+            nvme_address: cc.nvme_address,
+            capacity_reserve: cc.capacity_reserve,
+            sizes: cc.sizes,
+            allow_multi_node_block: cc.allow_multi_node_block,
+        };
+        let controller = ControllerService::new(rds, settings);
         services.push(grpc::controller_service(Arc::new(controller), &dispatcher));
     }
     if let Some(node) = node {

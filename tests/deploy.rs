@@ -1010,7 +1010,7 @@ fn storage_class_problems(docs: &[Doc]) -> Vec<String> {
                 None => p(format!("parameter {k}: {v} must be a string (quote it)")),
             }
         }
-        match rds_csi::volume::VolumeParams::parse(&params) {
+        match rds_csi::controller::VolumeParams::parse(&params) {
             Ok(vp) => {
                 if let Some(path) = vp.volume_path.as_deref() {
                     if let Err(e) = rds_csi::volume::resolve_volume_path(&base, Some(path)) {

@@ -20,6 +20,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, Environment};
+use rds_csi::controller::Ownership;
 use rds_csi::device::Sysfs;
 use rds_csi::host::Roots;
 use rds_csi::nvme::{connect_args, Target};
@@ -27,7 +28,7 @@ use rds_csi::proto::csi;
 use rds_csi::proto::csi::volume_capability::access_mode::Mode;
 use rds_csi::proto::grpc::{ControllerClient, IdentityClient, NodeClient};
 use rds_csi::rds::{self, NewDisk};
-use rds_csi::volume::{ConnectionConfig, Nqn, Ownership, VolumeId};
+use rds_csi::volume::{ConnectionConfig, Nqn, VolumeId};
 use serde_json::{json, Value};
 
 const GIB: u64 = 1 << 30;

@@ -1,0 +1,115 @@
+//! The attachment fence: which nodes a volume is published to, recorded on
+//! the RDS disk itself, so a single-node volume is refused to a second node
+//! even by a controller restarted in between.
+
+use std::collections::HashMap;
+
+use log::{info, warn};
+
+use crate::echo::echo;
+use crate::rds;
+use crate::volume::{self, Nqn, VolumeId};
+
+use super::access::{check_access, Capability};
+use super::error::Error;
+use super::{Controller, ControllerSettings, Lookup, RdsApi};
+
+impl<R: RdsApi> Controller<R> {
+    /// Publishes one of our volumes to `node` and returns what the node
+    /// needs to attach it. A single-node volume published elsewhere is
+    /// refused; publishing again to the same node changes nothing.
+    pub fn publish(
+        &self,
+        volume_id: &str,
+        node: &str,
+        cap: &Capability,
+        volume_context: &HashMap<String, String>,
+    ) -> Result<HashMap<String, String>, Error> {
+        let access = check_access(std::slice::from_ref(cap), self.settings.allow_multi_node_block).map_err(
+            |reason| Error::Invalid {
+                context: format!("ControllerPublishVolume {}", echo(volume_id)),
+                reason,
+            },
+        )?;
+        crate::config::check_node_id(node).map_err(|rule| Error::UnknownNode {
+            node: node.to_string(),
+            rule,
+        })?;
+        let _guard = self.lock("ControllerPublishVolume", &[volume_id])?;
+        let (id, disk, mut own) = self.find_ours("ControllerPublishVolume", volume_id)?;
+        if !own.nodes.iter().any(|n| n == node) {
+            if !access.multi_node {
+                if let Some(other) = own.nodes.first() {
+                    return Err(Error::PublishedElsewhere {
+                        id,
+                        other: other.clone(),
+                        node: node.to_string(),
+                    });
+                }
+            }
+            own.nodes.push(node.to_string());
+            self.write_record("ControllerPublishVolume", &id, &disk, &own)?;
+            info!("ControllerPublishVolume {id}: published to node {}", echo(node));
+        }
+        Ok(publish_context(&self.settings, &id, &disk, volume_context))
+    }
+
+    /// Unpublishes a volume from `node` (`None`: from every node). A volume
+    /// that is gone is unpublished everywhere; a repeat changes nothing.
+    pub fn unpublish(&self, volume_id: &str, node: Option<&str>) -> Result<(), Error> {
+        let _guard = self.lock("ControllerUnpublishVolume", &[volume_id])?;
+        let (id, disk, mut own) = match self.lookup("ControllerUnpublishVolume", volume_id)? {
+            Lookup::Ours(id, disk, own) => (id, *disk, own),
+            // A volume that is gone is unpublished everywhere (CSI spec).
+            Lookup::Missing => return Ok(()),
+            Lookup::Foreign(disk) => {
+                warn!(
+                    "ControllerUnpublishVolume: disk {} is not a volume of this driver; not touching it",
+                    echo(&disk.slot)
+                );
+                return Err(Error::NoSuchVolume {
+                    op: "ControllerUnpublishVolume",
+                    volume_id: volume_id.to_string(),
+                });
+            }
+        };
+        let before = own.nodes.len();
+        own.nodes.retain(|n| node.is_some_and(|node| n != node));
+        if own.nodes.len() != before {
+            self.write_record("ControllerUnpublishVolume", &id, &disk, &own)?;
+            info!(
+                "ControllerUnpublishVolume {id}: unpublished from {}",
+                echo(node.unwrap_or_default())
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What the node needs to attach the volume: the volume context's own
+/// values when the CO passes them, else what the disk and the settings say.
+fn publish_context(
+    s: &ControllerSettings,
+    id: &VolumeId,
+    disk: &rds::Disk,
+    volume_context: &HashMap<String, String>,
+) -> HashMap<String, String> {
+    let mut ctx = HashMap::new();
+    let nqn = disk
+        .nvme_tcp_nqn
+        .clone()
+        .unwrap_or_else(|| Nqn::for_volume(&s.nqn_prefix, id).to_string());
+    ctx.insert(volume::KEY_NQN.to_string(), nqn);
+    ctx.insert(
+        volume::KEY_NVME_ADDRESS.to_string(),
+        volume_context
+            .get(volume::KEY_NVME_ADDRESS)
+            .cloned()
+            .unwrap_or_else(|| s.nvme_address.clone()),
+    );
+    ctx.insert(
+        volume::KEY_NVME_PORT.to_string(),
+        disk.effective_port().to_string(),
+    );
+    ctx
+}

@@ -1,0 +1,563 @@
+//! Provisioning: create (idempotent by name, slot collisions and changed
+//! parameters refused, capacity checked against the pool), delete (only our
+//! own disks; leftovers of a crashed delete finished), expand (never
+//! shrink, never beyond the pool), and the read-only calls: validate, list,
+//! capacity, get.
+
+use std::collections::HashMap;
+
+use log::{debug, info, warn};
+
+use crate::echo::echo;
+use crate::rds;
+use crate::volume::{self, resolve_volume_path, FsType, Nqn, VolumeContext, VolumeId, SLOT_PREFIX};
+
+use super::access::{check_access, Capability};
+use super::error::{Error, Invalid};
+use super::params::{check_name, plan, Plan, VolumeParams};
+use super::record::{creation_digest, Ownership};
+use super::{Controller, Lookup, RdsApi};
+
+/// ListVolumes tokens: this prefix and the last slot of the previous page.
+/// A token is accepted only in exactly this form, naming a slot of the exact
+/// shape this driver (or the Go driver) makes.
+const TOKEN_PREFIX: &str = "v1:";
+
+/// A CSI capacity range: bytes, 0 = unset (checked by `SizePolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapacityRange {
+    pub required: i64,
+    pub limit: i64,
+}
+
+/// What CreateVolume asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateRequest<'a> {
+    pub name: &'a str,
+    pub capabilities: &'a [Capability],
+    pub parameters: &'a HashMap<String, String>,
+    pub capacity: CapacityRange,
+    /// A snapshot or volume to copy from was named.
+    pub has_content_source: bool,
+}
+
+/// A created (or found again) volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub id: VolumeId,
+    pub capacity: u64,
+    /// What the node needs to attach it.
+    pub context: VolumeContext,
+}
+
+/// Whether a volume can be attached at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub abnormal: bool,
+    pub message: String,
+}
+
+/// One volume as ListVolumes and ControllerGetVolume report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub id: VolumeId,
+    pub capacity: u64,
+    pub nodes: Vec<String>,
+    pub condition: Condition,
+}
+
+/// One page of ListVolumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub entries: Vec<VolumeInfo>,
+    /// The token for the next page, when there is one.
+    pub next_token: Option<String>,
+}
+
+/// What GetCapacity reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityInfo {
+    pub available: u64,
+    /// The largest volume that fits, in whole size steps.
+    pub maximum_volume_size: u64,
+    pub minimum_volume_size: u64,
+}
+
+/// An expanded volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expanded {
+    pub capacity: u64,
+    /// A filesystem must be grown on the node; a block device is done.
+    pub node_expansion_required: bool,
+}
+
+impl<R: RdsApi> Controller<R> {
+    /// Creates a volume, or finds the one an earlier call with the same name
+    /// and parameters made (and finishes it when that call was cut short).
+    /// Called twice with the same request, the second call sends one lookup.
+    pub fn create(&self, req: CreateRequest<'_>) -> Result<Created, Error> {
+        check_name(req.name).map_err(|reason| Error::Invalid {
+            context: String::new(),
+            reason,
+        })?;
+        let name = req.name;
+        // Validated above, echoed all the same.
+        let shown = echo(name).to_string();
+        let Plan {
+            access,
+            params,
+            fs_type,
+            folder,
+        } = plan(
+            req.capabilities,
+            req.parameters,
+            &self.settings.base_path,
+            self.settings.allow_multi_node_block,
+        )
+        .map_err(|reason| Error::Invalid {
+            context: format!("CreateVolume {shown}"),
+            reason,
+        })?;
+        if req.has_content_source {
+            return Err(Error::ContentSourceUnsupported {
+                name: name.to_string(),
+            });
+        }
+        let CapacityRange { required, limit } = req.capacity;
+        let size = self
+            .settings
+            .sizes
+            .size_for(required, limit)
+            .map_err(|source| Error::Capacity {
+                context: format!("CreateVolume {shown}"),
+                source,
+            })?;
+
+        let id = VolumeId::for_name(name);
+        let nqn = Nqn::for_volume(&self.settings.nqn_prefix, &id);
+        let file_path = volume::backing_file(&folder, &id);
+        let ctx = VolumeContext {
+            nqn: nqn.clone(),
+            nvme_address: params
+                .nvme_address
+                .clone()
+                .unwrap_or_else(|| self.settings.nvme_address.clone()),
+            nvme_port: params.nvme_port,
+            // Block volumes have no filesystem; mounts default to ext4 on the node.
+            fs_type: if access.block {
+                None
+            } else {
+                Some(fs_type.unwrap_or(FsType::Ext4))
+            },
+            connection: params.connection,
+        };
+        let digest = creation_digest(&file_path, &ctx, access.block);
+        let _guard = self.lock("CreateVolume", &[name, id.as_str()])?;
+
+        // Request 1: what is there. Everything after works from this answer.
+        let existing = self.rds.disk(id.slot()).map_err(|source| Error::Rds {
+            context: format!("CreateVolume {shown}: look up disk {id}"),
+            source: Box::new(source),
+        })?;
+        let own = match &existing {
+            Some(disk) => {
+                let Some(own) = self.owned(&id, disk) else {
+                    return Err(Error::SlotTaken {
+                        name: name.to_string(),
+                        id,
+                        comment: disk.comment.clone(),
+                    });
+                };
+                if own.name != name {
+                    return Err(Error::SlotCollision {
+                        name: name.to_string(),
+                        id,
+                        owner: own.name,
+                    });
+                }
+                if own.params_digest != digest {
+                    return Err(Error::ParametersDiffer {
+                        name: name.to_string(),
+                        id,
+                    });
+                }
+                if let Some(have) = disk.bytes() {
+                    if have < size || (limit > 0 && have > limit as u64) {
+                        return Err(Error::SizeOutsideRange {
+                            name: name.to_string(),
+                            id,
+                            have,
+                            required,
+                            limit,
+                        });
+                    }
+                }
+                debug!("CreateVolume {shown}: volume {id} exists, checking its export");
+                own
+            }
+            None => {
+                // Request 2: room on the pool.
+                let available = self.available()?;
+                if size > available {
+                    return Err(Error::NoSpaceToCreate {
+                        name: name.to_string(),
+                        pool: self.settings.pool.clone(),
+                        needed: size,
+                        available,
+                        reserve: self.settings.capacity_reserve,
+                    });
+                }
+                // Once per folder per process.
+                self.ensure_folder(&folder)?;
+                new_record(name, digest, &params)
+            }
+        };
+        let new = rds::NewDisk {
+            slot: id.to_string(),
+            file_path: file_path.clone(),
+            // An existing volume may have been expanded since; keep its size.
+            size_bytes: existing
+                .as_ref()
+                .and_then(|d| d.bytes())
+                .unwrap_or(size)
+                .max(size),
+            comment: own.to_comment(),
+            nqn: Some(nqn.to_string()),
+            port: ctx.nvme_port,
+        };
+        // Requests 3 and 4: PUT (when missing) and the export PATCH (when
+        // not yet exported), whose answer is the read-back. A disk an
+        // earlier attempt left with its export off is finished here; a
+        // second call with the same request makes no request at all.
+        let disk = match self.rds.create_disk_known(&new, existing.as_ref()) {
+            Ok(disk) => disk,
+            Err(e) => {
+                // A definite failure after the disk entry was made would leave
+                // half a volume behind; a transient one is finished by the retry.
+                if existing.is_none() && !e.is_transient() {
+                    if let Err(undo) = self.rds.remove_disk(id.slot(), &file_path) {
+                        warn!("CreateVolume {shown}: could not undo the failed create of {id}: {undo}");
+                    }
+                }
+                return Err(Error::Rds {
+                    context: format!("CreateVolume {shown}: create disk {id}"),
+                    source: Box::new(e),
+                });
+            }
+        };
+        if existing.is_none() {
+            info!(
+                "CreateVolume {shown}: created volume {id} ({} bytes, {file_path}, {nqn})",
+                new.size_bytes
+            );
+        }
+        Ok(Created {
+            capacity: disk.bytes().unwrap_or(0),
+            id,
+            context: ctx,
+        })
+    }
+
+    /// Deletes one of our volumes: disk, export and backing file. An id
+    /// that names nothing, or a disk that is not ours, is a success that
+    /// touches nothing; called twice, the second call finds nothing.
+    pub fn delete(&self, volume_id: &str) -> Result<(), Error> {
+        // An id that cannot be a slot names nothing to delete.
+        let Some(id) = VolumeId::parse(volume_id) else {
+            return Ok(());
+        };
+        let _guard = self.lock("DeleteVolume", &[id.as_str()])?;
+        match self.lookup("DeleteVolume", id.as_str())? {
+            Lookup::Ours(id, disk, own) => {
+                if !own.nodes.is_empty() {
+                    return Err(Error::StillPublished { id, nodes: own.nodes });
+                }
+                // Export off, disk removed, file removed, from the disk just
+                // read: each step is skipped when already done, so a retry
+                // after a crash finishes the job.
+                self.rds.remove_disk_known(&disk).map_err(|source| Error::Rds {
+                    context: format!("DeleteVolume {id}"),
+                    source: Box::new(source),
+                })?;
+                info!(
+                    "DeleteVolume {id}: removed disk and {}",
+                    disk.file_path.as_deref().unwrap_or_default()
+                );
+            }
+            Lookup::Foreign(disk) => {
+                // To the CO this is a volume that does not exist; to the
+                // operator it is someone's data, left exactly as it is.
+                warn!(
+                    "DeleteVolume: disk {} (backing file {}) is not a volume of this driver (no ownership record, and not a pvc-<uuid> volume under {} exported under {}); answering OK without touching it",
+                    echo(&disk.slot),
+                    echo(disk.file_path.as_deref().unwrap_or_default()),
+                    self.settings.base_path,
+                    self.settings.nqn_prefix.as_str()
+                );
+            }
+            Lookup::Missing if id.is_driver_shape() => {
+                // The disk may be gone while its backing file stayed (a crash
+                // between the steps): find the file by name under the base.
+                let suffix = format!("/{}.img", id.slot());
+                let files = self
+                    .rds
+                    .list_files(&format!("{}/", self.settings.base_path))
+                    .map_err(|source| Error::Rds {
+                        context: format!("DeleteVolume {id}: list backing files"),
+                        source: Box::new(source),
+                    })?;
+                for file in files.iter().filter(|f| f.name.ends_with(&suffix)) {
+                    self.rds.remove_file(&file.name).map_err(|source| Error::Rds {
+                        context: format!("DeleteVolume {id}: remove {}", file.name),
+                        source: Box::new(source),
+                    })?;
+                    info!("DeleteVolume {id}: removed leftover backing file {}", file.name);
+                }
+            }
+            Lookup::Missing => {}
+        }
+        Ok(())
+    }
+
+    /// Grows one of our volumes to fit `range`; never shrinks (a smaller
+    /// request is already satisfied, and so is a repeat).
+    pub fn expand(&self, volume_id: &str, range: CapacityRange, block: bool) -> Result<Expanded, Error> {
+        let _guard = self.lock("ControllerExpandVolume", &[volume_id])?;
+        let (id, disk, _) = self.find_ours("ControllerExpandVolume", volume_id)?;
+        let current = disk.bytes().unwrap_or(0);
+        let wanted = self
+            .settings
+            .sizes
+            .size_for(range.required, range.limit)
+            .map_err(|source| Error::Capacity {
+                context: format!("ControllerExpandVolume {id}"),
+                source,
+            })?;
+        let capacity = if wanted <= current {
+            current
+        } else {
+            let pool = self.pool()?;
+            // More than the whole pool can never fit, whatever is freed.
+            if wanted > pool.size {
+                return Err(Error::BeyondPool {
+                    id,
+                    wanted,
+                    pool: self.settings.pool.clone(),
+                    pool_size: pool.size,
+                });
+            }
+            let available = self.available_in(&pool)?;
+            if wanted - current > available {
+                return Err(Error::NoSpaceToGrow {
+                    id,
+                    pool: self.settings.pool.clone(),
+                    by: wanted - current,
+                    available,
+                });
+            }
+            let grown = self
+                .rds
+                .grow_disk_known(&disk, wanted)
+                .map_err(|source| Error::Rds {
+                    context: format!("ControllerExpandVolume {id}"),
+                    source: Box::new(source),
+                })?;
+            let size = grown.bytes().unwrap_or(0);
+            info!("ControllerExpandVolume {id}: grown from {current} to {size} bytes");
+            size
+        };
+        Ok(Expanded {
+            capacity,
+            node_expansion_required: !block,
+        })
+    }
+
+    /// Whether CreateVolume would accept these capabilities and parameters
+    /// for one of our volumes: `Ok(None)` confirms, `Ok(Some(why))` does not.
+    pub fn validate(
+        &self,
+        volume_id: &str,
+        caps: &[Capability],
+        parameters: &HashMap<String, String>,
+    ) -> Result<Option<Invalid>, Error> {
+        self.find_ours("ValidateVolumeCapabilities", volume_id)?;
+        // Exactly what CreateVolume would accept is confirmed, nothing more.
+        Ok(plan(
+            caps,
+            parameters,
+            &self.settings.base_path,
+            self.settings.allow_multi_node_block,
+        )
+        .err())
+    }
+
+    /// One page of our volumes, in id order, after the volume a token
+    /// names; `max` entries at most (`None`: all).
+    pub fn list(&self, starting_token: Option<&str>, max: Option<usize>) -> Result<Page, Error> {
+        // The token is `v1:` and the last volume id of the previous page:
+        // stable when volumes come and go between pages.
+        let after = match starting_token {
+            None => None,
+            Some(token) => Some(parse_token(token).ok_or_else(|| Error::BadToken {
+                token: token.to_string(),
+            })?),
+        };
+        let disks = self.rds.list_disks(SLOT_PREFIX).map_err(|source| Error::Rds {
+            context: "ListVolumes".into(),
+            source: Box::new(source),
+        })?;
+        let mut volumes: Vec<(VolumeId, rds::Disk, Ownership)> = disks
+            .into_iter()
+            .filter_map(|d| {
+                let id = VolumeId::parse(&d.slot)?;
+                let own = self.owned(&id, &d)?;
+                Some((id, d, own))
+            })
+            .collect();
+        volumes.sort_by(|a, b| a.0.cmp(&b.0));
+        let start = after.map_or(0, |a| volumes.partition_point(|v| v.0 <= a));
+        let entries: Vec<VolumeInfo> = volumes
+            .iter()
+            .skip(start)
+            .take(max.unwrap_or(usize::MAX))
+            .map(|(id, disk, own)| info_of(id, disk, own))
+            .collect();
+        let next_token = if start + entries.len() < volumes.len() {
+            entries.last().map(|last| format!("{TOKEN_PREFIX}{}", last.id))
+        } else {
+            None
+        };
+        Ok(Page { entries, next_token })
+    }
+
+    /// Room on the pool for volumes with these parameters and capabilities.
+    pub fn capacity(
+        &self,
+        parameters: &HashMap<String, String>,
+        caps: &[Capability],
+    ) -> Result<CapacityInfo, Error> {
+        let invalid = |reason| Error::Invalid {
+            context: "GetCapacity".into(),
+            reason,
+        };
+        let params = VolumeParams::parse(parameters).map_err(|e| invalid(Invalid::Parameter(e)))?;
+        if let Err(rule) = resolve_volume_path(&self.settings.base_path, params.volume_path.as_deref()) {
+            return Err(invalid(Invalid::VolumePath { value: None, rule }));
+        }
+        if !caps.is_empty() {
+            check_access(caps, self.settings.allow_multi_node_block).map_err(invalid)?;
+        }
+        let available = self.available()?;
+        let step = self.settings.sizes.granularity;
+        Ok(CapacityInfo {
+            available,
+            maximum_volume_size: available / step * step,
+            minimum_volume_size: self.settings.sizes.minimum,
+        })
+    }
+
+    /// One of our volumes, with the nodes it is published to.
+    pub fn get(&self, volume_id: &str) -> Result<VolumeInfo, Error> {
+        let (id, disk, own) = self.find_ours("ControllerGetVolume", volume_id)?;
+        Ok(info_of(&id, &disk, &own))
+    }
+}
+
+/// The record a new volume gets.
+fn new_record(name: &str, digest: String, params: &VolumeParams) -> Ownership {
+    Ownership {
+        name: name.to_string(),
+        params_digest: digest,
+        pv: params.pv_name.clone(),
+        pvc: match (&params.pvc_namespace, &params.pvc_name) {
+            (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
+            (None, Some(n)) => Some(n.clone()),
+            _ => None,
+        },
+        ..Default::default()
+    }
+}
+
+fn info_of(id: &VolumeId, disk: &rds::Disk, own: &Ownership) -> VolumeInfo {
+    VolumeInfo {
+        id: id.clone(),
+        capacity: disk.bytes().unwrap_or(0),
+        nodes: own.nodes.clone(),
+        condition: condition_of(disk),
+    }
+}
+
+/// The volume id a ListVolumes token names: `v1:<slot>`, the slot of the
+/// exact shape this driver or the Go driver makes; `None` for anything else.
+fn parse_token(token: &str) -> Option<VolumeId> {
+    let id = VolumeId::parse(token.strip_prefix(TOKEN_PREFIX)?)?;
+    id.is_driver_shape().then_some(id)
+}
+
+/// Abnormal when the disk is not exported: no node can attach it.
+fn condition_of(disk: &rds::Disk) -> Condition {
+    if disk.nvme_tcp_export {
+        Condition {
+            abnormal: false,
+            message: "exported over NVMe/TCP".into(),
+        }
+    } else {
+        Condition {
+            abnormal: true,
+            message: format!(
+                "disk {} is not exported over NVMe/TCP (nvme-tcp-export is off)",
+                disk.slot
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    const LEGACY: &str = "pvc-0e7c2a9d-41b3-4c55-9f0e-6a1d2b3c4d5e";
+
+    #[test]
+    fn list_tokens_are_versioned_and_exact() {
+        let id = VolumeId::for_name("vol-a");
+        assert_eq!(parse_token(&format!("v1:{id}")), Some(id.clone()));
+        assert_eq!(parse_token(&format!("v1:{LEGACY}")).unwrap().as_str(), LEGACY);
+        for bad in [
+            id.to_string(),
+            format!("v2:{id}"),
+            "v1:vm-backup".into(),
+            "v1:pvc-1".into(),
+            "v1:".into(),
+            "not/a token".into(),
+            format!("v1:{id}x"),
+        ] {
+            assert_eq!(parse_token(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn condition_reports_a_missing_export() {
+        let disk = |export| rds::Disk {
+            id: "*1".into(),
+            slot: "pvc-1".into(),
+            kind: Some("file".into()),
+            file_path: Some("storage-pool/csi/pvc-1.img".into()),
+            file_size: Some(1 << 30),
+            size: Some(1 << 30),
+            free: None,
+            comment: String::new(),
+            nvme_tcp_export: export,
+            nvme_tcp_port: Some(4420),
+            nvme_tcp_nqn: Some("nqn.2000-02.com.mikrotik:pvc-1".into()),
+            mount_filesystem: Some(false),
+            mount_point: None,
+            mounted: false,
+            fs: None,
+            state: None,
+        };
+        assert!(!condition_of(&disk(true)).abnormal);
+        let c = condition_of(&disk(false));
+        assert!(c.abnormal && c.message.contains("pvc-1"), "{}", c.message);
+    }
+}

@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck shell=dash
 # The benchmark (TCG figures): stage and unstage through the driver against
 # the same steps run directly in the same guest (nvme connect, wait for the
 # device, mount; umount, nvme disconnect), and connect → device-usable.
@@ -8,7 +9,7 @@ BENCH_ROUNDS=${BENCH_ROUNDS:-5}
 scenario_bench() {
 	sim_start
 	driver_start --log-level info
-	id=$(create bench 320Mi --fs ext4 --param ctrlLossTmo=-1 --param reconnectDelay=2)
+	id=$(create bench 1Gi --fs ext4 --param ctrlLossTmo=-1 --param reconnectDelay=2)
 	ctx="$W/bench.json"
 	nqn=$(json_get nqn "$ctx")
 	ctl publish "$id" --node "$NODE" >/dev/null

@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck shell=dash
 # Scenarios where things break: the RDS's export vanishes for a while
 # (outage), for longer than ctrl_loss_tmo (give-up), the RDS restarts
 # (rds-restart), connections the driver finds at start (orphans), the
@@ -66,7 +67,7 @@ wait_seconds_since() {
 scenario_outage() {
 	sim_start
 	driver_start
-	vol outage 320Mi ext4 --param ctrlLossTmo=-1 --param reconnectDelay=2
+	vol outage 1Gi ext4 --param ctrlLossTmo=-1 --param reconnectDelay=2
 	ctrl0=$(ctrl_of "$nqn")
 	connects0=$(grep -c "connected $nqn" "$W/driver.log" || true)
 	writer_start "$tgt/log"
@@ -97,7 +98,7 @@ scenario_outage() {
 scenario_give_up() {
 	sim_start
 	driver_start
-	vol giveup 320Mi ext4 --param ctrlLossTmo=5 --param reconnectDelay=1
+	vol giveup 1Gi ext4 --param ctrlLossTmo=5 --param reconnectDelay=1
 	echo before >"$tgt/file"
 	sync "$tgt/file"
 	t=$(now_us)
@@ -127,7 +128,7 @@ scenario_give_up() {
 scenario_rds_restart() {
 	sim_start
 	driver_start
-	vol restart 320Mi ext4 --param ctrlLossTmo=-1 --param reconnectDelay=2
+	vol restart 1Gi ext4 --param ctrlLossTmo=-1 --param reconnectDelay=2
 	writer_start "$tgt/log"
 	say "rds-sim killed (SIGKILL); the reboot takes the kernel target's state with it"
 	sim_kill KILL
@@ -155,12 +156,12 @@ scenario_rds_restart() {
 scenario_orphans() {
 	sim_start
 	driver_start
-	vol staged 320Mi ext4
+	vol staged 1Gi ext4
 	nqn_staged=$nqn
 	hostnqn=$(cat /etc/nvme/hostnqn)
-	create orphan 64Mi --fs ext4 >/dev/null
+	create orphan 1Gi --fs ext4 >/dev/null
 	nqn_orphan=$(json_get nqn "$W/orphan.json")
-	create held 64Mi --fs ext4 >/dev/null
+	create held 1Gi --fs ext4 >/dev/null
 	nqn_held=$(json_get nqn "$W/held.json")
 	say "by hand: a foreign subsystem on port 4421"
 	foreign=nqn.2024-01.io.example:foreign
@@ -182,7 +183,10 @@ scenario_orphans() {
 	nvme connect -t tcp -a 127.0.0.1 -s 4421 -n "$foreign" -q "$hostnqn"
 	wait_for 30 "the held namespace" has_dev "$nqn_held"
 	held_dev=$(dev_of "$nqn_held")
-	sleep 100000 <"$held_dev" &
+	(
+		exec 3<"$held_dev"
+		exec sleep 100000
+	) &
 	echo $! >"$W/holder.bgpid"
 	say "the node plugin restarts"
 	driver_kill TERM
@@ -242,8 +246,8 @@ scenario_connect_fail() {
 	sim_start
 	driver_start --connect-attempts 3
 	# A served volume keeps the port listening.
-	create served 64Mi --fs ext4 >/dev/null
-	create gone 64Mi --fs ext4 >/dev/null
+	create served 1Gi --fs ext4 >/dev/null
+	create gone 1Gi --fs ext4 >/dev/null
 	id_gone=$(json_get volume_id "$W/gone.json")
 	nqn_gone=$(json_get nqn "$W/gone.json")
 	ctl delete "$id_gone" >/dev/null
@@ -266,7 +270,7 @@ scenario_connect_fail() {
 		secs=$(since "$t")
 		msg=$(tr '\n' ' ' <"$W/$case.out")
 		vmlog "  connect-fail $case: ${secs}s: $msg"
-		echo "$msg" | tr 'A-Z' 'a-z' | grep -q "$want" || fail "$case: the error does not say \"$want\""
+		echo "$msg" | tr '[:upper:]' '[:lower:]' | grep -q "$want" || fail "$case: the error does not say \"$want\""
 		echo "$msg" | grep -q "3 attempt" || fail "$case: not 3 attempts"
 		# Backoff 1 s then 2 s (±10 %) between the three attempts.
 		awk -v s="$secs" 'BEGIN { exit !(s >= 2.7) }' || fail "$case: 3 attempts in ${secs}s: no backoff"

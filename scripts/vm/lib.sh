@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck shell=dash
 # Helpers of the real-kernel lane's guest scenarios: clocks, waiting for a
 # condition with a deadline, starting rds-sim (--nvmet) and the driver,
 # `ctl`, reading sysfs/configfs, and cleaning up after a scenario.
@@ -32,6 +33,7 @@ say() { echo "== $*"; }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.1 s.
 wait_for() {
+	local limit what deadline
 	limit=$1
 	what=$2
 	shift 2
@@ -57,6 +59,7 @@ sim_start() {
 	SIM_FP=$(awk '/^fingerprint /{print $2}' "$W/sim.out")
 }
 sim_kill() {
+	local sig pid
 	sig=${1:-TERM}
 	[ -f "$W/sim.pid" ] || return 0
 	pid=$(cat "$W/sim.pid")
@@ -64,14 +67,21 @@ sim_kill() {
 	wait_for 20 "rds-sim to stop" sh -c "! kill -0 $pid"
 	rm -f "$W/sim.pid" "$W/sim.out"
 }
-# sim_post PATH JSON: a control call (busybox wget over TLS; no verification
-# needed on the loopback).
-sim_post() {
-	wget -q -O - --no-check-certificate \
-		--header "Authorization: Basic $(printf 'admin:%s' "$(cat "$W/secret/password")" | base64)" \
-		--header 'Content-Type: application/json' --post-data "$2" "$SIM_URL$1"
+# outage true|false: the RDS's exports vanish from their ports / come back
+# (rds-sim --nvmet takes SIGUSR1/SIGUSR2 for that; busybox has no HTTP
+# client rustls talks to).
+links() { find "$NVMET"/ports/*/subsystems -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+no_links() { [ "$(links)" -eq 0 ]; }
+some_links() { [ "$(links)" -gt 0 ]; }
+outage() {
+	if [ "$1" = true ]; then
+		kill -USR1 "$(cat "$W/sim.pid")"
+		wait_for 20 "the exports to be unlinked" no_links
+	else
+		kill -USR2 "$(cat "$W/sim.pid")"
+		wait_for 20 "the exports to be linked again" some_links
+	fi
 }
-outage() { sim_post /sim/nvmet "{\"outage\": $1}" >/dev/null; }
 
 # --- the driver ---------------------------------------------------------------------
 driver_start() {
@@ -85,6 +95,7 @@ driver_start() {
 	wait_for 30 "the driver to be ready" sh -c "rds-csi ctl --endpoint unix://$W/csi.sock --json probe | grep -q '\"ready\": true'"
 }
 driver_kill() {
+	local sig pid
 	sig=${1:-TERM}
 	[ -f "$W/driver.pid" ] || return 0
 	pid=$(cat "$W/driver.pid")
@@ -100,6 +111,7 @@ json_get() { sed -n "s/.*\"$1\": *\"\\([^\"]*\\)\".*/\\1/p" "$2" | head -n 1; }
 # create NAME SIZE [ctl create flags...]: prints the volume id; the JSON is
 # kept in $W/NAME.json (its volume_context is what stage needs).
 create() {
+	local n size
 	n=$1
 	size=$2
 	shift 2
@@ -110,6 +122,7 @@ create() {
 # --- the kernel's view ------------------------------------------------------------------
 # The sysfs directory of the subsystem with this NQN (empty when none).
 subsys_of() {
+	local d
 	for d in /sys/class/nvme-subsystem/nvme-subsys*; do
 		[ -f "$d/subsysnqn" ] || continue
 		[ "$(cat "$d/subsysnqn")" = "$1" ] && { echo "$d"; return 0; }
@@ -120,6 +133,7 @@ connected() { [ -n "$(subsys_of "$1")" ]; }
 not_connected() { [ -z "$(subsys_of "$1")" ]; }
 # The controller (nvmeN) of an NQN and its state.
 ctrl_of() {
+	local d c
 	d=$(subsys_of "$1")
 	[ -n "$d" ] || return 0
 	for c in "$d"/nvme[0-9]*; do
@@ -129,15 +143,21 @@ ctrl_of() {
 	return 0
 }
 ctrl_state() {
+	local c
 	c=$(ctrl_of "$1")
 	[ -n "$c" ] && cat "/sys/class/nvme/$c/state"
 }
 no_ctrl() { [ -z "$(ctrl_of "$1")" ]; }
-has_dev() { d=$(dev_of "$1"); [ -n "$d" ] && [ -b "$d" ]; }
+has_dev() {
+	local d
+	d=$(dev_of "$1")
+	[ -n "$d" ] && [ -b "$d" ]
+}
 state_is() { [ "$(ctrl_state "$1")" = "$2" ]; }
 state_is_not() { [ "$(ctrl_state "$1")" != "$2" ]; }
 # The usable block device of an NQN (the multipath head), e.g. /dev/nvme1n1.
 dev_of() {
+	local d n
 	d=$(subsys_of "$1")
 	[ -n "$d" ] || return 0
 	for n in "$d"/nvme*n[0-9]*; do

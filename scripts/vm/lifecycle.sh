@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck shell=dash
 # Scenarios: the guest works at all (boot), and a volume's whole life for
 # ext4, xfs and raw block against the real kernel (lifecycle).
 
@@ -12,7 +13,10 @@ scenario_boot() {
 	rds-csi --version
 	sim_start
 	say "rds-sim serves $SIM_URL ($SIM_FP)"
-	sim_post /sim/nvmet '{}' | grep -q '"outage": *false' || fail "GET /sim/nvmet"
+	kill -USR1 "$(cat "$W/sim.pid")"
+	wait_for 20 "rds-sim to take SIGUSR1" grep -q "outage begins" "$W/sim.log"
+	kill -USR2 "$(cat "$W/sim.pid")"
+	wait_for 20 "rds-sim to take SIGUSR2" grep -q "outage ends" "$W/sim.log"
 }
 
 # stage_args FS: the ctl flags that say what kind of volume it is.
@@ -26,16 +30,17 @@ kind_args() {
 lifecycle_one() {
 	fs=$1
 	k=$(kind_args "$fs")
-	# xfs needs 300 MiB at least (xfsprogs 6); the others take the same.
+	blk=""
+	[ "$fs" != block ] || blk=--block
 	# shellcheck disable=SC2086
-	id=$(create "life-$fs" 320Mi $k --param ctrlLossTmo=-1 --param reconnectDelay=2)
+	id=$(create "life-$fs" 1Gi $k --param ctrlLossTmo=-1 --param reconnectDelay=2)
 	[ -n "$id" ] || fail "no volume id"
 	ctx="$W/life-$fs.json"
 	nqn=$(json_get nqn "$ctx")
 	say "$fs: volume $id, $nqn"
 	target_has "$nqn" || fail "create did not export $nqn through the kernel target"
 	# shellcheck disable=SC2086
-	ctl publish "$id" --node "$NODE" $( [ "$fs" = block ] && echo --block )
+	ctl publish "$id" --node "$NODE" $blk
 	staging="$W/kubelet/staging/$id"
 	tgt="$W/kubelet/pods/p1/$id"
 	mkdir -p "$staging" "$W/kubelet/pods/p1"
@@ -48,7 +53,7 @@ lifecycle_one() {
 	grep -q '^2$' "/sys/class/nvme/$(ctrl_of "$nqn")/reconnect_delay" || fail "reconnect_delay is not 2"
 	# shellcheck disable=SC2086
 	ctl publish-node "$id" --staging-path "$staging" --target-path "$tgt" --context-file "$ctx" \
-		$( [ "$fs" = block ] && echo --block )
+		$blk
 	head -c 65536 /dev/urandom >"$W/pattern"
 	if [ "$fs" = block ]; then
 		dd if="$W/pattern" of="$tgt" bs=65536 count=1 conv=fsync 2>/dev/null
@@ -62,12 +67,12 @@ lifecycle_one() {
 
 	before=$(blockdev --getsize64 "$dev")
 	# shellcheck disable=SC2086
-	ctl expand "$id" --size 640Mi --node-path "$tgt" --staging-path "$staging" \
-		$( [ "$fs" = block ] && echo --block )
-	wait_for 30 "the device to show 640 MiB" sh -c "[ \$(blockdev --getsize64 $dev) -eq $((640 << 20)) ]"
+	ctl expand "$id" --size 2Gi --node-path "$tgt" --staging-path "$staging" \
+		$blk
+	wait_for 30 "the device to show 2 GiB" sh -c "[ \$(blockdev --getsize64 $dev) -eq $((2 << 30)) ]"
 	if [ "$fs" != block ]; then
 		size_kb=$(df -k "$tgt" | awk 'NR == 2 { print $2 }')
-		[ "$size_kb" -gt $((400 * 1024)) ] || fail "the $fs filesystem did not grow ($size_kb KiB)"
+		[ "$size_kb" -gt $((1536 * 1024)) ] || fail "the $fs filesystem did not grow ($size_kb KiB)"
 	fi
 	say "$fs: grown online from $before bytes to $(blockdev --getsize64 "$dev")"
 
@@ -81,7 +86,7 @@ lifecycle_one() {
 	ctl stage "$id" --staging-path "$staging" $k --context-file "$ctx"
 	# shellcheck disable=SC2086
 	ctl publish-node "$id" --staging-path "$staging" --target-path "$tgt" --context-file "$ctx" \
-		$( [ "$fs" = block ] && echo --block )
+		$blk
 	if [ "$fs" = block ]; then
 		dd if="$tgt" of="$W/readback" bs=65536 count=1 2>/dev/null
 		cmp "$W/pattern" "$W/readback" || fail "block data differs after re-stage"

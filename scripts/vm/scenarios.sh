@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck shell=dash
 # The real-kernel lane's scenarios, run inside the guest by /init (see
 # scripts/vm-test.sh). rds-sim plays the RDS over HTTPS (self-signed, pinned
 # by the driver) and serves its exports through the kernel's NVMe/TCP target

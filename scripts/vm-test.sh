@@ -191,7 +191,7 @@ timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m "$V
 	-nographic -no-reboot -nic none \
 	-kernel "$vmlinuz" -initrd "$work/initrd.gz" \
 	-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init" </dev/null 2>&1 |
-	tr -d '\r' | sed -u 's/\x1b\[[0-9;?]*[a-zA-Z]//g; s/.*\(VMTEST \|VMLOG \)/\1/' | tee "$console" |
+	sed -u 's/\r$//; s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/.*\(VMTEST \|VMLOG \)/\1/' | tee "$console" |
 	grep --line-buffered -E '^(VMTEST|VMLOG) ' | sed -u 's/^VMTEST /vm: /; s/^VMLOG /vm|   /'
 qemu_rc=${PIPESTATUS[0]}
 set -e

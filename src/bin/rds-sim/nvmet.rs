@@ -8,7 +8,9 @@
 //! wanted NQN (that export is then skipped with a warning).
 //!
 //! Layout under the nvmet root (`/sys/kernel/config/nvmet`):
-//! - `subsystems/<nqn>/attr_allow_any_host` = 1 (host ACLs come later);
+//! - `subsystems/<nqn>/attr_allow_any_host` = 1 (host ACLs come later),
+//!   `attr_serial` and the namespace's `device_uuid`/`device_nguid` derived
+//!   from the NQN (stable across reboots, as on a real RDS);
 //!   `namespaces/1/device_path` = the backing file, `buffered_io` = 1 when
 //!   the file's file system refuses `O_DIRECT` (tmpfs), `enable` = 1;
 //!   `revalidate_size` = 1 when the file grew;
@@ -156,6 +158,34 @@ fn direct_io_works(path: &Path) -> bool {
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .is_ok()
+}
+
+/// Stable identities of an NQN's subsystem and namespace: the serial
+/// number, the namespace UUID and NGUID, all from SHA-256 of the NQN. The
+/// kernel target makes random ones for every new subsystem; a host that
+/// reconnects after an RDS reboot and finds other identifiers drops the
+/// namespace (its size goes to 0 under a mounted filesystem). A real RDS
+/// keeps them across reboots, so the emulator must too.
+fn identities(nqn: &str) -> (String, String, String) {
+    let d = ring::digest::digest(&ring::digest::SHA256, nqn.as_bytes());
+    let b = d.as_ref();
+    let hex = |bytes: &[u8]| bytes.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let uuid_of = |bytes: &[u8]| {
+        let mut u = [0u8; 16];
+        u.copy_from_slice(bytes);
+        // RFC 9562 version 8 (custom), variant 10.
+        u[6] = (u[6] & 0x0f) | 0x80;
+        u[8] = (u[8] & 0x3f) | 0x80;
+        format!(
+            "{}-{}-{}-{}-{}",
+            hex(&u[0..4]),
+            hex(&u[4..6]),
+            hex(&u[6..8]),
+            hex(&u[8..10]),
+            hex(&u[10..16])
+        )
+    };
+    (hex(&b[0..10]), uuid_of(&b[0..16]), uuid_of(&b[16..32]))
 }
 
 fn read_attr(path: &Path) -> String {
@@ -440,6 +470,7 @@ impl Nvmet {
                     }
                 }
                 write_attr(&dir.join("attr_allow_any_host"), "1")?;
+                write_attr(&dir.join("attr_serial"), &identities(&e.nqn).0)?;
                 log::info!("nvmet: subsystem {} made on {}", e.nqn, e.backing);
             }
             Some(owned) => {
@@ -466,6 +497,9 @@ impl Nvmet {
                 fs::create_dir(&ns).map_err(cfs("create", &ns))?;
             }
             write_attr(&ns.join("device_path"), &e.backing)?;
+            let (_, uuid, nguid) = identities(&e.nqn);
+            write_attr(&ns.join("device_uuid"), &uuid)?;
+            write_attr(&ns.join("device_nguid"), &nguid)?;
             let buffered = !direct_io_works(Path::new(&e.backing));
             write_attr(&ns.join("buffered_io"), if buffered { "1" } else { "0" })?;
             write_attr(&ns.join("enable"), "1")?;
@@ -664,6 +698,35 @@ mod tests {
         assert!(!sub.exists());
         assert!(!port.exists());
         assert_eq!(n.status()["subsystems"], json!({}));
+    }
+
+    #[test]
+    fn identities_are_stable_per_nqn_and_differ_between_nqns() {
+        let s = Scratch::new("ids");
+        let file = s.backing("a.img", 1 << 20);
+        let mut n = Nvmet::open(&s.root(), &s.data()).unwrap();
+        n.sync(&exports(&[(A, 4420, &file, 1 << 20), (B, 4420, &file, 1 << 20)]))
+            .unwrap();
+        let ns = s.root().join("subsystems").join(A).join("namespaces/1");
+        let uuid = read_attr(&ns.join("device_uuid"));
+        assert_eq!(uuid.len(), 36, "{uuid}");
+        assert_eq!(&uuid[14..15], "8", "{uuid}");
+        assert_eq!(read_attr(&ns.join("device_nguid")).len(), 36);
+        let serial = read_attr(&s.root().join("subsystems").join(A).join("attr_serial"));
+        assert_eq!(serial.len(), 20);
+        // A reboot makes the subsystem anew with the same identities.
+        n.sync(&exports(&[])).unwrap();
+        n.sync(&exports(&[(A, 4420, &file, 1 << 20)])).unwrap();
+        assert_eq!(read_attr(&ns.join("device_uuid")), uuid);
+        let other = s
+            .root()
+            .join("subsystems")
+            .join(B)
+            .join("namespaces/1/device_uuid");
+        n.sync(&exports(&[(A, 4420, &file, 1 << 20), (B, 4420, &file, 1 << 20)]))
+            .unwrap();
+        assert_ne!(read_attr(&other), uuid);
+        assert_eq!(identities(A), identities(A));
     }
 
     #[test]

@@ -47,6 +47,11 @@ run() {
 . /vm/faults.sh
 . /vm/bench.sh
 
+known="boot lifecycle outage give-up rds-restart orphans mkfs-kill connect-fail bench"
+for name in $only; do
+	echo " $known " | grep -q " $name " || echo "VMTEST FAIL $name 0s (no such scenario; known: $known)"
+done
+
 run boot scenario_boot
 run lifecycle scenario_lifecycle
 run outage scenario_outage

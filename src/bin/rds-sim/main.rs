@@ -55,7 +55,8 @@ usage: rds-sim --listen ADDR:PORT --data-dir DIR --pool-size BYTES --username NA
 
 required:
   --listen ADDR:PORT      where to listen; port 0 picks a free one (the real one is printed)
-  --data-dir DIR          state.json, exports.json, files/ (the sparse disk images), tls/
+  --data-dir DIR          state.json, exports.json, files/ (the sparse disk images), tls/,
+                          nvmet.json (with --nvmet: what it made in configfs)
   --pool-size BYTES       capacity of the storage pool (plain bytes or K/M/G/T, binary)
   --username NAME         the one RouterOS user accepted (Basic auth)
   --password-file FILE    its password (trailing newline ignored; re-read on every request)

@@ -85,7 +85,11 @@ outage() {
 
 # --- the driver ---------------------------------------------------------------------
 driver_start() {
-	rds-csi serve --controller --node --node-id "$NODE" \
+	mkdir -p "$W/kubelet"
+	# Staging and target paths live under $W/kubelet (the node plugin only
+	# works under its kubelet directory; the variable is ignored where serve
+	# has no such flag).
+	RDS_CSI_KUBELET_DIR="$W/kubelet" rds-csi serve --controller --node --node-id "$NODE" \
 		--endpoint "unix://$W/csi.sock" \
 		--rds-address "$SIM_URL" --rds-tls-fingerprint "$SIM_FP" \
 		--rds-username-file "$W/secret/username" --rds-password-file "$W/secret/password" \

@@ -258,12 +258,12 @@ scenario_connect_fail() {
 	nqn_far=$(json_get nqn "$W/served.json")
 	sed 's/"nvmePort": *"4420"/"nvmePort": "4499"/' "$W/served.json" >"$W/far.json"
 	grep -q '"nvmePort": "4499"' "$W/far.json" || fail "cannot point the context at port 4499"
-	mkdir -p "$W/st1" "$W/st2"
+	mkdir -p "$W/kubelet/st1" "$W/kubelet/st2"
 	for case in refused not-exported; do
 		if [ "$case" = refused ]; then
-			cid=$id_far cctx=$W/far.json cnqn=$nqn_far want="connection refused" st=$W/st1
+			cid=$id_far cctx=$W/far.json cnqn=$nqn_far want="connection refused" st=$W/kubelet/st1
 		else
-			cid=$id_gone cctx=$W/gone.json cnqn=$nqn_gone want="input/output error" st=$W/st2
+			cid=$id_gone cctx=$W/gone.json cnqn=$nqn_gone want="input/output error" st=$W/kubelet/st2
 		fi
 		t=$(now_us)
 		if ctl --timeout 120 stage "$cid" --staging-path "$st" --fs ext4 --context-file "$cctx" >"$W/$case.out" 2>&1; then

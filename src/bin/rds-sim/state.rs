@@ -36,8 +36,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::nvmet::Nvmet;
-
 /// What the emulated box is; fixed for a run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -189,7 +187,7 @@ pub struct Store {
     disks: Vec<DiskRec>,
     files: Vec<FileRec>,
     /// With `--nvmet`: the kernel target, told the exports on every save.
-    nvmet: Option<RefCell<Nvmet>>,
+    nvmet: Option<RefCell<crate::nvmet::Nvmet>>,
 }
 
 /// `.id` of the pool's own `/disk` entry and of its mount point in `/file`.
@@ -458,7 +456,7 @@ impl Store {
 
     /// Serves the exports through `nvmet` from now on, starting with the
     /// saved ones (an RDS reboot restores every export).
-    pub fn attach_nvmet(&mut self, nvmet: Nvmet) {
+    pub fn attach_nvmet(&mut self, nvmet: crate::nvmet::Nvmet) {
         self.nvmet = Some(RefCell::new(nvmet));
         self.sync_nvmet();
     }

@@ -15,9 +15,18 @@ fi
 scripts/build-static.sh
 # The integration tests also start the stripped static binary from dist/.
 export RDS_CSI_DIST_BIN="$RDS_ROOT/dist/rds-csi"
-# Unit, binary and integration tests (the crate has no doc tests), then one
-# line adding up every test binary's result.
+# Unit, binary and integration tests (the crate has no doc tests), then the
+# real-kernel lane (a VM: scripts/vm-test.sh; RDS_SKIP_VM=1 leaves it out),
+# then one line adding up every test binary's and VM scenario's result.
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-rds_cargo test --tests "$@" 2>&1 | tee "$log"
-awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"
+vmlog=$(mktemp)
+trap 'rm -f "$log" "$vmlog"' EXIT
+status=0
+rds_cargo test --tests "$@" 2>&1 | tee "$log" || status=1
+if [ "${RDS_SKIP_VM:-0}" != 1 ]; then
+	scripts/vm-test.sh 2>&1 | tee "$vmlog" || status=1
+fi
+awk '/^test result:/ { passed += $4; failed += $6 }
+	FILENAME == vm && /^[0-9]+ passed, [0-9]+ failed$/ { passed += $1; failed += $3 }
+	END { printf "%d passed, %d failed\n", passed, failed }' vm="$vmlog" "$log" "$vmlog"
+exit "$status"

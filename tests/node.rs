@@ -352,8 +352,20 @@ fn a_definite_connect_failure_is_not_retried() {
         started.elapsed()
     );
     assert!(!node.fabric.connected(&vol.nqn));
+}
 
-    // A volume the RDS does not export is a definite failure too.
+#[test]
+fn a_volume_the_rds_does_not_export_is_retried_like_a_rebooting_rds() {
+    // Linux 6.1 answers a connect to a listening target that does not serve
+    // the NQN with EIO (`Input/output error`), exactly as while a rebooting
+    // RDS has not restored the export yet (measured in the real-kernel
+    // lane): retried with the backoff, then UNAVAILABLE, nothing connected.
+    let sim = Sim::start();
+    let fabric = Fabric::new(&sim, true);
+    let driver = start_driver(&fabric, &["--connect-attempts", "2"]);
+    let node = Node { driver, fabric, sim };
+    // A served volume keeps the port listening.
+    let _served = create_volume(&node.sim, "served", GIB);
     let ghost = Volume {
         slot: fabric::unique_slot("ghost"),
         nqn: String::new(),
@@ -364,12 +376,23 @@ fn a_definite_connect_failure_is_not_retried() {
         nqn: format!("{}:{}", fabric::PREFIX, ghost.slot),
         ..ghost
     };
+    let started = Instant::now();
     let (c, msg) = code(
         node.stage(&ghost, &node.fabric.path("g"), false, "ext4", &[])
             .unwrap_err(),
     );
-    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
-    assert_eq!(node.fabric.connects_of(&ghost.nqn).len(), 1);
+    assert_eq!(c, RpcStatusCode::UNAVAILABLE, "{msg}");
+    assert!(
+        msg.contains("Input/output error") && msg.contains("2 attempt"),
+        "{msg}"
+    );
+    assert_eq!(node.fabric.connects_of(&ghost.nqn).len(), 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(880),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!node.fabric.connected(&ghost.nqn));
 }
 
 #[test]

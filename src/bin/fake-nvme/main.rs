@@ -13,9 +13,10 @@
 //! exports: NQN, port, backing file). Commands:
 //! - `connect -t tcp -a ADDR -s PORT -n NQN [-l S] [-c S] [-k S] [-q HOSTNQN]`:
 //!   records its argv in `<state>/connects.jsonl` (with the time), refuses
-//!   like nvme-cli when nothing listens at ADDR:PORT (`Connection refused`)
-//!   or the NQN is not exported there (`invalid arguments/configuration`),
-//!   answers `already connected` for a connected NQN, else attaches the
+//!   like nvme-cli 2.3 on Linux 6.1 when nothing listens at ADDR:PORT
+//!   (`Connection refused`) or the NQN is not exported there
+//!   (`Input/output error`), answers `already connected` for a connected
+//!   NQN (every failure exits 1, as nvme-cli does), else attaches the
 //!   backing file to a loop device and writes what the kernel would: the
 //!   controller (`class/nvme/nvmeN`: subsysnqn, state, address, transport,
 //!   ctrl_loss_tmo, reconnect_delay, kato), the subsystem
@@ -48,6 +49,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+/// What nvme-cli 2.3 on Linux 6.1 prints when nothing listens at the
+/// address (measured in the real-kernel lane; see scripts/vm-test.sh).
+const REFUSED: &str =
+    "Failed to write to /dev/nvme-fabrics: Connection refused\ncould not add new controller: connection refused";
+/// ... and when something listens there but does not export the NQN (or
+/// does not allow this host): the kernel's `Connect Invalid Data
+/// Parameter` reaches the tool as EIO.
+const NOT_EXPORTED: &str = "Failed to write to /dev/nvme-fabrics: Input/output error\ncould not add new controller: failed to write to nvme-fabrics device";
+
 /// The major number of the device an `unreadable` namespace points at:
 /// in the range for local/experimental use, never registered here.
 const NO_SUCH_MAJOR: u32 = 4000;
@@ -62,15 +72,14 @@ struct Fabric {
     multipath: bool,
 }
 
-/// A failure with nvme-cli's words and exit code.
+/// A failure with nvme-cli's words. nvme-cli 2.3 exits 1 on every
+/// failure (connect, disconnect, usage), so the fake does too.
 struct Fail {
-    code: u8,
     message: String,
 }
 
-fn fail(code: u8, message: impl Into<String>) -> Fail {
+fn fail(message: impl Into<String>) -> Fail {
     Fail {
-        code,
         message: message.into(),
     }
 }
@@ -78,7 +87,7 @@ fn fail(code: u8, message: impl Into<String>) -> Fail {
 type Res<T> = Result<T, Fail>;
 
 fn io_fail(what: &str, e: impl std::fmt::Display) -> Fail {
-    fail(1, format!("fake-nvme: {what}: {e}"))
+    fail(format!("fake-nvme: {what}: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -91,7 +100,7 @@ fn main() -> ExitCode {
         }
         Err(f) => {
             eprintln!("{}", f.message);
-            ExitCode::from(f.code)
+            ExitCode::FAILURE
         }
     }
 }
@@ -102,10 +111,9 @@ fn load(args: &[String]) -> Res<Fabric> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .ok_or_else(|| {
-            fail(
-                1,
-                format!("fake-nvme: invoke me by a path (argv[0] is {argv0:?}), not through PATH"),
-            )
+            fail(format!(
+                "fake-nvme: invoke me by a path (argv[0] is {argv0:?}), not through PATH"
+            ))
         })?;
     let config_path = dir.join("fabric.json");
     let text = fs::read_to_string(&config_path)
@@ -115,7 +123,7 @@ fn load(args: &[String]) -> Res<Fabric> {
         v.get(k)
             .and_then(Value::as_str)
             .map(PathBuf::from)
-            .ok_or_else(|| fail(1, format!("fake-nvme: fabric.json lacks {k:?}")))
+            .ok_or_else(|| fail(format!("fake-nvme: fabric.json lacks {k:?}")))
     };
     Ok(Fabric {
         argv0: argv0.clone(),
@@ -132,7 +140,7 @@ fn run(f: &Fabric, args: &[String]) -> Res<String> {
     let rest = args.get(1..).unwrap_or(&[]);
     fs::create_dir_all(f.state.join("ctrl")).map_err(|e| io_fail("state dir", e))?;
     match cmd {
-        "version" => Ok("nvme version 2.8 (fake-nvme over loop devices)\nlibnvme version 1.8\n".into()),
+        "version" => Ok("nvme version 2.3 (fake-nvme over loop devices)\nlibnvme version 1.3\n".into()),
         "connect" => {
             let _lock = Lock::take(f)?;
             connect(f, rest)
@@ -141,13 +149,13 @@ fn run(f: &Fabric, args: &[String]) -> Res<String> {
             let opts = options(rest)?;
             let nqn = opts
                 .get("n")
-                .ok_or_else(|| fail(22, "disconnect: --nqn or --device required"))?;
+                .ok_or_else(|| fail("disconnect: --nqn or --device required"))?;
             let _lock = Lock::take(f)?;
             let mut faults = Faults::read(f);
             if faults.disconnect_fail > 0 {
                 faults.disconnect_fail -= 1;
                 faults.write(f)?;
-                return Err(fail(1, format!("Failed to disconnect by NQN: {nqn}: Device or resource busy")));
+                return Err(fail(format!("Failed to disconnect by NQN: {nqn}: Device or resource busy")));
             }
             let n = disconnect(f, |c| c.nqn == *nqn)?;
             Ok(format!("NQN:{nqn} disconnected {n} controller(s)\n"))
@@ -191,9 +199,7 @@ fn run(f: &Fabric, args: &[String]) -> Res<String> {
             }
             Ok(String::new())
         }
-        other => Err(fail(
-            1,
-            format!("fake-nvme: unknown command {other:?} (connect, disconnect, disconnect-all, list-subsys, ns-rescan, version, fault)"),
+        other => Err(fail(format!("fake-nvme: unknown command {other:?} (connect, disconnect, disconnect-all, list-subsys, ns-rescan, version, fault)"),
         )),
     }
 }
@@ -378,11 +384,11 @@ fn options(args: &[String]) -> Res<BTreeMap<String, String>> {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (l, None),
             };
-            let key = long(name).ok_or_else(|| fail(22, format!("unrecognized option '--{name}'")))?;
+            let key = long(name).ok_or_else(|| fail(format!("unrecognized option '--{name}'")))?;
             (key.to_string(), value)
         } else if let Some(s) = a.strip_prefix('-') {
             if s.len() != 1 {
-                return Err(fail(22, format!("unrecognized option '{a}'")));
+                return Err(fail(format!("unrecognized option '{a}'")));
             }
             (s.to_string(), None)
         } else {
@@ -396,7 +402,7 @@ fn options(args: &[String]) -> Res<BTreeMap<String, String>> {
                 i += 1;
                 args.get(i)
                     .cloned()
-                    .ok_or_else(|| fail(22, format!("option '{a}' requires an argument")))?
+                    .ok_or_else(|| fail(format!("option '{a}' requires an argument")))?
             }
         };
         out.insert(key, value);
@@ -419,17 +425,16 @@ fn connect(f: &Fabric, args: &[String]) -> Res<String> {
     let need = |k: &str, what: &str| {
         o.get(k)
             .cloned()
-            .ok_or_else(|| fail(22, format!("required argument [--{what} | -{k}] not specified")))
+            .ok_or_else(|| fail(format!("required argument [--{what} | -{k}] not specified")))
     };
     let transport = need("t", "transport")?;
     let addr = need("a", "traddr")?;
     let port = need("s", "trsvcid")?;
     let nqn = need("n", "nqn")?;
     if transport != "tcp" {
-        return Err(fail(
-            22,
-            format!("could not add new controller: invalid transport type {transport}"),
-        ));
+        return Err(fail(format!(
+            "could not add new controller: invalid transport type {transport}"
+        )));
     }
     for (k, name) in [
         ("l", "ctrl-loss-tmo"),
@@ -438,7 +443,7 @@ fn connect(f: &Fabric, args: &[String]) -> Res<String> {
     ] {
         if let Some(v) = o.get(k) {
             if v.parse::<i64>().is_err() {
-                return Err(fail(22, format!("invalid value for --{name}: {v}")));
+                return Err(fail(format!("invalid value for --{name}: {v}")));
             }
         }
     }
@@ -448,14 +453,14 @@ fn connect(f: &Fabric, args: &[String]) -> Res<String> {
         faults.connect_fail -= 1;
         faults.write(f)?;
         return Err(if faults.connect_fail_kind == "definite" {
-            fail(22, "Failed to write to /dev/nvme-fabrics: Invalid argument\ncould not add new controller: invalid arguments/configuration")
+            fail("Failed to write to /dev/nvme-fabrics: Invalid argument\ncould not add new controller: invalid arguments/configuration")
         } else {
-            fail(111, "Failed to write to /dev/nvme-fabrics: Connection refused\ncould not add new controller: failed to write to nvme-fabrics device")
+            fail(REFUSED)
         });
     }
 
     if Ctrl::all(f).iter().any(|c| c.nqn == nqn) {
-        return Err(fail(114, "already connected"));
+        return Err(fail("already connected"));
     }
 
     // Is anything listening there, and is the NQN exported at that port?
@@ -469,28 +474,22 @@ fn connect(f: &Fabric, args: &[String]) -> Res<String> {
                 .any(|e| e["port"].as_u64().map(|p| p.to_string()) == Some(port.clone()))
         });
     if !listening {
-        return Err(fail(
-            111,
-            "Failed to write to /dev/nvme-fabrics: Connection refused\ncould not add new controller: failed to write to nvme-fabrics device",
+        return Err(fail("Failed to write to /dev/nvme-fabrics: Connection refused\ncould not add new controller: failed to write to nvme-fabrics device",
         ));
     }
     let export = exports["exports"]
         .as_array()
         .and_then(|a| {
             a.iter().find(|e| {
-                e["nqn"].as_str() == Some(nqn.as_str()) && e["port"].as_u64().map(|p| p.to_string()) == Some(port.clone())
+                e["nqn"].as_str() == Some(nqn.as_str())
+                    && e["port"].as_u64().map(|p| p.to_string()) == Some(port.clone())
             })
         })
         .cloned()
-        .ok_or_else(|| {
-            fail(
-                22,
-                "Failed to write to /dev/nvme-fabrics: Invalid argument\ncould not add new controller: invalid arguments/configuration",
-            )
-        })?;
+        .ok_or_else(|| fail(NOT_EXPORTED))?;
     let backing = export["backing_file"]
         .as_str()
-        .ok_or_else(|| fail(1, "fake-nvme: export without backing_file"))?;
+        .ok_or_else(|| fail("fake-nvme: export without backing_file"))?;
 
     // The kernel's numbering: the lowest free instance of each kind.
     let lowest_free = |dir: &Path, prefix: &str| -> u32 {
@@ -578,14 +577,11 @@ fn run_tool(program: &str, args: &[&str]) -> Res<String> {
         .output()
         .map_err(|e| io_fail(&format!("run {program}"), e))?;
     if !out.status.success() {
-        return Err(fail(
-            1,
-            format!(
-                "fake-nvme: {program} {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
+        return Err(fail(format!(
+            "fake-nvme: {program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -690,9 +686,9 @@ fn list_subsys(f: &Fabric, args: &[String]) -> Res<String> {
             "Address": format!("traddr={},trsvcid={}", c.address, c.port),
             "State": state,
         });
-        let entry = subsystems.entry(c.subsys).or_insert_with(
-            || json!({ "Name": c.subsys_name(), "NQN": c.nqn, "IOPolicy": "numa", "Paths": [] }),
-        );
+        let entry = subsystems
+            .entry(c.subsys)
+            .or_insert_with(|| json!({ "Name": c.subsys_name(), "NQN": c.nqn, "Paths": [] }));
         if let Some(paths) = entry["Paths"].as_array_mut() {
             paths.push(path);
         }
@@ -737,12 +733,12 @@ fn rescan(f: &Fabric, args: &[String]) -> Res<String> {
     let dev = args
         .iter()
         .find(|a| !a.starts_with('-'))
-        .ok_or_else(|| fail(22, "ns-rescan: a controller device is required (e.g. /dev/nvme0)"))?;
+        .ok_or_else(|| fail("ns-rescan: a controller device is required (e.g. /dev/nvme0)"))?;
     let name = Path::new(dev)
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    let c = Ctrl::read(f, name).ok_or_else(|| fail(19, format!("{dev}: No such device")))?;
+    let c = Ctrl::read(f, name).ok_or_else(|| fail(format!("{dev}: No such device")))?;
     run_tool("losetup", &["-c", &c.loop_dev])?;
     let (_, _, bytes) = loop_info(&c.loop_dev)?;
     let (ns, hidden) = c.namespace(f.multipath);
@@ -767,12 +763,9 @@ fn fault(f: &Fabric, args: &[String]) -> Res<String> {
     let mut faults = Faults::read(f);
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let number = |i: usize| -> Res<u64> {
-        arg(i).parse().map_err(|_| {
-            fail(
-                22,
-                format!("fault {}: expected a number, got {:?}", arg(0), arg(i)),
-            )
-        })
+        arg(i)
+            .parse()
+            .map_err(|_| fail(format!("fault {}: expected a number, got {:?}", arg(0), arg(i))))
     };
     match arg(0) {
         "connect-fail" => {
@@ -780,7 +773,7 @@ fn fault(f: &Fabric, args: &[String]) -> Res<String> {
             faults.connect_fail_kind = match arg(2) {
                 "" | "transient" => "transient".into(),
                 "definite" => "definite".into(),
-                other => return Err(fail(22, format!("fault connect-fail: kind {other:?}: transient or definite"))),
+                other => return Err(fail(format!("fault connect-fail: kind {other:?}: transient or definite"))),
             };
         }
         "disconnect-fail" => faults.disconnect_fail = number(1)?,
@@ -790,7 +783,7 @@ fn fault(f: &Fabric, args: &[String]) -> Res<String> {
         "state" => {
             let (nqn, state) = (arg(1), arg(2));
             if state.is_empty() {
-                return Err(fail(22, "fault state NQN STATE"));
+                return Err(fail("fault state NQN STATE"));
             }
             let mut n = 0;
             for c in Ctrl::all(f).iter().filter(|c| c.nqn == nqn) {
@@ -798,14 +791,12 @@ fn fault(f: &Fabric, args: &[String]) -> Res<String> {
                 n += 1;
             }
             if n == 0 {
-                return Err(fail(19, format!("fault state: {nqn} is not connected")));
+                return Err(fail(format!("fault state: {nqn} is not connected")));
             }
             return Ok(format!("{n} controller(s) of {nqn} now {state}\n"));
         }
         other => {
-            return Err(fail(
-                22,
-                format!("fault {other:?}: connect-fail N [transient|definite], disconnect-fail N, device-delay MS, unreadable on|off, state NQN STATE, clear"),
+            return Err(fail(format!("fault {other:?}: connect-fail N [transient|definite], disconnect-fail N, device-delay MS, unreadable on|off, state NQN STATE, clear"),
             ))
         }
     }

@@ -186,6 +186,7 @@ impl App {
                 Outcome::Respond(Response::json(200, &self.control.stats_json()))
             }
             ("GET", "/sim/exports") => Outcome::Respond(Response::json(200, &self.store().exports())),
+            (method, "/sim/nvmet") => Outcome::Respond(self.nvmet_control(method, &body)),
             _ => Outcome::Respond(Response::json(404, &json!({ "error": "no such sim endpoint" }))),
         }
     }

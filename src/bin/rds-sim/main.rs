@@ -18,12 +18,16 @@
 //!   (`/rest` requests being handled at once); `POST /sim/reset-peak`
 //!   restarts the peak.
 //! - `GET /sim/exports`: the content of `<data-dir>/exports.json`.
+//! - `GET /sim/nvmet`, `POST /sim/nvmet {"outage": true|false}` (with
+//!   `--nvmet`): what the kernel target serves; an outage unlinks every
+//!   export from its port until it is ended (see `nvmet.rs`).
 //!
 //! Faults apply to `/rest` requests only, never to `/sim`.
 
 mod api;
 mod faults;
 mod http;
+mod nvmet;
 mod state;
 mod tls;
 
@@ -51,7 +55,8 @@ usage: rds-sim --listen ADDR:PORT --data-dir DIR --pool-size BYTES --username NA
 
 required:
   --listen ADDR:PORT      where to listen; port 0 picks a free one (the real one is printed)
-  --data-dir DIR          state.json, exports.json, files/ (the sparse disk images), tls/
+  --data-dir DIR          state.json, exports.json, files/ (the sparse disk images), tls/,
+                          nvmet.json (with --nvmet: what it made in configfs)
   --pool-size BYTES       capacity of the storage pool (plain bytes or K/M/G/T, binary)
   --username NAME         the one RouterOS user accepted (Basic auth)
   --password-file FILE    its password (trailing newline ignored; re-read on every request)
@@ -69,6 +74,10 @@ options:
   --board-name TEXT       default RDS2216
   --nvme-address ADDR     address the NVMe/TCP exports claim (default the listen IP)
   --max-slot-len N        longest slot accepted (default 32, as RouterOS 7.24)
+  --nvmet                 also export through the kernel's NVMe/TCP target (configfs): a
+                          subsystem per exported disk, a port per address:port; restored
+                          at start; only what rds-sim made is ever changed or removed
+  --nvmet-root DIR        the nvmet configfs directory (default /sys/kernel/config/nvmet)
 faults (also settable at run time with POST /sim/fault):
   --latency-ms N          added latency per /rest request
   --fail-next N           fail the next N /rest requests ...
@@ -78,6 +87,7 @@ faults (also settable at run time with POST /sim/fault):
 
 output: `fingerprint sha256:<64 hex>` (with TLS), then `listening <url>`, on stdout.
 SIGTERM or SIGINT stops it cleanly; state is saved after every change.
+With --nvmet, SIGUSR1 begins an outage (every export unlinked) and SIGUSR2 ends it.
 
 control endpoints (not RouterOS; same auth; JSON numbers/booleans):
   POST /sim/fault {\"latency_ms\":N,\"fail_next\":N,\"fail_kind\":\"5xx|drop|session-closed\",
@@ -88,6 +98,8 @@ control endpoints (not RouterOS; same auth; JSON numbers/booleans):
   POST /sim/reset-peak   restart peak_in_flight
   GET /sim/exports the exports.json content: {\"nvme_address\":..., \"exports\":[{\"nqn\",
                    \"port\",\"slot\",\"backing_file\",\"size\"}]}
+  GET /sim/nvmet   POST /sim/nvmet {\"outage\":bool}   (--nvmet) what the kernel serves;
+                   an outage unlinks every export from its port until ended
 ";
 
 /// Why the emulator could not start.
@@ -98,6 +110,7 @@ enum Error {
     PrepareDataDir { path: PathBuf, source: std::io::Error },
     ReadPassword { path: PathBuf, source: std::io::Error },
     OpenStore { source: state::Error },
+    OpenNvmet { source: nvmet::Error },
     SetUpTls { source: tls::Error },
 }
 
@@ -113,6 +126,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot read the password file {}", path.display())
             }
             Error::OpenStore { .. } => f.write_str("cannot load the saved state"),
+            Error::OpenNvmet { .. } => f.write_str("cannot serve through the kernel target"),
             Error::SetUpTls { .. } => f.write_str("cannot set up tls"),
         }
     }
@@ -126,6 +140,7 @@ impl std::error::Error for Error {
             | Error::PrepareDataDir { source, .. }
             | Error::ReadPassword { source, .. } => Some(source),
             Error::OpenStore { source } => Some(source),
+            Error::OpenNvmet { source } => Some(source),
             Error::SetUpTls { source } => Some(source),
         }
     }
@@ -153,6 +168,8 @@ struct Options {
     max_slot_len: usize,
     faults: Faults,
     down_for: Option<Duration>,
+    /// `--nvmet`: the configfs root to serve exports through.
+    nvmet: Option<PathBuf>,
 }
 
 fn usage_error(reason: impl Into<String>) -> Error {
@@ -189,6 +206,7 @@ fn parse_args() -> Result<Options, Error> {
     let mut max_slot_len = 32usize;
     let mut faults = Faults::default();
     let mut down_for = None;
+    let (mut nvmet, mut nvmet_root) = (false, None);
     let bad = |e: lexopt::Error| usage_error(e.to_string());
     while let Some(arg) = parser.next().map_err(bad)? {
         let number = |flag: &str, text: String| -> Result<u64, Error> {
@@ -239,6 +257,8 @@ fn parse_args() -> Result<Options, Error> {
                 down_for = Some(Duration::from_millis(number("down-for-ms", value(&mut parser)?)?))
             }
             Long("no-space") => faults.no_space = true,
+            Long("nvmet") => nvmet = true,
+            Long("nvmet-root") => nvmet_root = Some(PathBuf::from(value(&mut parser)?)),
             other => return Err(usage_error(other.unexpected().to_string())),
         }
     }
@@ -272,10 +292,20 @@ fn parse_args() -> Result<Options, Error> {
         max_slot_len,
         faults,
         down_for,
+        nvmet: nvmet_target(nvmet, nvmet_root)?,
     })
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and so in every thread started
+/// `--nvmet [--nvmet-root DIR]` → where the kernel target is.
+fn nvmet_target(on: bool, root: Option<PathBuf>) -> Result<Option<PathBuf>, Error> {
+    match (on, root) {
+        (false, Some(_)) => Err(usage_error("--nvmet-root needs --nvmet")),
+        (false, None) => Ok(None),
+        (true, root) => Ok(Some(root.unwrap_or_else(|| PathBuf::from(nvmet::DEFAULT_ROOT)))),
+    }
+}
+
+/// Blocks SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 in this thread (and so in every thread started
 /// later), to be taken with `sigwait` by one thread.
 fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
@@ -286,19 +316,27 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
     set
 }
 
 /// Waits for SIGTERM/SIGINT, then exits once no change is half-done (the
-/// store lock is held by every change).
+/// store lock is held by every change). SIGUSR1/SIGUSR2 begin/end an
+/// `--nvmet` outage (for clients without an HTTP client, such as a VM's
+/// shell).
 fn stop_on_signal(set: libc::sigset_t, app: Arc<App>) {
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is an initialised sigset_t and `sig` a valid out
         // pointer, both alive for the call.
         let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        if rc == 0 && (sig == libc::SIGUSR1 || sig == libc::SIGUSR2) {
+            nvmet::outage_signal(&app, sig == libc::SIGUSR1);
+            continue;
+        }
         if rc == 0 && (sig == libc::SIGTERM || sig == libc::SIGINT) {
             let _store = app.store();
             log::info!("stopping on signal {sig}");
@@ -384,8 +422,8 @@ fn run() -> Result<(), Error> {
         }
     };
 
-    let store = Store::open(Config {
-        data_dir,
+    let mut store = Store::open(Config {
+        data_dir: data_dir.clone(),
         pool_slot: opts.pool_slot.clone(),
         pool_fs: opts.pool_fs.clone(),
         pool_size: opts.pool_size,
@@ -395,6 +433,10 @@ fn run() -> Result<(), Error> {
         max_slot_len: opts.max_slot_len,
     })
     .map_err(|source| Error::OpenStore { source })?;
+    if let Some(root) = &opts.nvmet {
+        let target = nvmet::Nvmet::open(root, &data_dir).map_err(|source| Error::OpenNvmet { source })?;
+        store.attach_nvmet(target);
+    }
 
     let control = Control::new(opts.faults.clone());
     if let Some(down_for) = opts.down_for {

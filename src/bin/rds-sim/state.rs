@@ -27,6 +27,7 @@
 //! values refused; `file-path` required to be on the pool; the pool's `free`
 //! counting every file at its full (not sparse) size.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
@@ -185,6 +186,8 @@ pub struct Store {
     next_file: u32,
     disks: Vec<DiskRec>,
     files: Vec<FileRec>,
+    /// With `--nvmet`: the kernel target, told the exports on every save.
+    nvmet: Option<RefCell<crate::nvmet::Nvmet>>,
 }
 
 /// `.id` of the pool's own `/disk` entry and of its mount point in `/file`.
@@ -358,6 +361,7 @@ impl Store {
             next_file: FIRST_ID,
             disks: Vec::new(),
             files: Vec::new(),
+            nvmet: None,
         };
         let path = store.state_path();
         match fs::read(&path) {
@@ -443,7 +447,39 @@ impl Store {
     /// Writes `state.json` and `exports.json`, each atomically.
     fn save(&self) -> Result<(), Error> {
         write_atomic(&self.state_path(), &self.to_json())?;
-        write_atomic(&self.exports_path(), &self.exports())
+        write_atomic(&self.exports_path(), &self.exports())?;
+        self.sync_nvmet();
+        Ok(())
+    }
+
+    // ---- --nvmet: the kernel target follows the exports (see nvmet.rs) ----
+
+    /// Serves the exports through `nvmet` from now on, starting with the
+    /// saved ones (an RDS reboot restores every export).
+    pub fn attach_nvmet(&mut self, nvmet: crate::nvmet::Nvmet) {
+        self.nvmet = Some(RefCell::new(nvmet));
+        self.sync_nvmet();
+    }
+
+    /// Tells the kernel target the exports. A failure is logged, not
+    /// answered: the change is saved, and the next change tries again.
+    fn sync_nvmet(&self) {
+        if let Some(n) = &self.nvmet {
+            if let Err(e) = n.borrow_mut().sync(&self.exports()) {
+                log::error!("{}", crate::nvmet::chain(&e));
+            }
+        }
+    }
+
+    /// `POST /sim/nvmet {"outage": bool}`; None without `--nvmet`.
+    pub fn nvmet_outage(&mut self, outage: Option<bool>) -> Option<Value> {
+        let n = self.nvmet.as_ref()?;
+        if let Some(o) = outage {
+            n.borrow_mut().set_outage(o);
+            self.sync_nvmet();
+        }
+        let status = n.borrow().status();
+        Some(status)
     }
 
     /// The content of `exports.json` (see the module comment).

@@ -72,7 +72,7 @@ fn generate_grpc(file: &protobuf::descriptor::FileDescriptorProto) -> String {
          #![allow(clippy::all, dead_code)]\n\n\
          use std::sync::Arc;\n\n\
          use super::csi;\n\
-         use crate::server::{CallInfo, Dispatcher};\n\n",
+         use crate::server::{CallInfo, Decoded, Dispatcher};\n\n",
     );
     for name in SERVICES {
         let service = file
@@ -143,6 +143,21 @@ fn generate_service(code: &mut String, service: &str, methods: &[Method]) {
             o = m.output,
             p = m.proto_name,
         );
+        // The server's view of the same method: requests decode leniently,
+        // so bytes that are not the message reach the dispatcher, which
+        // answers INVALID_ARGUMENT (grpcio would answer INTERNAL).
+        let _ = writeln!(
+            code,
+            "const SERVER_{c}: ::grpcio::Method<Decoded<csi::{i}>, csi::{o}> = ::grpcio::Method {{\n    \
+             ty: ::grpcio::MethodType::Unary,\n    \
+             name: \"/{PACKAGE}.{service}/{p}\",\n    \
+             req_mar: ::grpcio::Marshaller {{ ser: crate::server::encode_request, de: crate::server::decode_request }},\n    \
+             resp_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n}};\n",
+            c = m.constant,
+            i = m.input,
+            o = m.output,
+            p = m.proto_name,
+        );
     }
 
     // Blocking client: used by the integration tests and `rds-csi ctl`.
@@ -196,17 +211,16 @@ fn generate_service(code: &mut String, service: &str, methods: &[Method]) {
     );
     for m in methods {
         let volume = match m.volume_field {
-            Some(f) => format!("req.{f}.clone()"),
-            None => "String::new()".to_string(),
+            Some(f) => format!("|req: &csi::{}| req.{f}.clone()", m.input),
+            None => format!("|_: &csi::{}| String::new()", m.input),
         };
         let _ = writeln!(
             code,
             "    {{\n        \
              let (svc, d) = (Arc::clone(&svc), dispatcher.clone());\n        \
-             builder = builder.add_unary_handler(&{c}, move |ctx, req: csi::{i}, sink| {{\n            \
+             builder = builder.add_unary_handler(&SERVER_{c}, move |ctx, req: Decoded<csi::{i}>, sink| {{\n            \
              let svc = Arc::clone(&svc);\n            \
-             let volume = {volume};\n            \
-             d.dispatch(ctx, sink, \"{p}\", volume, move |call| svc.{r}(call, req));\n        \
+             d.dispatch(ctx, sink, \"{p}\", req, {volume}, move |call, req| svc.{r}(call, req));\n        \
              }});\n    }}",
             c = m.constant,
             i = m.input,

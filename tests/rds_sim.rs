@@ -488,3 +488,33 @@ fn file_size_changes_can_be_refused_or_ignored() {
     let (_, grown) = sim.request("PATCH", &path, Some(&json!({"file-size": "2G"})));
     assert_eq!(grown["size"], (2 * GIB).to_string());
 }
+
+#[test]
+fn console_commands_behind_the_verbs_work_too() {
+    let sim = Sim::start();
+    let (status, added) = sim.request(
+        "POST",
+        "/rest/disk/add",
+        Some(
+            &json!({"type": "file", "slot": "pvc-cmd", "file-path": "storage-pool/csi/pvc-cmd.img",
+                     "file-size": "1M"}),
+        ),
+    );
+    assert_eq!(status, 200, "{added}");
+    let id = added["ret"].as_str().expect("ret").to_string();
+    let (status, set) = sim.request(
+        "POST",
+        "/rest/disk/set",
+        Some(&json!({".id": id, "comment": "via set"})),
+    );
+    assert_eq!((status, set), (200, json!([])));
+    let (_, disk) = sim.request("GET", &format!("/rest/disk/{id}"), None);
+    assert_eq!(disk["comment"], "via set");
+    let (status, removed) = sim.request("POST", "/rest/disk/remove", Some(&json!({"numbers": id})));
+    assert_eq!((status, removed), (200, json!([])));
+    assert_error(
+        sim.request("POST", "/rest/disk/remove", Some(&json!({".id": id}))),
+        404,
+        None,
+    );
+}

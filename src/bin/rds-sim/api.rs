@@ -164,6 +164,32 @@ impl App {
             ("PUT", ["file"]) => one(self.store().add_file(&body)),
             ("DELETE", ["file", id]) => done(self.store().remove_file(id)),
             ("POST", ["file", "print"]) => print(self.store().list_files(), &body),
+            // The console commands behind the verbs, as RouterOS also
+            // takes them: `add` answers the new id as {"ret": ...},
+            // `set` and `remove` (of `.id` or `numbers`) answer [].
+            ("POST", ["disk", "add"]) => added(self.store().add_disk(&body, no_space)),
+            ("POST", ["file", "add"]) => added(self.store().add_file(&body)),
+            ("POST", ["disk", "set"]) => match item_id(&body) {
+                Some(id) => {
+                    let mut changes = body.clone();
+                    changes.remove(".id");
+                    changes.remove("numbers");
+                    listed(
+                        self.store()
+                            .set_disk(&id, &changes, no_space, file_size)
+                            .map(|_| ()),
+                    )
+                }
+                None => ros_error(400, Some("missing value(s) of argument(s) .id")),
+            },
+            ("POST", ["disk", "remove"]) => match item_id(&body) {
+                Some(id) => listed(self.store().remove_disk(&id)),
+                None => ros_error(400, Some("missing value(s) of argument(s) .id")),
+            },
+            ("POST", ["file", "remove"]) => match item_id(&body) {
+                Some(id) => listed(self.store().remove_file(&id)),
+                None => ros_error(400, Some("missing value(s) of argument(s) .id")),
+            },
             // RouterOS names the first word it does not know: a menu the box
             // lacks (a missing package), or a command the menu lacks.
             _ => no_such_command(first_unknown_word(method, &parts)),
@@ -200,6 +226,33 @@ impl App {
             ("GET", "/sim/exports") => Outcome::Respond(Response::json(200, &self.store().exports())),
             _ => Outcome::Respond(Response::json(404, &json!({ "error": "no such sim endpoint" }))),
         }
+    }
+}
+
+/// The item a `set`/`remove` command names: `.id`, or `numbers`.
+fn item_id(body: &Map<String, Value>) -> Option<String> {
+    body.get(".id")
+        .or_else(|| body.get("numbers"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// `POST .../add`: `{"ret": "<.id>"}`.
+fn added(result: Result<Map<String, Value>, state::Error>) -> Response {
+    match result {
+        Ok(record) => Response::json(
+            200,
+            &json!({ "ret": record.get(".id").cloned().unwrap_or_default() }),
+        ),
+        Err(e) => state_error(e),
+    }
+}
+
+/// `POST .../set` and `.../remove`: `[]`.
+fn listed(result: Result<(), state::Error>) -> Response {
+    match result {
+        Ok(()) => Response::json(200, &json!([])),
+        Err(e) => state_error(e),
     }
 }
 

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
@@ -283,39 +284,99 @@ impl std::error::Error for MetricsError {
     }
 }
 
-/// Serves `GET /metrics` on `addr` from a thread of its own; returns the
-/// bound address (port 0 picks a free one). Scrapes are answered one at a
-/// time: Prometheus scrapes every few seconds at most.
+/// Connections served at once; one more is closed at once. Prometheus
+/// scrapes every few seconds over one connection; a few more leave room
+/// for a second scraper and a curl, and the bound keeps a flood of idle
+/// connections from costing a thread each.
+const MAX_CONNECTIONS: usize = 8;
+
+/// How long one connection may take to send its request and get the
+/// answer, in all: a slow or idle client is closed after it, so it never
+/// holds a thread (or, before, every other scrape) for long.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Stack of a connection thread: it parses a request head and renders the
+/// registry into a heap string.
+const CONNECTION_STACK_BYTES: usize = 128 * 1024;
+
+/// Serves `GET /metrics` on `addr`; returns the bound address (port 0
+/// picks a free one). Each connection is served on a thread of its own
+/// (at most [`MAX_CONNECTIONS`] at once) within [`REQUEST_DEADLINE`], so an
+/// idle or dripping connection never delays a scrape.
 pub fn serve(addr: SocketAddr) -> Result<SocketAddr, MetricsError> {
     let listener = TcpListener::bind(addr).map_err(|e| MetricsError::Bind(addr, e))?;
     let bound = listener.local_addr().map_err(|e| MetricsError::Bind(addr, e))?;
     record_build_info();
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
-                        if let Err(e) = answer(s) {
-                            debug!("metrics: {e}");
-                        }
-                    }
-                    Err(e) => warn!("metrics: accept failed: {e}"),
-                }
-            }
-        })
+        .stack_size(CONNECTION_STACK_BYTES)
+        .spawn(move || accept_loop(listener))
         .map_err(MetricsError::Spawn)?;
     info!("serving metrics on http://{bound}/metrics");
     Ok(bound)
 }
 
-/// Reads one request head and answers it; the connection is then closed.
-fn answer(mut stream: TcpStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+fn accept_loop(listener: TcpListener) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("metrics: accept failed: {e}");
+                // EMFILE and the like: do not spin on them.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            debug!("metrics: {MAX_CONNECTIONS} connections busy; closing a new one");
+            drop(stream);
+            continue;
+        }
+        let slot = ActiveSlot(Arc::clone(&active));
+        let spawned = std::thread::Builder::new()
+            .name("metrics-conn".into())
+            .stack_size(CONNECTION_STACK_BYTES)
+            .spawn(move || {
+                let _slot = slot;
+                if let Err(e) = answer(stream, Instant::now() + REQUEST_DEADLINE) {
+                    debug!("metrics: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            // The closure, and with it the slot, was dropped.
+            warn!("metrics: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Counts one served connection for as long as it lives.
+struct ActiveSlot(Arc<AtomicUsize>);
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The time left before `deadline`, or a timeout error once it passed.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "request deadline passed"))
+}
+
+/// Reads one request head and answers it, all before `deadline`; the
+/// connection is then closed.
+fn answer(mut stream: TcpStream, deadline: Instant) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let (method, path) = loop {
+        // Each read waits only for what is left of the whole deadline, so
+        // a byte every second cannot stretch the request.
+        stream.set_read_timeout(Some(left(deadline)?))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -331,27 +392,52 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
                 );
             }
             Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => continue,
-            _ => return respond(&mut stream, "400 Bad Request", "text/plain", "bad request\n"),
+            _ => {
+                return respond(
+                    &mut stream,
+                    deadline,
+                    "400 Bad Request",
+                    "text/plain",
+                    "bad request\n",
+                )
+            }
         }
     };
     match (method.as_str(), path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") => respond(
             &mut stream,
+            deadline,
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             &render(),
         ),
         ("GET", _) => respond(
             &mut stream,
+            deadline,
             "404 Not Found",
             "text/plain",
             "metrics are at /metrics\n",
         ),
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "only GET\n"),
+        _ => respond(
+            &mut stream,
+            deadline,
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n",
+        ),
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> io::Result<()> {
+fn respond(
+    stream: &mut TcpStream,
+    deadline: Instant,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> io::Result<()> {
+    // A reader that stops reading gets what is left of the deadline, and at
+    // least a moment to take an answer already rendered.
+    stream.set_write_timeout(Some(left(deadline).unwrap_or(Duration::from_millis(100))))?;
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

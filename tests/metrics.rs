@@ -220,3 +220,73 @@ fn node_metrics_follow_connects_stages_and_orphans() {
     );
     assert_eq!(after.get("rds_csi_volumes_staged{}"), 0.0);
 }
+
+/// Reads from `conn` without blocking long: `Some(true)` when the peer
+/// closed it, `Some(false)` while it stays open and silent.
+fn closed_by_peer(conn: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    conn.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match conn.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    };
+    conn.set_nonblocking(false).unwrap();
+    closed
+}
+
+#[test]
+fn an_idle_or_dripping_connection_never_delays_a_scrape() {
+    use std::net::TcpStream;
+    let driver =
+        common::driver::Driver::start(&["--node", "--node-id", "n1", "--metrics-address", "127.0.0.1:0"]);
+    let url = metrics_url(&driver);
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    // One connection that says nothing, one that drips a request head a
+    // byte at a time, slower than any deadline allows.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    let mut drip = TcpStream::connect(&addr).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dripper = {
+        let stop = std::sync::Arc::clone(&stop);
+        let mut drip = drip.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for b in b"GET /metrics HTTP/1.1\r\n".iter() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) || drip.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(700));
+            }
+        })
+    };
+    // Both connections are in the listen queue before the scrape's, so a
+    // server taking one connection at a time would serve them first.
+    let resp = ureq::get(&url)
+        .timeout(Duration::from_secs(30))
+        .call()
+        .expect("scrape /metrics");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_string().unwrap();
+    // The scrape was answered while the idle connection was still open:
+    // the server did not wait for it to time out first.
+    let idle_closed = closed_by_peer(&mut idle);
+    assert!(body.contains("rds_csi_build_info"), "{body}");
+    assert!(
+        !idle_closed,
+        "the scrape was answered only after the idle connection was given up"
+    );
+    // And the idle and dripping connections are closed by the server's
+    // deadline, not kept for ever.
+    let end = Instant::now() + Duration::from_secs(30);
+    while !(closed_by_peer(&mut idle) && closed_by_peer(&mut drip)) {
+        assert!(Instant::now() < end, "slow connections were never closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    dripper.join().unwrap();
+}

@@ -358,3 +358,163 @@ fn bad_command_lines_fail_with_a_message() {
         "{help}"
     );
 }
+
+#[test]
+fn unknown_menus_and_commands_answer_no_such_command_like_routeros() {
+    let sim = Sim::start();
+    let no_such = |method: &str, path: &str, word: &str| {
+        assert_error(
+            sim.request(method, path, Some(&json!({}))),
+            400,
+            Some(&format!("no such command or directory ({word})")),
+        )
+    };
+    no_such("GET", "/rest/wireless", "wireless");
+    no_such("GET", "/rest/system/package2", "package2");
+    no_such("POST", "/rest/disk/frobnicate", "frobnicate");
+    no_such("DELETE", "/rest/disk", "remove");
+    // An item that is gone is still `no such item` / 404.
+    assert_error(sim.request("DELETE", "/rest/disk/*FFF", None), 404, None);
+    // The faults produce RouterOS's answers too.
+    sim.fault(json!({"fail_next": 1, "fail_kind": "no-such-command", "fail_method": "DELETE"}));
+    assert_eq!(
+        sim.request("GET", "/rest/disk", None).0,
+        200,
+        "only DELETE counts down"
+    );
+    no_such("DELETE", "/rest/disk/*FFF", "remove");
+    sim.fault(json!({"fail_next": 1, "fail_kind": "not-allowed", "fail_method": null}));
+    assert_error(
+        sim.request("GET", "/rest/disk", None),
+        500,
+        Some("std failure: not allowed (9)"),
+    );
+}
+
+#[test]
+fn documented_disk_fields_are_accepted_with_their_version_gates() {
+    let sim = Sim::start();
+    let (status, disk) = sim.request(
+        "PUT",
+        "/rest/disk",
+        Some(&json!({
+            "type": "file", "slot": "pvc-fields", "file-path": "storage-pool/csi/pvc-fields.img",
+            "file-size": "1G", "mount-filesystem": "false", "compress": "yes",
+            "mount-read-only": "no", "file-offset": "0", "disabled": "no",
+            "nvme-tcp-server-password": "s3cret-value", "nvme-tcp-server-allow-host-name": "",
+            "iscsi-export": "no", "nfs-sharing": "no", "smb-sharing": "no",
+            "media-sharing": "no", "swap": "no"
+        })),
+    );
+    assert_eq!(status, 200, "{disk}");
+    assert_eq!(disk["compress"], "true");
+    assert_eq!(disk["mount-read-only"], "false");
+    assert_eq!(disk["file-offset"], "0");
+    assert_eq!(disk["disabled"], "false");
+    assert_eq!(disk["nvme-tcp-server-allow-host-name"], "");
+    assert!(!disk.to_string().contains("s3cret-value"), "{disk}");
+    let path = format!("/rest/disk/{}", disk[".id"].as_str().unwrap());
+    let (status, set) = sim.request(
+        "PATCH",
+        &path,
+        Some(&json!({"mount-read-only": "yes", "nvme-tcp-server-password": "other"})),
+    );
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["mount-read-only"], "true");
+    assert_eq!(set["compress"], "true", "unchanged fields stay");
+    assert_error(
+        sim.request("PATCH", &path, Some(&json!({"disabled": "maybe"}))),
+        400,
+        Some("invalid value for argument disabled"),
+    );
+
+    // The pool is labelled `<slot>-fs`, and its root lists as a disk.
+    let (_, pool) = sim.request("GET", "/rest/disk?slot=storage-pool", None);
+    assert_eq!(pool[0]["fs-label"], "storage-pool-fs");
+    let (_, root) = sim.request("GET", "/rest/file?name=storage-pool", None);
+    assert_eq!(root[0]["type"], "disk", "{root}");
+
+    // compress is 7.18+, and Btrfs only.
+    let old = Sim::with(SimOptions {
+        version: Some("7.17 (stable)".into()),
+        ..SimOptions::default()
+    });
+    assert_error(
+        old.request(
+            "PUT",
+            "/rest/disk",
+            Some(
+                &json!({"type": "file", "slot": "a", "file-path": "storage-pool/a.img",
+                         "file-size": "1M", "compress": "yes"}),
+            ),
+        ),
+        400,
+        Some("unknown parameter compress"),
+    );
+    let xfs = Sim::with(SimOptions {
+        extra_args: vec!["--pool-fs".into(), "xfs".into()],
+        ..SimOptions::default()
+    });
+    assert_error(
+        xfs.request(
+            "PUT",
+            "/rest/disk",
+            Some(
+                &json!({"type": "file", "slot": "a", "file-path": "storage-pool/a.img",
+                         "file-size": "1M", "compress": "yes"}),
+            ),
+        ),
+        400,
+        Some("invalid value for argument compress"),
+    );
+}
+
+#[test]
+fn file_size_changes_can_be_refused_or_ignored() {
+    let sim = Sim::start();
+    let disk = add(&sim, "pvc-fixed", "1G");
+    let path = format!("/rest/disk/{}", disk[".id"].as_str().unwrap());
+    sim.fault(json!({"file_size": "refuse"}));
+    assert_error(
+        sim.request("PATCH", &path, Some(&json!({"file-size": "2G"}))),
+        400,
+        Some("failure: cannot change file-size"),
+    );
+    sim.fault(json!({"file_size": "ignore"}));
+    let (status, same) = sim.request("PATCH", &path, Some(&json!({"file-size": "2G"})));
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(same["size"], GIB.to_string());
+    sim.fault(json!({"file_size": "apply"}));
+    let (_, grown) = sim.request("PATCH", &path, Some(&json!({"file-size": "2G"})));
+    assert_eq!(grown["size"], (2 * GIB).to_string());
+}
+
+#[test]
+fn console_commands_behind_the_verbs_work_too() {
+    let sim = Sim::start();
+    let (status, added) = sim.request(
+        "POST",
+        "/rest/disk/add",
+        Some(
+            &json!({"type": "file", "slot": "pvc-cmd", "file-path": "storage-pool/csi/pvc-cmd.img",
+                     "file-size": "1M"}),
+        ),
+    );
+    assert_eq!(status, 200, "{added}");
+    let id = added["ret"].as_str().expect("ret").to_string();
+    let (status, set) = sim.request(
+        "POST",
+        "/rest/disk/set",
+        Some(&json!({".id": id, "comment": "via set"})),
+    );
+    assert_eq!((status, set), (200, json!([])));
+    let (_, disk) = sim.request("GET", &format!("/rest/disk/{id}"), None);
+    assert_eq!(disk["comment"], "via set");
+    let (status, removed) = sim.request("POST", "/rest/disk/remove", Some(&json!({"numbers": id})));
+    assert_eq!((status, removed), (200, json!([])));
+    assert_error(
+        sim.request("POST", "/rest/disk/remove", Some(&json!({".id": id}))),
+        404,
+        None,
+    );
+}

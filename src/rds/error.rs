@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::types::Version;
+use crate::echo::echo;
 
 /// The client operation that failed; named in every message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +162,8 @@ pub enum Error {
         expected: String,
         found: String,
     },
+    /// Something other than a folder has the name a folder should have.
+    NotAFolder { op: Op, path: String, kind: String },
     /// The RouterOS version lacks a feature the operation needs.
     TooOld {
         op: Op,
@@ -179,12 +182,55 @@ pub enum Error {
     },
 }
 
+/// The RouterOS policies the driver's user needs, named the same way in
+/// every message, the doctor and the README.
+pub const REQUIRED_POLICIES: &str = "read,write,test,api,rest-api";
+
+/// `target` is a slot, path or name that may come from a request (a volume
+/// id, a CSI name): shown bare when it is a short plain name, else echoed
+/// bounded and escaped.
 fn target_suffix(target: &str) -> String {
     if target.is_empty() {
         String::new()
     } else {
-        format!(" {target}")
+        format!(" {}", shown(target))
     }
+}
+
+/// A value in a message: bare when it is short and plain (slots, paths,
+/// numbers), else quoted, escaped and cut by `echo`.
+pub(crate) fn shown(value: &str) -> String {
+    let plain = value.len() <= crate::echo::ECHO_MAX
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'*'));
+    if plain {
+        value.to_string()
+    } else {
+        crate::echo::echo(value).to_string()
+    }
+}
+
+/// What RouterOS itself said, which may repeat a value we sent: kept to
+/// one bounded line.
+fn bounded(text: &str) -> String {
+    if text.len() <= crate::echo::ECHO_MAX && !text.chars().any(char::is_control) {
+        text.to_string()
+    } else {
+        crate::echo::echo(text).to_string()
+    }
+}
+
+/// `std failure: not allowed (9)`: the user lacks a policy (HTTP 500 on
+/// RouterOS 7.24, but a definite answer).
+fn is_policy_refusal(detail: Option<&str>) -> bool {
+    detail.is_some_and(|d| d.to_ascii_lowercase().contains("not allowed"))
+}
+
+/// `no such command or directory (<word>)`: the menu or command does not
+/// exist on this box.
+fn is_no_such_command(detail: Option<&str>) -> bool {
+    detail.is_some_and(|d| d.to_ascii_lowercase().contains("no such command"))
 }
 
 impl fmt::Display for Error {
@@ -226,22 +272,32 @@ impl fmt::Display for Error {
                 kind,
             } => {
                 let what = match kind {
-                    Kind::NotFound => "not found",
-                    Kind::AlreadyExists => "already exists",
-                    Kind::NotEnoughSpace => "not enough space on the rds",
-                    Kind::InvalidValue => "invalid value",
-                    Kind::Unauthorized => "unauthorized (check the rds username, password and the user's policies read,write,api,rest-api)",
-                    Kind::TooOld => "not supported by this routeros version",
-                    Kind::Unavailable => "rds temporarily unavailable",
-                    _ => "refused by the rds",
+                    Kind::NotFound => "not found".to_string(),
+                    Kind::AlreadyExists => "already exists".to_string(),
+                    Kind::NotEnoughSpace => "not enough space on the rds".to_string(),
+                    Kind::InvalidValue => "invalid value".to_string(),
+                    Kind::Unauthorized if is_policy_refusal(detail.as_deref()) => format!(
+                        "the routeros user lacks a policy: give its group exactly {REQUIRED_POLICIES}"
+                    ),
+                    Kind::Unauthorized => format!(
+                        "unauthorized (check the rds username and password, and that the user's group has the policies {REQUIRED_POLICIES})"
+                    ),
+                    Kind::TooOld => "not supported by this routeros version".to_string(),
+                    Kind::Unavailable => "rds temporarily unavailable".to_string(),
+                    Kind::Protocol if is_no_such_command(detail.as_deref()) => {
+                        "the rds has no such menu or command (a wrong path or verb, or a routeros package this rds lacks)"
+                            .to_string()
+                    }
+                    _ => "refused by the rds".to_string(),
                 };
                 write!(
                     f,
-                    "{op}{}: {what} (rds answered {status} {message}",
-                    target_suffix(target)
+                    "{op}{}: {what} (rds answered {status} {}",
+                    target_suffix(target),
+                    bounded(message)
                 )?;
                 if let Some(detail) = detail {
-                    write!(f, ": {detail}")?;
+                    write!(f, ": {}", bounded(detail))?;
                 }
                 f.write_str(")")
             }
@@ -286,8 +342,9 @@ impl fmt::Display for Error {
             ),
             Error::Decode { op, target, what } => write!(
                 f,
-                "{op}{}: unexpected answer from the rds: {what}",
-                target_suffix(target)
+                "{op}{}: unexpected answer from the rds: {}",
+                target_suffix(target),
+                bounded(what)
             ),
             Error::Verify {
                 op,
@@ -297,7 +354,10 @@ impl fmt::Display for Error {
                 found,
             } => write!(
                 f,
-                "{op} {slot}: the rds did not apply the change: {field} reads back {found:?}, expected {expected:?}"
+                "{op} {}: the rds did not apply the change: {field} reads back {}, expected {}",
+                shown(slot),
+                echo(found),
+                echo(expected)
             ),
             Error::Exists {
                 op,
@@ -307,12 +367,17 @@ impl fmt::Display for Error {
                 found,
             } => write!(
                 f,
-                "{op} {slot}: a different disk with this slot already exists ({field} is {found:?}, expected {expected:?})"
+                "{op} {}: a different disk with this slot already exists ({field} is {}, expected {})",
+                shown(slot),
+                echo(found),
+                echo(expected)
             ),
-            Error::NoDisk { op, slot } => write!(f, "{op} {slot}: no such disk on the rds"),
+            Error::NoDisk { op, slot } => write!(f, "{op} {}: no such disk on the rds", shown(slot)),
             Error::NotAFileDisk { op, slot, kind } => write!(
                 f,
-                "{op} {slot}: the disk is of type {kind:?}, not a file-backed disk; refusing to touch it"
+                "{op} {}: the disk is of type {}, not a file-backed disk; refusing to touch it",
+                shown(slot),
+                echo(kind)
             ),
             Error::FilePathMismatch {
                 op,
@@ -321,7 +386,16 @@ impl fmt::Display for Error {
                 found,
             } => write!(
                 f,
-                "{op} {slot}: the disk's backing file is {found:?}, not {expected:?}; refusing to touch it"
+                "{op} {}: the disk's backing file is {}, not {}; refusing to touch it",
+                shown(slot),
+                echo(found),
+                echo(expected)
+            ),
+            Error::NotAFolder { op, path, kind } => write!(
+                f,
+                "{op} {}: a {} of that name exists on the rds, not a directory; refusing to use it",
+                shown(path),
+                echo(kind)
             ),
             Error::TooOld {
                 op,
@@ -382,7 +456,9 @@ impl Error {
             Error::Decode { .. } | Error::Verify { .. } => Kind::Protocol,
             Error::Exists { .. } => Kind::AlreadyExists,
             Error::NoDisk { .. } => Kind::NotFound,
-            Error::FilePathMismatch { .. } | Error::NotAFileDisk { .. } => Kind::Rejected,
+            Error::FilePathMismatch { .. } | Error::NotAFileDisk { .. } | Error::NotAFolder { .. } => {
+                Kind::Rejected
+            }
             Error::TooOld { .. } => Kind::TooOld,
             Error::GaveUp { last, .. } => last.kind(),
         }
@@ -428,9 +504,15 @@ pub(crate) fn classify(status: u16, detail: Option<&str>) -> Kind {
     if d.contains("already exists") || d.contains("already have") {
         return Kind::AlreadyExists;
     }
-    // `no such command or directory (remove)` is what RouterOS says for a
-    // remove of something that is gone; teardown must treat it as done.
-    if status == 404 || d.contains("no such item") || d.contains("no such command or directory") {
+    // `no such command or directory (<word>)` means the menu or command
+    // does not exist (a wrong path or verb, a missing package), whatever the
+    // status (400 in field reports, 406 in MikroTik's page). It is never
+    // "the item is gone": treating it so would report a failed delete as
+    // done. Only 404 and `no such item` mean gone.
+    if d.contains("no such command") {
+        return Kind::Protocol;
+    }
+    if status == 404 || d.contains("no such item") {
         return Kind::NotFound;
     }
     if d.contains("unknown parameter") || d.contains("expected end of command") {
@@ -475,6 +557,74 @@ mod tests {
             Kind::TooOld
         );
         assert_eq!(classify(400, Some("failure: file is in use")), Kind::Rejected);
+    }
+
+    #[test]
+    fn no_such_command_is_a_protocol_error_never_gone() {
+        for status in [400, 406, 404] {
+            let kind = classify(status, Some("no such command or directory (remove)"));
+            assert_eq!(kind, Kind::Protocol, "status {status}");
+        }
+        let e = Error::Answer {
+            op: Op::RemoveDisk,
+            target: "pvc-1".into(),
+            status: 400,
+            message: "Bad Request".into(),
+            detail: Some("no such command or directory (remove)".into()),
+            kind: classify(400, Some("no such command or directory (remove)")),
+        };
+        assert!(!e.is_not_found());
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("no such menu or command"), "{e}");
+    }
+
+    #[test]
+    fn missing_policy_is_definite_and_names_the_fix() {
+        let detail = "std failure: not allowed (9)";
+        assert_eq!(classify(500, Some(detail)), Kind::Unauthorized);
+        let e = Error::Answer {
+            op: Op::ListDisks,
+            target: String::new(),
+            status: 500,
+            message: "Internal Server Error".into(),
+            detail: Some(detail.into()),
+            kind: classify(500, Some(detail)),
+        };
+        assert!(!e.is_transient());
+        let text = e.to_string();
+        assert!(
+            text.contains(REQUIRED_POLICIES) && text.contains("lacks a policy"),
+            "{text}"
+        );
+        let e = Error::Answer {
+            op: Op::ListDisks,
+            target: String::new(),
+            status: 401,
+            message: "Unauthorized".into(),
+            detail: None,
+            kind: classify(401, None),
+        };
+        assert!(e.to_string().contains("read,write,test,api,rest-api"), "{e}");
+    }
+
+    #[test]
+    fn request_values_in_messages_are_bounded_and_escaped() {
+        let long = format!("pvc-{}\nINFO forged", "x".repeat(200_000));
+        let e = Error::NoDisk {
+            op: Op::ReadDisk,
+            slot: long.clone(),
+        };
+        let text = e.to_string();
+        assert!(text.len() < 400 && !text.contains('\n'), "{} bytes", text.len());
+        let e = Error::FilePathMismatch {
+            op: Op::RemoveDisk,
+            slot: "pvc-1".into(),
+            expected: long.clone(),
+            found: "storage-pool/a.img".into(),
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("remove disk pvc-1: "), "{text}");
+        assert!(text.len() < 500 && !text.contains('\n'), "{} bytes", text.len());
     }
 
     #[test]

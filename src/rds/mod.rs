@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 pub use config::{format_fingerprint, parse_fingerprint, Address, ClientConfig, Scheme, Trust};
+pub use error::REQUIRED_POLICIES;
 pub use error::{Error, Kind, Op};
 pub use tls::certificate_fingerprint;
 pub use types::{Disk, File, Pool, SystemResource, Version};
@@ -658,26 +659,51 @@ impl Client {
     }
 
     /// Makes a directory on the RDS (`PUT /rest/file type=directory`,
-    /// RouterOS 7.9+). An existing directory is fine, so a second call is a
-    /// no-op.
+    /// RouterOS 7.9+). An existing directory, or a mounted disk's root (the
+    /// pool's mount point lists as `type=disk`), is fine, so a second call
+    /// is a no-op. A plain file of that name is `Error::NotAFolder`.
     pub fn make_directory(&self, path: &str) -> Result<(), Error> {
         let op = Op::MakeDirectory;
         let path = strip_leading_slash(path);
-        let existing = self.call(op, &path, Method::Get, "/rest/file", &[("name", &path)], None)?;
-        let exists = as_records(&existing)
-            .map_err(Self::decode_err(op, &path))?
-            .into_iter()
-            .filter_map(|rec| File::from_record(rec).ok())
-            .any(|f| f.name == path && f.is_directory());
-        if exists {
-            return Ok(());
+        let existing = self.folder_kind(op, &path)?;
+        match existing {
+            Some(kind) if kind.is_empty() => return Ok(()),
+            Some(kind) => return Err(Error::NotAFolder { op, path, kind }),
+            None => {}
         }
         let body = json!({ "name": path, "type": "directory" });
         match self.call(op, &path, Method::Put, "/rest/file", &[], Some(&body)) {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == Kind::AlreadyExists => Ok(()),
+            // Made meanwhile by someone else, or something else is there.
+            Err(e) if e.kind() == Kind::AlreadyExists => match self.folder_kind(op, &path)? {
+                Some(kind) if kind.is_empty() => Ok(()),
+                Some(kind) => Err(Error::NotAFolder { op, path, kind }),
+                None => Err(e),
+            },
             Err(e) => Err(e),
         }
+    }
+
+    /// What `/file` holds at `path`: `None` for nothing, `Some("")` for a
+    /// folder, `Some(type)` for anything else.
+    fn folder_kind(&self, op: Op, path: &str) -> Result<Option<String>, Error> {
+        let answer = self.call(op, path, Method::Get, "/rest/file", &[("name", path)], None)?;
+        let mut found = None;
+        for rec in as_records(&answer).map_err(Self::decode_err(op, path))? {
+            let Ok(f) = File::from_record(rec) else { continue };
+            if f.name != path {
+                continue;
+            }
+            if f.is_folder() {
+                return Ok(Some(String::new()));
+            }
+            found = Some(if f.kind.is_empty() {
+                "file".to_string()
+            } else {
+                f.kind
+            });
+        }
+        Ok(found)
     }
 }
 

@@ -287,7 +287,11 @@ impl Transport {
             let result = self.attempt(op, target, method, path, query, body.as_deref(), timeout);
             if let Err(e) = &result {
                 if e.is_transient() {
-                    log::debug!("{op} {target}: attempt {} failed: {e}", attempt.number);
+                    log::debug!(
+                        "{op} {}: attempt {} failed: {e}",
+                        super::error::shown(target),
+                        attempt.number
+                    );
                 }
             }
             result

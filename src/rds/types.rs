@@ -56,6 +56,67 @@ fn number(rec: &Record, field: &str) -> Result<Option<u64>, DecodeError> {
     }
 }
 
+/// A size the client only uses as a hint (`file-size`, `free`): a plain
+/// byte count, or an exact rendering with a binary unit as the CLI prints
+/// it (`50GiB`, `50.0GiB`, `512M`). Anything else (`49.9GiB`, garbage) is
+/// `None`: one odd field never fails a whole listing, and sizes that
+/// matter come from `size`.
+fn lenient_bytes(rec: &Record, field: &str) -> Option<u64> {
+    match rec.get(field) {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => parse_bytes_lenient(s),
+        _ => None,
+    }
+}
+
+/// `1073741824`, `1G`, `1GiB`, `50.0GiB`, `1.5KiB` (exact) → bytes.
+pub(crate) fn parse_bytes_lenient(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "P" => 50,
+        _ => return None,
+    };
+    let (whole, frac) = match num.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (num, ""),
+    };
+    if whole.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u64 = whole.parse().ok()?;
+    let mut bytes = whole.checked_shl(shift)?;
+    if whole.leading_zeros() < shift {
+        return None;
+    }
+    if !frac.is_empty() {
+        // Exact only: the fraction times the unit must be a whole number.
+        let digits: u32 = u32::try_from(frac.len()).ok().filter(|d| *d <= 12)?;
+        let frac: u128 = frac.parse().ok()?;
+        let scaled = frac.checked_mul(1u128 << shift)?;
+        let div = 10u128.pow(digits);
+        if scaled % div != 0 {
+            return None;
+        }
+        bytes = bytes.checked_add(u64::try_from(scaled / div).ok()?)?;
+    }
+    Some(bytes)
+}
+
+/// A flag the client only reads for information (`mounted`,
+/// `mount-filesystem`): garbage is `None`, not a failed listing.
+fn lenient_boolean(rec: &Record, field: &str) -> Option<bool> {
+    boolean(rec, field).ok().flatten()
+}
+
 /// A RouterOS boolean: `"true"`/`"false"` (also `yes`/`no`). Missing is
 /// `None` (RouterOS omits unset flags).
 fn boolean(rec: &Record, field: &str) -> Result<Option<bool>, DecodeError> {
@@ -129,7 +190,11 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Decodes a `/disk` record. Only `.id` is required.
+    /// Decodes a `/disk` record. Only `.id` is required; fields this client
+    /// does not know are ignored, and the informational ones (`file-size`,
+    /// `free`, `mounted`, `mount-filesystem`) are read leniently, so a real
+    /// RouterOS's extra or oddly rendered fields never fail a listing. What
+    /// decisions rest on (`size`, the export flag, port) stays strict.
     pub(crate) fn from_record(rec: &Record) -> Result<Disk, DecodeError> {
         let port = match number(rec, "nvme-tcp-server-port")? {
             None => None,
@@ -143,16 +208,16 @@ impl Disk {
             slot: optional(rec, "slot").unwrap_or_default(),
             kind: optional(rec, "type"),
             file_path: text(rec, "file-path").map(strip_leading_slash),
-            file_size: number(rec, "file-size")?,
+            file_size: lenient_bytes(rec, "file-size"),
             size: number(rec, "size")?,
-            free: number(rec, "free")?,
+            free: lenient_bytes(rec, "free"),
             comment: optional(rec, "comment").unwrap_or_default(),
             nvme_tcp_export: boolean(rec, "nvme-tcp-export")?.unwrap_or(false),
             nvme_tcp_port: port,
             nvme_tcp_nqn: optional(rec, "nvme-tcp-server-nqn").filter(|s| !s.is_empty()),
-            mount_filesystem: boolean(rec, "mount-filesystem")?,
+            mount_filesystem: lenient_boolean(rec, "mount-filesystem"),
             mount_point: optional(rec, "mount-point").filter(|s| !s.is_empty()),
-            mounted: boolean(rec, "mounted")?.unwrap_or(false),
+            mounted: lenient_boolean(rec, "mounted").unwrap_or(false),
             fs: optional(rec, "fs").filter(|s| !s.is_empty()),
             state: optional(rec, "state").filter(|s| !s.is_empty()),
         })
@@ -241,6 +306,12 @@ impl File {
 
     pub fn is_directory(&self) -> bool {
         self.kind == "directory"
+    }
+
+    /// A place files can go: a directory, or a mounted disk's root (the
+    /// pool's mount point lists as `type=disk`).
+    pub fn is_folder(&self) -> bool {
+        self.is_directory() || self.kind == "disk"
     }
 }
 
@@ -393,6 +464,43 @@ mod tests {
     }
 
     #[test]
+    fn odd_renderings_and_unknown_fields_never_fail_a_disk() {
+        // As a RouterOS 7.24 disk may print, with the CLI's unit rendering.
+        let r = rec(json!({
+            ".id": "*2A", "slot": "pvc-9", "type": "file", "file-path": "/storage-pool/csi/pvc-9.img",
+            "file-size": "50.0GiB", "size": "53687091200", "slot-default": "", "parent": "",
+            "fs": "", "model": "/storage-pool/csi/pvc-9.img", "mount-read-only": "no",
+            "compress": "no", "sector-size": "512", "raid-master": "none", "iscsi-export": "no",
+            "nfs-sharing": "no", "smb-sharing": "no", "media-sharing": "no", "swap": "no",
+            "file-offset": "0", "disabled": "false", "mounted": "weird", "free": "n/a",
+            "nvme-tcp-server-allow-host-name": "", "nvme-tcp-export": "yes"
+        }));
+        let d = Disk::from_record(&r).unwrap();
+        assert_eq!(d.size, Some(50 << 30));
+        assert_eq!(d.bytes(), Some(50 << 30));
+        assert_eq!(d.file_size, Some(50 << 30));
+        assert!(!d.mounted);
+        assert_eq!(d.free, None);
+        let r = rec(json!({".id": "*2B", "slot": "x", "file-size": "49.9GiB", "size": "1024"}));
+        let d = Disk::from_record(&r).unwrap();
+        assert_eq!((d.file_size, d.bytes()), (None, Some(1024)));
+    }
+
+    #[test]
+    fn lenient_sizes_are_exact_or_nothing() {
+        assert_eq!(parse_bytes_lenient("1073741824"), Some(1 << 30));
+        assert_eq!(parse_bytes_lenient("1G"), Some(1 << 30));
+        assert_eq!(parse_bytes_lenient("50.0GiB"), Some(50 << 30));
+        assert_eq!(parse_bytes_lenient("1.5KiB"), Some(1536));
+        assert_eq!(parse_bytes_lenient("49.9GiB"), None);
+        assert_eq!(parse_bytes_lenient("12 MiB"), Some(12 << 20));
+        assert_eq!(parse_bytes_lenient("GiB"), None);
+        assert_eq!(parse_bytes_lenient("1XB"), None);
+        assert_eq!(parse_bytes_lenient("99999999999P"), None);
+        assert_eq!(parse_bytes_lenient(""), None);
+    }
+
+    #[test]
     fn pool_from_raid_disk() {
         let r = rec(json!({
             ".id": "*1", "slot": "storage-pool", "type": "raid", "mount-point": "/storage-pool",
@@ -417,8 +525,11 @@ mod tests {
         assert!(!f.is_directory());
         let r = rec(json!({".id": "*B", "name": "storage-pool/csi", "type": "directory"}));
         let f = File::from_record(&r).unwrap();
-        assert!(f.is_directory());
+        assert!(f.is_directory() && f.is_folder());
         assert_eq!(f.size, None);
+        let r = rec(json!({".id": "*1", "name": "storage-pool", "type": "disk"}));
+        let f = File::from_record(&r).unwrap();
+        assert!(f.is_folder() && !f.is_directory());
     }
 
     #[test]

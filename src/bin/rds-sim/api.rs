@@ -87,12 +87,19 @@ impl App {
         // Counted before the injected latency, as a client sees it.
         let _in_flight = (!is_sim).then(|| self.control.stats.enter());
         if !is_sim {
-            match self.control.verdict() {
+            match self.control.verdict(&req.method) {
                 Verdict::Serve => {}
                 Verdict::Fail(FailKind::Drop) => return Outcome::Drop,
                 Verdict::Fail(FailKind::Status5xx) => return Outcome::Respond(ros_error(503, None)),
                 Verdict::Fail(FailKind::SessionClosed) => {
                     return Outcome::Respond(ros_error(400, Some("Session closed")))
+                }
+                Verdict::Fail(FailKind::NoSuchCommand) => {
+                    let word = command_word(&req.method);
+                    return Outcome::Respond(no_such_command(word));
+                }
+                Verdict::Fail(FailKind::NotAllowed) => {
+                    return Outcome::Respond(ros_error(500, Some("std failure: not allowed (9)")))
                 }
             }
         }
@@ -130,6 +137,10 @@ impl App {
             Err(resp) => return resp,
         };
         let no_space = self.control.no_space();
+        let file_size = self.control.file_size_mode();
+        let units = self.control.file_size_units();
+        let cli = |record: Map<String, Value>| if units { with_cli_file_size(record) } else { record };
+        let cli_all = |records: Vec<Map<String, Value>>| records.into_iter().map(cli).collect::<Vec<_>>();
         let method = req.method.as_str();
         let list = |records: Vec<Map<String, Value>>| Response::json(200, &select(records, &req.query, &[]));
         let one = |record: Result<Map<String, Value>, state::Error>| match record {
@@ -142,19 +153,46 @@ impl App {
         };
         match (method, parts.as_slice()) {
             ("GET", ["system", "resource"]) => Response::json(200, &self.store().system_resource()),
-            ("GET", ["disk"]) => list(self.store().list_disks()),
-            ("GET", ["disk", id]) => one(self.store().get_disk(id)),
-            ("PUT", ["disk"]) => one(self.store().add_disk(&body, no_space)),
-            ("PATCH", ["disk", id]) => one(self.store().set_disk(id, &body, no_space)),
+            ("GET", ["disk"]) => list(cli_all(self.store().list_disks())),
+            ("GET", ["disk", id]) => one(self.store().get_disk(id).map(cli)),
+            ("PUT", ["disk"]) => one(self.store().add_disk(&body, no_space).map(cli)),
+            ("PATCH", ["disk", id]) => one(self.store().set_disk(id, &body, no_space, file_size).map(cli)),
             ("DELETE", ["disk", id]) => done(self.store().remove_disk(id)),
-            ("POST", ["disk", "print"]) => print(self.store().list_disks(), &body),
+            ("POST", ["disk", "print"]) => print(cli_all(self.store().list_disks()), &body),
             ("GET", ["file"]) => list(self.store().list_files()),
             ("GET", ["file", id]) => one(self.store().get_file(id)),
             ("PUT", ["file"]) => one(self.store().add_file(&body)),
             ("DELETE", ["file", id]) => done(self.store().remove_file(id)),
             ("POST", ["file", "print"]) => print(self.store().list_files(), &body),
-            (_, [.., last]) => ros_error(400, Some(&format!("no such command or directory ({last})"))),
-            _ => ros_error(400, Some("no such command")),
+            // The console commands behind the verbs, as RouterOS also
+            // takes them: `add` answers the new id as {"ret": ...},
+            // `set` and `remove` (of `.id` or `numbers`) answer [].
+            ("POST", ["disk", "add"]) => added(self.store().add_disk(&body, no_space)),
+            ("POST", ["file", "add"]) => added(self.store().add_file(&body)),
+            ("POST", ["disk", "set"]) => match item_id(&body) {
+                Some(id) => {
+                    let mut changes = body.clone();
+                    changes.remove(".id");
+                    changes.remove("numbers");
+                    listed(
+                        self.store()
+                            .set_disk(&id, &changes, no_space, file_size)
+                            .map(|_| ()),
+                    )
+                }
+                None => ros_error(400, Some("missing value(s) of argument(s) .id")),
+            },
+            ("POST", ["disk", "remove"]) => match item_id(&body) {
+                Some(id) => listed(self.store().remove_disk(&id)),
+                None => ros_error(400, Some("missing value(s) of argument(s) .id")),
+            },
+            ("POST", ["file", "remove"]) => match item_id(&body) {
+                Some(id) => listed(self.store().remove_file(&id)),
+                None => ros_error(400, Some("missing value(s) of argument(s) .id")),
+            },
+            // RouterOS names the first word it does not know: a menu the box
+            // lacks (a missing package), or a command the menu lacks.
+            _ => no_such_command(first_unknown_word(method, &parts)),
         }
     }
 
@@ -189,6 +227,116 @@ impl App {
             (method, "/sim/nvmet") => Outcome::Respond(self.nvmet_control(method, &body)),
             _ => Outcome::Respond(Response::json(404, &json!({ "error": "no such sim endpoint" }))),
         }
+    }
+}
+
+/// The item a `set`/`remove` command names: `.id`, or `numbers`.
+fn item_id(body: &Map<String, Value>) -> Option<String> {
+    body.get(".id")
+        .or_else(|| body.get("numbers"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// `POST .../add`: `{"ret": "<.id>"}`.
+fn added(result: Result<Map<String, Value>, state::Error>) -> Response {
+    match result {
+        Ok(record) => Response::json(
+            200,
+            &json!({ "ret": record.get(".id").cloned().unwrap_or_default() }),
+        ),
+        Err(e) => state_error(e),
+    }
+}
+
+/// `POST .../set` and `.../remove`: `[]`.
+fn listed(result: Result<(), state::Error>) -> Response {
+    match result {
+        Ok(()) => Response::json(200, &json!([])),
+        Err(e) => state_error(e),
+    }
+}
+
+/// A disk record with `file-size` as the CLI prints it (`50.0GiB`).
+fn with_cli_file_size(mut record: Map<String, Value>) -> Map<String, Value> {
+    let bytes = record
+        .get("file-size")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<u64>().ok());
+    if let Some(bytes) = bytes {
+        record.insert("file-size".into(), Value::String(cli_size(bytes)));
+    }
+    record
+}
+
+/// `53687091200` → `50.0GiB`, `1536` → `1536B`... as RouterOS's console
+/// renders sizes: the largest binary unit, one decimal.
+fn cli_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = None;
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = Some(u);
+    }
+    match unit {
+        None => format!("{bytes}B"),
+        Some(u) => format!("{value:.1}{u}"),
+    }
+}
+
+/// RouterOS's answer for a menu or command it does not have. Field reports
+/// (7.22) show HTTP 400; MikroTik's REST page lists it under 406. The
+/// emulator answers 400, as the field reports.
+fn no_such_command(word: &str) -> Response {
+    ros_error(400, Some(&format!("no such command or directory ({word})")))
+}
+
+/// The console command a REST verb stands for.
+fn command_word(method: &str) -> &'static str {
+    match method {
+        "GET" => "print",
+        "PUT" => "add",
+        "PATCH" => "set",
+        "DELETE" => "remove",
+        _ => "command",
+    }
+}
+
+/// The menus the emulator has, as path words.
+const MENUS: &[&[&str]] = &[&["system", "resource"], &["disk"], &["file"]];
+
+/// The first word of `parts` that names no menu or command here: a menu
+/// word that does not exist, else the command (the word after the menu,
+/// or the verb's command when the path is an item).
+fn first_unknown_word<'a>(method: &str, parts: &[&'a str]) -> &'a str {
+    let longest = MENUS
+        .iter()
+        .filter(|m| parts.len() >= m.len() && parts[..m.len()] == m[..])
+        .map(|m| m.len())
+        .max();
+    match longest {
+        None => {
+            // The first word no menu starts with.
+            for depth in 0..parts.len() {
+                let known = MENUS
+                    .iter()
+                    .any(|m| m.len() > depth && m[..=depth] == parts[..=depth]);
+                if !known {
+                    return parts[depth];
+                }
+            }
+            parts.last().copied().unwrap_or("")
+        }
+        Some(n) => match parts.get(n) {
+            // An item (`*1F`) with a verb the menu does not take there.
+            Some(word) if word.starts_with('*') => command_word(method),
+            Some(word) => word,
+            None => command_word(method),
+        },
     }
 }
 
@@ -271,4 +419,30 @@ fn print(records: Vec<Map<String, Value>>, body: &Map<String, Value>) -> Respons
         }
     }
     Response::json(200, &select(records, &query, &filters))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_menus_and_commands_are_named_like_routeros() {
+        assert_eq!(first_unknown_word("GET", &["wireless"]), "wireless");
+        assert_eq!(first_unknown_word("GET", &["system", "package2"]), "package2");
+        assert_eq!(
+            first_unknown_word("GET", &["disk", "btrfs", "subvolume"]),
+            "btrfs"
+        );
+        assert_eq!(first_unknown_word("POST", &["disk", "frobnicate"]), "frobnicate");
+        assert_eq!(first_unknown_word("DELETE", &["disk"]), "remove");
+        assert_eq!(first_unknown_word("POST", &["disk", "*3"]), "command");
+        assert_eq!(first_unknown_word("GET", &["system", "resource", "x"]), "x");
+    }
+
+    #[test]
+    fn cli_sizes() {
+        assert_eq!(cli_size(50 << 30), "50.0GiB");
+        assert_eq!(cli_size(1536), "1.5KiB");
+        assert_eq!(cli_size(100), "100B");
+    }
 }

@@ -17,6 +17,12 @@ pub enum FailKind {
     Drop,
     /// `400` with RouterOS's detail `Session closed`.
     SessionClosed,
+    /// `400` `no such command or directory (<verb>)`: what RouterOS says for
+    /// a menu or command it lacks (a wrong path, a missing package).
+    NoSuchCommand,
+    /// `500` `std failure: not allowed (9)`: a user without the `api`
+    /// policy, as RouterOS 7.24 answers it.
+    NotAllowed,
 }
 
 impl FailKind {
@@ -25,6 +31,8 @@ impl FailKind {
             "5xx" | "503" => Some(FailKind::Status5xx),
             "drop" => Some(FailKind::Drop),
             "session-closed" => Some(FailKind::SessionClosed),
+            "no-such-command" => Some(FailKind::NoSuchCommand),
+            "not-allowed" => Some(FailKind::NotAllowed),
             _ => None,
         }
     }
@@ -34,6 +42,39 @@ impl FailKind {
             FailKind::Status5xx => "5xx",
             FailKind::Drop => "drop",
             FailKind::SessionClosed => "session-closed",
+            FailKind::NoSuchCommand => "no-such-command",
+            FailKind::NotAllowed => "not-allowed",
+        }
+    }
+}
+
+/// What a `PATCH file-size` does: RouterOS's reference does not document
+/// growing a file disk, so the client must cope with a box that refuses or
+/// silently ignores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileSizeMode {
+    Apply,
+    /// `400 failure: cannot change file-size` (a guessed wording).
+    Refuse,
+    /// Answers as if applied but the size stays.
+    Ignore,
+}
+
+impl FileSizeMode {
+    pub fn parse(text: &str) -> Option<FileSizeMode> {
+        match text {
+            "apply" => Some(FileSizeMode::Apply),
+            "refuse" => Some(FileSizeMode::Refuse),
+            "ignore" => Some(FileSizeMode::Ignore),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            FileSizeMode::Apply => "apply",
+            FileSizeMode::Refuse => "refuse",
+            FileSizeMode::Ignore => "ignore",
         }
     }
 }
@@ -44,8 +85,17 @@ pub struct Faults {
     pub latency: Duration,
     pub fail_next: u64,
     pub fail_kind: FailKind,
+    /// Only requests with this HTTP method count down `fail_next` (all
+    /// when `None`), so a test can fail the DELETE of a teardown and not
+    /// the look-up before it.
+    pub fail_method: Option<String>,
     pub down_until: Option<Instant>,
     pub no_space: bool,
+    pub file_size: FileSizeMode,
+    /// Print `file-size` as the CLI does (`50.0GiB`) instead of bytes: how
+    /// REST renders it on a real box is unverified, so the client must
+    /// cope with either.
+    pub file_size_units: bool,
 }
 
 impl Default for Faults {
@@ -54,8 +104,11 @@ impl Default for Faults {
             latency: Duration::ZERO,
             fail_next: 0,
             fail_kind: FailKind::Status5xx,
+            fail_method: None,
             down_until: None,
             no_space: false,
+            file_size: FileSizeMode::Apply,
+            file_size_units: false,
         }
     }
 }
@@ -154,11 +207,24 @@ impl Control {
         self.faults().no_space
     }
 
-    /// Applies latency, then decides whether this REST request fails.
-    pub fn verdict(&self) -> Verdict {
+    pub fn file_size_mode(&self) -> FileSizeMode {
+        self.faults().file_size
+    }
+
+    pub fn file_size_units(&self) -> bool {
+        self.faults().file_size_units
+    }
+
+    /// Applies latency, then decides whether this REST request (with HTTP
+    /// `method`) fails.
+    pub fn verdict(&self, method: &str) -> Verdict {
         let (latency, verdict) = {
             let mut f = self.faults();
-            let verdict = if f.fail_next > 0 {
+            let counted = f
+                .fail_method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method));
+            let verdict = if f.fail_next > 0 && counted {
                 f.fail_next -= 1;
                 Verdict::Fail(f.fail_kind)
             } else {
@@ -199,12 +265,31 @@ impl Control {
                     .ok_or(Error::ParseFault { field: "fail_kind" })?,
             ),
         };
-        let no_space = match body.get("no_space") {
+        let fail_method = match body.get("fail_method") {
             None => None,
-            Some(Value::Bool(b)) => Some(*b),
-            Some(Value::String(s)) if s == "true" || s == "false" => Some(s == "true"),
-            Some(_) => return Err(Error::ParseFault { field: "no_space" }),
+            Some(Value::Null) => Some(None),
+            Some(Value::String(s)) if s.is_empty() => Some(None),
+            Some(Value::String(s)) => Some(Some(s.to_ascii_uppercase())),
+            Some(_) => return Err(Error::ParseFault { field: "fail_method" }),
         };
+        let file_size = match body.get("file_size") {
+            None => None,
+            Some(v) => Some(
+                v.as_str()
+                    .and_then(FileSizeMode::parse)
+                    .ok_or(Error::ParseFault { field: "file_size" })?,
+            ),
+        };
+        let flag = |field: &'static str| -> Result<Option<bool>, Error> {
+            match body.get(field) {
+                None => Ok(None),
+                Some(Value::Bool(b)) => Ok(Some(*b)),
+                Some(Value::String(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
+                Some(_) => Err(Error::ParseFault { field }),
+            }
+        };
+        let no_space = flag("no_space")?;
+        let file_size_units = flag("file_size_units")?;
         let mut f = self.faults();
         if let Some(ms) = latency {
             f.latency = Duration::from_millis(ms);
@@ -217,6 +302,15 @@ impl Control {
         }
         if let Some(b) = no_space {
             f.no_space = b;
+        }
+        if let Some(m) = fail_method {
+            f.fail_method = m;
+        }
+        if let Some(m) = file_size {
+            f.file_size = m;
+        }
+        if let Some(b) = file_size_units {
+            f.file_size_units = b;
         }
         let going_down = match down_for {
             Some(ms) if ms > 0 => {
@@ -256,6 +350,9 @@ impl Control {
             "fail_kind": f.fail_kind.name(),
             "down_for_ms": down_ms,
             "no_space": f.no_space,
+            "fail_method": f.fail_method,
+            "file_size": f.file_size.name(),
+            "file_size_units": f.file_size_units,
         })
     }
 
@@ -309,9 +406,20 @@ mod tests {
         let c = Control::new(Faults::default());
         let body = json!({"fail_next": 2, "fail_kind": "drop"});
         assert!(!c.set_faults(body.as_object().unwrap()).unwrap());
-        assert_eq!(c.verdict(), Verdict::Fail(FailKind::Drop));
-        assert_eq!(c.verdict(), Verdict::Fail(FailKind::Drop));
-        assert_eq!(c.verdict(), Verdict::Serve);
+        assert_eq!(c.verdict("GET"), Verdict::Fail(FailKind::Drop));
+        assert_eq!(c.verdict("GET"), Verdict::Fail(FailKind::Drop));
+        assert_eq!(c.verdict("GET"), Verdict::Serve);
+        let body = json!({"fail_next": 1, "fail_kind": "no-such-command", "fail_method": "delete"});
+        c.set_faults(body.as_object().unwrap()).unwrap();
+        assert_eq!(c.verdict("GET"), Verdict::Serve);
+        assert_eq!(c.verdict("DELETE"), Verdict::Fail(FailKind::NoSuchCommand));
+        assert_eq!(c.verdict("DELETE"), Verdict::Serve);
+        let body = json!({"file_size": "ignore"});
+        c.set_faults(body.as_object().unwrap()).unwrap();
+        assert_eq!(c.file_size_mode(), FileSizeMode::Ignore);
+        assert!(c
+            .set_faults(json!({"file_size": "x"}).as_object().unwrap())
+            .is_err());
         let body = json!({"fail_kind": "nonsense"});
         assert!(c.set_faults(body.as_object().unwrap()).is_err());
         let body = json!({"down_for_ms": 10_000});

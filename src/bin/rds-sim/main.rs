@@ -8,8 +8,13 @@
 //! Control endpoints (not RouterOS), on the same listener and with the same
 //! Basic auth; JSON numbers and booleans here, not RouterOS strings:
 //! - `POST /sim/fault` `{"latency_ms": 100, "fail_next": 2, "fail_kind":
-//!   "5xx"|"drop"|"session-closed", "down_for_ms": 3000, "no_space": true}`:
-//!   any subset; answers the faults now in force. `down_for_ms` closes every
+//!   "5xx"|"drop"|"session-closed"|"no-such-command"|"not-allowed",
+//!   "fail_method": "DELETE", "down_for_ms": 3000, "no_space": true,
+//!   "file_size": "apply"|"refuse"|"ignore", "file_size_units": true}`:
+//!   any subset (`file_size_units` prints disks' `file-size` as the CLI
+//!   does, `50.0GiB`); answers the
+//!   faults now in force. `fail_method` makes only requests of that HTTP
+//!   method count down `fail_next`. `down_for_ms` closes every
 //!   connection and refuses new ones for that long, after answering.
 //! - `GET /sim/fault`, `POST /sim/reset-faults`.
 //! - `GET /sim/stats`: `connections`, `tls_handshakes`, `rest_connections`
@@ -40,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::{App, Outcome};
-use faults::{Control, FailKind, Faults};
+use faults::{Control, FailKind, Faults, FileSizeMode};
 use state::{Config, Store};
 
 /// A keep-alive connection idle this long is closed.
@@ -68,6 +73,7 @@ options:
   --tls-san NAME          extra DNS name or IP for the self-signed certificate (repeatable)
   --pool-slot NAME        slot and mount point of the pool disk (default storage-pool)
   --pool-fs btrfs|xfs     filesystem the pool reports (default btrfs)
+  --pool-fs-label NAME    the pool filesystem's fs-label (default <pool-slot>-fs, as RouterOS)
   --version-string TEXT   what /rest/system/resource reports (default \"7.24.4 (stable)\");
                           below 7.17 file-path/file-size and below 7.21
                           nvme-tcp-server-nqn are unknown parameters
@@ -81,7 +87,13 @@ options:
 faults (also settable at run time with POST /sim/fault):
   --latency-ms N          added latency per /rest request
   --fail-next N           fail the next N /rest requests ...
-  --fail-kind KIND        ... with 5xx (503), drop (close without answer) or session-closed
+  --fail-kind KIND        ... with 5xx (503), drop (close without answer), session-closed,
+                          no-such-command (400 `no such command or directory (<verb>)`) or
+                          not-allowed (500 `std failure: not allowed (9)`: a user without
+                          the api policy)
+  --fail-method METHOD    count only requests with this HTTP method (e.g. DELETE)
+  --file-size MODE        what PATCH file-size does: apply (default), refuse (400) or
+                          ignore (answers, size unchanged)
   --down-for-ms N         refuse connections for N ms after start
   --no-space              answer `not enough space` to every disk create and grow
 
@@ -90,8 +102,10 @@ SIGTERM or SIGINT stops it cleanly; state is saved after every change.
 With --nvmet, SIGUSR1 begins an outage (every export unlinked) and SIGUSR2 ends it.
 
 control endpoints (not RouterOS; same auth; JSON numbers/booleans):
-  POST /sim/fault {\"latency_ms\":N,\"fail_next\":N,\"fail_kind\":\"5xx|drop|session-closed\",
-                   \"down_for_ms\":N,\"no_space\":bool}   (any subset)
+  POST /sim/fault {\"latency_ms\":N,\"fail_next\":N,\"fail_kind\":\"5xx|drop|session-closed|
+                   no-such-command|not-allowed\",\"fail_method\":\"DELETE\",\"down_for_ms\":N,
+                   \"no_space\":bool,\"file_size\":\"apply|refuse|ignore\",
+                   \"file_size_units\":bool (print file-size as 50.0GiB)}   (any subset)
   GET /sim/fault   POST /sim/reset-faults
   GET /sim/stats   connections, tls_handshakes, rest_connections, requests, rest_requests,
                    injected_failures, in_flight, peak_in_flight
@@ -162,6 +176,7 @@ struct Options {
     tls_sans: Vec<String>,
     pool_slot: String,
     pool_fs: String,
+    pool_fs_label: Option<String>,
     version: String,
     board_name: String,
     nvme_address: Option<String>,
@@ -200,6 +215,7 @@ fn parse_args() -> Result<Options, Error> {
     let mut opts_sans = Vec::new();
     let mut pool_slot = "storage-pool".to_string();
     let mut pool_fs = "btrfs".to_string();
+    let mut pool_fs_label = None;
     let mut version = "7.24.4 (stable)".to_string();
     let mut board_name = "RDS2216".to_string();
     let mut nvme_address = None;
@@ -240,6 +256,7 @@ fn parse_args() -> Result<Options, Error> {
                     return Err(usage_error("--pool-fs must be btrfs or xfs"));
                 }
             }
+            Long("pool-fs-label") => pool_fs_label = Some(value(&mut parser)?),
             Long("version-string") => version = value(&mut parser)?,
             Long("board-name") => board_name = value(&mut parser)?,
             Long("nvme-address") => nvme_address = Some(value(&mut parser)?),
@@ -250,8 +267,17 @@ fn parse_args() -> Result<Options, Error> {
             Long("fail-next") => faults.fail_next = number("fail-next", value(&mut parser)?)?,
             Long("fail-kind") => {
                 let text = value(&mut parser)?;
-                faults.fail_kind = FailKind::parse(&text)
-                    .ok_or_else(|| usage_error("--fail-kind must be 5xx, drop or session-closed"))?
+                faults.fail_kind = FailKind::parse(&text).ok_or_else(|| {
+                    usage_error(
+                        "--fail-kind must be 5xx, drop, session-closed, no-such-command or not-allowed",
+                    )
+                })?
+            }
+            Long("fail-method") => faults.fail_method = Some(value(&mut parser)?.to_ascii_uppercase()),
+            Long("file-size") => {
+                let text = value(&mut parser)?;
+                faults.file_size = FileSizeMode::parse(&text)
+                    .ok_or_else(|| usage_error("--file-size must be apply, refuse or ignore"))?
             }
             Long("down-for-ms") => {
                 down_for = Some(Duration::from_millis(number("down-for-ms", value(&mut parser)?)?))
@@ -286,6 +312,7 @@ fn parse_args() -> Result<Options, Error> {
         tls_sans: opts_sans,
         pool_slot,
         pool_fs,
+        pool_fs_label,
         version,
         board_name,
         nvme_address,
@@ -426,6 +453,10 @@ fn run() -> Result<(), Error> {
         data_dir: data_dir.clone(),
         pool_slot: opts.pool_slot.clone(),
         pool_fs: opts.pool_fs.clone(),
+        pool_fs_label: opts
+            .pool_fs_label
+            .clone()
+            .unwrap_or_else(|| format!("{}-fs", opts.pool_slot)),
         pool_size: opts.pool_size,
         version: opts.version.clone(),
         board_name: opts.board_name.clone(),

@@ -36,6 +36,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
+use crate::faults::FileSizeMode;
+
 /// What the emulated box is; fixed for a run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,6 +45,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub pool_slot: String,
     pub pool_fs: String,
+    /// The pool filesystem's label (`fs-label`); RouterOS's default after
+    /// formatting is `<slot>-fs`.
+    pub pool_fs_label: String,
     pub pool_size: u64,
     pub version: String,
     pub board_name: String,
@@ -73,6 +78,9 @@ pub enum Error {
     },
     NotEnoughSpace,
     ShrinkDisk,
+    /// `file-size` of an existing disk cannot change (the `file_size:
+    /// refuse` fault; wording guessed).
+    FileSizeFixed,
     DirectoryNotEmpty,
     /// The pool or its mount point cannot be changed or removed.
     Protected {
@@ -107,6 +115,7 @@ impl fmt::Display for Error {
             Error::FileInUse { slot } => write!(f, "failure: file is in use by disk {slot}"),
             Error::NotEnoughSpace => f.write_str("failure: not enough space"),
             Error::ShrinkDisk => f.write_str("failure: file-size cannot be decreased"),
+            Error::FileSizeFixed => f.write_str("failure: cannot change file-size"),
             Error::DirectoryNotEmpty => f.write_str("failure: directory is not empty"),
             Error::Protected { what } => write!(f, "failure: cannot change {what}"),
             Error::UnsupportedQuery { word } => {
@@ -167,7 +176,44 @@ struct DiskRec {
     port: u16,
     nqn: Option<String>,
     allow_host: Option<String>,
+    /// Documented writable fields the emulator keeps and prints back but
+    /// gives no meaning (`compress`, `mount-read-only`, `file-offset`,
+    /// `disabled`, ...), as RouterOS prints them.
+    extra: Map<String, Value>,
+    /// `nvme-tcp-server-password`: kept, never printed (RouterOS prints a
+    /// read-only `nvme-tcp-server-secret` instead; unverified).
+    password: Option<String>,
 }
+
+/// Writable `/disk` fields the emulator accepts beyond the ones it acts on:
+/// name, how the value is checked, and the RouterOS version that has it
+/// (`None`: as old as file disks). Taken from the 7.24 field list in
+/// ROUTEROS.md; `compress` is Btrfs only and 7.18+.
+const EXTRA_FIELDS: &[(&str, ExtraKind, Option<Since>)] = &[
+    ("compress", ExtraKind::Bool, Some((7, 18))),
+    ("mount-read-only", ExtraKind::Bool, None),
+    ("file-offset", ExtraKind::Size, None),
+    ("disabled", ExtraKind::Bool, None),
+    ("iscsi-export", ExtraKind::Bool, None),
+    ("nfs-sharing", ExtraKind::Bool, None),
+    ("smb-sharing", ExtraKind::Bool, None),
+    ("media-sharing", ExtraKind::Bool, None),
+    ("swap", ExtraKind::Bool, None),
+];
+
+/// A RouterOS version (major, minor) a field first appeared in.
+type Since = (u32, u32);
+
+/// How an extra field's value is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExtraKind {
+    Bool,
+    Size,
+}
+
+/// `nvme-tcp-server-password` arrived with the NVMe/TCP server fields
+/// (guessed: with `nvme-tcp-server-nqn`, 7.21).
+const PASSWORD_SINCE: (u32, u32) = (7, 21);
 
 #[derive(Debug, Clone, PartialEq)]
 struct FileRec {
@@ -415,6 +461,12 @@ impl Store {
                 port: num(d, "port")? as u16,
                 nqn: d.get("nqn").and_then(Value::as_str).map(str::to_string),
                 allow_host: d.get("allow_host").and_then(Value::as_str).map(str::to_string),
+                extra: d
+                    .get("extra")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+                password: d.get("password").and_then(Value::as_str).map(str::to_string),
             });
         }
         for f in v.get("files").and_then(Value::as_array).into_iter().flatten() {
@@ -437,6 +489,7 @@ impl Store {
                 "id": d.id, "slot": d.slot, "file_path": d.file_path,
                 "mount_filesystem": d.mount_filesystem, "comment": d.comment,
                 "export": d.export, "port": d.port, "nqn": d.nqn, "allow_host": d.allow_host,
+                "extra": d.extra, "password": d.password,
             })).collect::<Vec<_>>(),
             "files": self.files.iter().map(|f| json!({
                 "id": f.id, "name": f.name, "dir": f.dir, "modified": f.modified,
@@ -558,7 +611,7 @@ impl Store {
             ("slot", self.cfg.pool_slot.clone()),
             ("mount-point", self.cfg.pool_slot.clone()),
             ("fs", self.cfg.pool_fs.clone()),
-            ("fs-label", self.cfg.pool_slot.clone()),
+            ("fs-label", self.cfg.pool_fs_label.clone()),
             ("raid-type", "raid10".into()),
             ("size", self.cfg.pool_size.to_string()),
             ("free", free.to_string()),
@@ -597,8 +650,22 @@ impl Store {
         if let Some(nqn) = &d.nqn {
             put("nvme-tcp-server-nqn", nqn.clone());
         }
-        if let Some(hosts) = &d.allow_host {
-            put("nvme-tcp-server-allow-host-name", hosts.clone());
+        put(
+            "nvme-tcp-server-allow-host-name",
+            d.allow_host.clone().unwrap_or_default(),
+        );
+        for (name, kind, _) in EXTRA_FIELDS {
+            let default = match kind {
+                ExtraKind::Bool => "false",
+                ExtraKind::Size => "0",
+            };
+            let value = d
+                .extra
+                .get(*name)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_string();
+            m.insert((*name).into(), Value::String(value));
         }
         m
     }
@@ -620,17 +687,58 @@ impl Store {
 
     fn check_version_gates(&self, params: &Params) -> Result<(), Error> {
         let v = self.version();
-        let gates: [(&str, (u32, u32)); 3] = [
+        let gates: [(&str, (u32, u32)); 4] = [
             ("file-path", (7, 17)),
             ("file-size", (7, 17)),
             ("nvme-tcp-server-nqn", (7, 21)),
+            ("nvme-tcp-server-password", PASSWORD_SINCE),
         ];
-        for (name, since) in gates {
+        let extra = EXTRA_FIELDS
+            .iter()
+            .filter_map(|(name, _, since)| since.map(|s| (*name, s)));
+        for (name, since) in gates.into_iter().chain(extra) {
             if params.0.contains_key(name) && v < since {
                 return Err(Error::UnknownParameter { name: name.into() });
             }
         }
         Ok(())
+    }
+
+    /// The extra fields of a request, checked; `compress` needs Btrfs.
+    fn extra_fields(&self, p: &Params) -> Result<Map<String, Value>, Error> {
+        let mut out = Map::new();
+        for (name, kind, _) in EXTRA_FIELDS {
+            let value = match kind {
+                ExtraKind::Bool => p.parsed(name, parse_bool)?.map(|b| bool_text(b).to_string()),
+                ExtraKind::Size => p.parsed(name, parse_size)?.map(|n| n.to_string()),
+            };
+            if let Some(value) = value {
+                if *name == "compress" && value == "true" && self.cfg.pool_fs != "btrfs" {
+                    return Err(Error::InvalidValue {
+                        argument: "compress".into(),
+                    });
+                }
+                out.insert((*name).into(), Value::String(value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every field `PUT`/`PATCH /rest/disk` accepts besides `type`, `slot`
+    /// and `file-path`.
+    fn settable_fields() -> Vec<&'static str> {
+        let mut known = vec![
+            "comment",
+            "file-size",
+            "mount-filesystem",
+            "nvme-tcp-export",
+            "nvme-tcp-server-port",
+            "nvme-tcp-server-nqn",
+            "nvme-tcp-server-allow-host-name",
+            "nvme-tcp-server-password",
+        ];
+        known.extend(EXTRA_FIELDS.iter().map(|(name, _, _)| *name));
+        known
     }
 
     fn check_slot(&self, slot: &str) -> Result<(), Error> {
@@ -656,18 +764,9 @@ impl Store {
         no_space: bool,
     ) -> Result<Map<String, Value>, Error> {
         let p = Params(body);
-        p.check_known(&[
-            "type",
-            "slot",
-            "file-path",
-            "file-size",
-            "mount-filesystem",
-            "comment",
-            "nvme-tcp-export",
-            "nvme-tcp-server-port",
-            "nvme-tcp-server-nqn",
-            "nvme-tcp-server-allow-host-name",
-        ])?;
+        let mut known = vec!["type", "slot", "file-path"];
+        known.extend(Self::settable_fields());
+        p.check_known(&known)?;
         self.check_version_gates(&p)?;
         match p.text("type")? {
             Some("file") => {}
@@ -696,8 +795,16 @@ impl Store {
         let export = p.parsed("nvme-tcp-export", parse_bool)?.unwrap_or(false);
         let port = p.parsed("nvme-tcp-server-port", parse_port)?.unwrap_or(4420);
         let nqn = p.text("nvme-tcp-server-nqn")?.map(str::to_string);
-        let allow_host = p.text("nvme-tcp-server-allow-host-name")?.map(str::to_string);
+        let allow_host = p
+            .text("nvme-tcp-server-allow-host-name")?
+            .filter(|h| !h.is_empty())
+            .map(str::to_string);
         let comment = p.text("comment")?.unwrap_or("").to_string();
+        let extra = self.extra_fields(&p)?;
+        let password = p
+            .text("nvme-tcp-server-password")?
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
 
         if let Some(user) = self.disks.iter().find(|d| d.file_path == file_path) {
             return Err(Error::FileInUse {
@@ -753,6 +860,8 @@ impl Store {
             port,
             nqn,
             allow_host,
+            extra,
+            password,
         };
         log::info!("disk {} added: {} ({size} bytes)", disk.slot, disk.file_path);
         self.disks.push(disk.clone());
@@ -791,6 +900,7 @@ impl Store {
         id: &str,
         body: &Map<String, Value>,
         no_space: bool,
+        file_size_mode: FileSizeMode,
     ) -> Result<Map<String, Value>, Error> {
         let id = parse_id(id).ok_or(Error::NoSuchItem)?;
         if id == POOL_ID {
@@ -804,17 +914,13 @@ impl Store {
             .position(|d| d.id == id)
             .ok_or(Error::NoSuchItem)?;
         let p = Params(body);
-        p.check_known(&[
-            "comment",
-            "file-size",
-            "mount-filesystem",
-            "nvme-tcp-export",
-            "nvme-tcp-server-port",
-            "nvme-tcp-server-nqn",
-            "nvme-tcp-server-allow-host-name",
-        ])?;
+        p.check_known(&Self::settable_fields())?;
         self.check_version_gates(&p)?;
         let mut disk = self.disks[index].clone();
+        disk.extra.extend(self.extra_fields(&p)?);
+        if let Some(pw) = p.text("nvme-tcp-server-password")? {
+            disk.password = Some(pw.to_string()).filter(|s| !s.is_empty());
+        }
         if let Some(c) = p.text("comment")? {
             disk.comment = c.to_string();
         }
@@ -833,9 +939,20 @@ impl Store {
         if let Some(h) = p.text("nvme-tcp-server-allow-host-name")? {
             disk.allow_host = Some(h.to_string()).filter(|h| !h.is_empty());
         }
-        let new_size = p.parsed("file-size", |t| parse_size(t).filter(|s| *s > 0))?;
+        let mut new_size = p.parsed("file-size", |t| parse_size(t).filter(|s| *s > 0))?;
         // All checks before any change, so a refused PATCH changes nothing.
         let have = self.file_size(&disk.file_path);
+        match file_size_mode {
+            FileSizeMode::Apply => {}
+            FileSizeMode::Refuse if new_size.is_some_and(|s| s != have) => return Err(Error::FileSizeFixed),
+            FileSizeMode::Refuse => {}
+            FileSizeMode::Ignore => {
+                if new_size.is_some_and(|s| s != have) {
+                    log::info!("disk {}: ignoring a file-size change (fault)", disk.slot);
+                }
+                new_size = None;
+            }
+        }
         if let Some(size) = new_size {
             if size < have {
                 return Err(Error::ShrinkDisk);
@@ -908,13 +1025,17 @@ impl Store {
         m
     }
 
+    /// The pool's mount point, as RouterOS lists a mounted disk's root in
+    /// `/file`: `type=disk`, not `directory`.
     fn pool_dir_record(&self) -> Map<String, Value> {
-        self.file_record(&FileRec {
+        let mut m = self.file_record(&FileRec {
             id: POOL_ID,
             name: self.cfg.pool_slot.clone(),
             dir: true,
             modified: self.started_at,
-        })
+        });
+        m.insert("type".into(), "disk".into());
+        m
     }
 
     pub fn list_files(&self) -> Vec<Map<String, Value>> {

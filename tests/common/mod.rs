@@ -7,6 +7,8 @@
 pub mod csi;
 pub mod driver;
 pub mod fabric;
+pub mod fabric_tree;
+pub mod node;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1302,7 +1302,8 @@ fn helm_template_delimiters_are_balanced() {
 }
 
 /// The Python with Helm's engine (scripts/setup.sh installs it). Without it
-/// the rendering tests fail, unless RDS_CSI_SKIP_HELM=1 says to skip them.
+/// the rendering tests fail, unless RDS_CSI_SKIP_HELM=1 says to skip them
+/// (loudly; under CI=true a skip fails).
 fn helm_python() -> Option<PathBuf> {
     let tools = std::env::var_os("RDS_TOOLS")
         .map(PathBuf::from)
@@ -1312,9 +1313,9 @@ fn helm_python() -> Option<PathBuf> {
         return Some(python);
     }
     if std::env::var("RDS_CSI_SKIP_HELM").as_deref() == Ok("1") {
-        eprintln!(
-            "SKIPPED: Helm rendering (RDS_CSI_SKIP_HELM=1; {} missing)",
-            python.display()
+        common::skip(
+            "the Helm rendering tests",
+            &format!("RDS_CSI_SKIP_HELM=1 and {} missing", python.display()),
         );
         return None;
     }

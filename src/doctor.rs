@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::cli::Values;
 use crate::config::{self, ConfigError};
-use crate::exec;
+use crate::host::exec;
 use crate::rds;
 use crate::volume;
 

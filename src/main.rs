@@ -9,7 +9,7 @@ use log::info;
 use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
 use rds_csi::controller::{ControllerService, RdsHealth};
-use rds_csi::host::TerminationSignals;
+use rds_csi::host::sys::TerminationSignals;
 use rds_csi::identity::{IdentityService, Readiness};
 use rds_csi::metrics;
 use rds_csi::node::NodeService;

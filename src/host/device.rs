@@ -162,18 +162,7 @@ impl std::error::Error for Error {
     }
 }
 
-/// `nvme<digits>n<digits>`: a namespace block device (not a hidden path
-/// `nvme0c1n1`, not a partition `nvme0n1p1`, not a controller `nvme0`).
-pub fn is_namespace_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("nvme") else {
-        return false;
-    };
-    let Some((ctrl, ns)) = rest.split_once('n') else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(ctrl) && digits(ns)
-}
+pub use super::is_namespace_name;
 
 /// `nvme<digits>`: a controller.
 pub fn is_controller_name(name: &str) -> bool {

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use crate::device::{self, Namespace, Subsystem, Sysfs};
-use crate::mount::MountTable;
-use crate::nvme::Nvme;
+use crate::host::device::{self, Namespace, Subsystem, Sysfs};
+use crate::host::mount::MountTable;
+use crate::host::nvme::Nvme;
 use crate::volume::NqnPrefix;
 
 /// Where a namespace's device is in use: mount points of it or of its
@@ -131,7 +131,11 @@ pub struct Report {
 /// leftover connection is untidy, a node plugin that does not start is an
 /// outage). Without a readable mount table it touches nothing, since it
 /// could not tell what is in use.
-pub fn clean_up(nvme: &Nvme, table: Result<MountTable, crate::mount::Error>, budget: Duration) -> Report {
+pub fn clean_up(
+    nvme: &Nvme,
+    table: Result<MountTable, crate::host::mount::Error>,
+    budget: Duration,
+) -> Report {
     let started = Instant::now();
     let mut report = Report::default();
     let sysfs = nvme.sysfs();
@@ -199,8 +203,8 @@ pub fn clean_up(nvme: &Nvme, table: Result<MountTable, crate::mount::Error>, bud
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::fake::Tree;
-    use crate::mount::parse_mountinfo;
+    use crate::host::device::fake::Tree;
+    use crate::host::mount::parse_mountinfo;
 
     const P: &str = "nqn.2000-02.com.mikrotik";
 

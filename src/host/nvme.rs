@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use serde_json::Value;
 
-use crate::device::{self, BlockDevice, Lookup, Subsystem, Sysfs};
-use crate::exec;
+use crate::host::device::{self, BlockDevice, Lookup, Subsystem, Sysfs};
+use crate::host::exec;
 use crate::metrics;
 use crate::retry::{self, GaveUp};
 use crate::volume::{ConnectionConfig, Nqn, NqnPrefix};

@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::host::mount::MountTable;
 use crate::host::{DevNum, Roots};
 
 /// How often the device wait looks again: the wait is most of the attach
@@ -568,6 +569,46 @@ impl Sysfs {
         }
         Ok(users)
     }
+}
+
+/// Where a namespace's device is in use: mount points of it or of its
+/// partitions (other than `except`), the devices stacked on it, the
+/// processes that hold it open, and, when nothing else was found and no
+/// mount is excepted, an exclusive open that the kernel refuses (mounted
+/// elsewhere, or held by mkfs or device-mapper). Empty means unused.
+pub fn device_users(
+    sysfs: &Sysfs,
+    table: &MountTable,
+    ns: &Namespace,
+    except: &[&Path],
+) -> Result<Vec<String>, Error> {
+    let mut users: Vec<String> = table
+        .users_of(ns.dev)
+        .into_iter()
+        .filter(|p| !except.contains(&p.as_path()))
+        .map(|p| format!("mounted at {}", p.display()))
+        .collect();
+    for (part, dev) in sysfs.partitions(&ns.name)? {
+        users.extend(
+            table
+                .users_of(dev)
+                .into_iter()
+                .map(|p| format!("{part} mounted at {}", p.display())),
+        );
+    }
+    users.extend(
+        sysfs
+            .holders(&ns.name)?
+            .into_iter()
+            .map(|h| format!("held by {h}")),
+    );
+    users.extend(sysfs.open_by(ns.dev));
+    // With a mount excepted, the exclusive open fails because of that very
+    // mount: only asked when the device should be free.
+    if users.is_empty() && except.is_empty() {
+        users.extend(sysfs.exclusive_probe(ns));
+    }
+    Ok(users)
 }
 
 /// Builders of fake sysfs trees for unit tests here and in `orphan`.

@@ -7,55 +7,14 @@
 //! Best effort within a time bound, each action logged; nothing outside the
 //! prefix is ever touched (a node may boot from NVMe-oF).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use crate::host::device::{self, Namespace, Subsystem, Sysfs};
+use crate::host::device::{self, device_users, Subsystem, Sysfs};
 use crate::host::mount::MountTable;
 use crate::host::nvme::Nvme;
 use crate::volume::NqnPrefix;
-
-/// Where a namespace's device is in use: mount points of it or of its
-/// partitions (other than `except`), the devices stacked on it, the
-/// processes that hold it open, and, when nothing else was found and no
-/// mount is excepted, an exclusive open that the kernel refuses (mounted
-/// elsewhere, or held by mkfs or device-mapper). Empty means unused.
-pub fn device_users(
-    sysfs: &Sysfs,
-    table: &MountTable,
-    ns: &Namespace,
-    except: &[&Path],
-) -> Result<Vec<String>, device::Error> {
-    let mut users: Vec<String> = table
-        .users_of(ns.dev)
-        .into_iter()
-        .filter(|p| !except.contains(&p.as_path()))
-        .map(|p| format!("mounted at {}", p.display()))
-        .collect();
-    for (part, dev) in sysfs.partitions(&ns.name)? {
-        users.extend(
-            table
-                .users_of(dev)
-                .into_iter()
-                .map(|p| format!("{part} mounted at {}", p.display())),
-        );
-    }
-    users.extend(
-        sysfs
-            .holders(&ns.name)?
-            .into_iter()
-            .map(|h| format!("held by {h}")),
-    );
-    users.extend(sysfs.open_by(ns.dev));
-    // With a mount excepted, the exclusive open fails because of that very
-    // mount: only asked when the device should be free.
-    if users.is_empty() && except.is_empty() {
-        users.extend(sysfs.exclusive_probe(ns));
-    }
-    Ok(users)
-}
 
 /// What to do with one connected subsystem.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,6 @@ use super::{describe, Access, Error, NodeService, Whose, BLOCK_FILE};
 use crate::host::device::{self, Lookup};
 use crate::host::mount::{self, MountOptions, Mounted};
 use crate::host::nvme::Target;
-use crate::host::orphan;
 use crate::host::paths::{self, Role};
 use crate::host::DevNum;
 use crate::volume::{FsType, Nqn, VolumeContext, VolumeId};
@@ -168,7 +167,7 @@ impl NodeService {
             let table = self.mount_table()?;
             let mut users = Vec::new();
             for ns in &sub.namespaces {
-                users.extend(orphan::device_users(self.sysfs(), &table, ns, except)?);
+                users.extend(device::device_users(self.sysfs(), &table, ns, except)?);
             }
             if users.is_empty() || started.elapsed() >= device::BUSY_GRACE {
                 return Ok(users);

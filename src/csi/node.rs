@@ -163,15 +163,15 @@ impl Node for NodeService {
         let staging = confined("staging_target_path", &req.staging_target_path, kubelet)?;
         let (access, read_only) = access(&req.volume_capability)?;
         let ctx = VolumeContext::from_map(&req.volume_context).map_err(|e| invalid(e.to_string()))?;
-        if !self.nvme().prefix().manages(ctx.nqn.as_str()) {
+        if !self.prefix().manages(ctx.nqn.as_str()) {
             return Err(node_status(Error::Nvme(nvme::Error::NotManaged {
                 nqn: ctx.nqn.to_string(),
-                prefix: self.nvme().prefix().as_str().to_string(),
+                prefix: self.prefix().as_str().to_string(),
             })));
         }
         // The context must be this volume's: another volume's context under
         // this id would attach and mount that volume under this id's lock.
-        let own = Nqn::for_volume(self.nvme().prefix(), &id);
+        let own = Nqn::for_volume(self.prefix(), &id);
         if ctx.nqn != own {
             return Err(invalid(format!(
                 "volume_context.nqn {} is not the NQN of volume {} (expected {})",

@@ -165,6 +165,53 @@ impl std::error::Error for Error {
 
 pub use super::is_namespace_name;
 
+/// Why a namespace's device node is not usable (yet, or any more).
+#[derive(Debug)]
+pub enum NodeProblem {
+    /// No node at the path yet (udev has not made it).
+    Missing {
+        path: PathBuf,
+    },
+    /// Something that is not a block device is at the path.
+    NotBlockDevice {
+        path: PathBuf,
+    },
+    /// The node is another device than the one sysfs names.
+    OtherDevice {
+        path: PathBuf,
+        found: DevNum,
+        expected: DevNum,
+    },
+    Stat {
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for NodeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeProblem::Missing { path } => write!(f, "no device node {} yet", path.display()),
+            NodeProblem::NotBlockDevice { path } => write!(f, "{} is not a block device", path.display()),
+            NodeProblem::OtherDevice {
+                path,
+                found,
+                expected,
+            } => write!(f, "{} is device {found}, sysfs says {expected}", path.display()),
+            NodeProblem::Stat { path, source } => write!(f, "cannot stat {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for NodeProblem {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NodeProblem::Stat { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// `nvme<digits>`: a controller.
 pub fn is_controller_name(name: &str) -> bool {
     name.strip_prefix("nvme")
@@ -348,7 +395,7 @@ impl Sysfs {
 
     /// The device node of a namespace, when it exists and is the block
     /// device sysfs names.
-    pub fn device_node(&self, ns: &Namespace) -> Result<BlockDevice, String> {
+    pub fn device_node(&self, ns: &Namespace) -> Result<BlockDevice, NodeProblem> {
         let path = self.roots.dev(&ns.name);
         match fs::metadata(&path) {
             Ok(m) if m.file_type().is_block_device() && DevNum::from_raw(m.rdev()) == ns.dev => {
@@ -359,17 +406,14 @@ impl Sysfs {
                     size_bytes: ns.size_bytes,
                 })
             }
-            Ok(m) if m.file_type().is_block_device() => Err(format!(
-                "{} is device {}, sysfs says {}",
-                path.display(),
-                DevNum::from_raw(m.rdev()),
-                ns.dev
-            )),
-            Ok(_) => Err(format!("{} is not a block device", path.display())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(format!("no device node {} yet", path.display()))
-            }
-            Err(e) => Err(format!("cannot stat {}: {e}", path.display())),
+            Ok(m) if m.file_type().is_block_device() => Err(NodeProblem::OtherDevice {
+                path,
+                found: DevNum::from_raw(m.rdev()),
+                expected: ns.dev,
+            }),
+            Ok(_) => Err(NodeProblem::NotBlockDevice { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NodeProblem::Missing { path }),
+            Err(source) => Err(NodeProblem::Stat { path, source }),
         }
     }
 
@@ -384,7 +428,7 @@ impl Sysfs {
         };
         match self.device_node(&ns) {
             Ok(dev) => Ok(Lookup::Ready(sub, dev)),
-            Err(why) => Ok(Lookup::NoDevice(sub, why)),
+            Err(why) => Ok(Lookup::NoDevice(sub, why.to_string())),
         }
     }
 

@@ -32,23 +32,25 @@ use log::warn;
 
 use crate::host::device::{self, Sysfs};
 use crate::host::exec;
-use crate::host::mount::{self, MountOptions, MountTable, Mounted};
+use crate::host::mount::{MountOptions, Mounted};
 use crate::host::nvme::{self, Nvme};
 use crate::host::orphan;
-use crate::host::paths::{self, Marker, Role};
+use crate::host::paths::{Marker, Role};
 use crate::host::{DevNum, Roots};
 use crate::identity::Readiness;
 use crate::locks::{VolumeGuard, VolumeLocks};
-use crate::volume::{FsType, Nqn, VolumeId};
+use crate::volume::{FsType, Nqn, NqnPrefix, VolumeId};
 
 mod error;
 mod expand;
+mod host;
 mod publish;
 mod stage;
 mod stats;
 
 use error::shown;
 pub use error::Error;
+pub use host::{Host, RealHost};
 pub use stats::{Unit, Usage, VolumeStats};
 
 /// The file inside a block volume's staging directory that the device node
@@ -108,29 +110,27 @@ impl Readiness for NodeReadiness {
     }
 }
 
-pub struct NodeService {
+/// The node rules over a [`Host`]: the real one in production, an
+/// in-memory one in the unit tests.
+pub struct NodeService<H = RealHost> {
     settings: Settings,
-    nvme: Nvme,
+    host: H,
     locks: VolumeLocks,
 }
 
-impl NodeService {
+impl NodeService<RealHost> {
     pub fn new(settings: Settings) -> NodeService {
         let sysfs = Sysfs::new(settings.roots.clone());
         let nvme = Nvme::new(settings.nvme.clone(), sysfs);
-        NodeService {
-            settings,
-            nvme,
-            locks: VolumeLocks::new(),
-        }
+        NodeService::with_host(settings, RealHost::new(nvme))
     }
 
     pub fn nvme(&self) -> &Nvme {
-        &self.nvme
+        self.host.nvme()
     }
 
     fn sysfs(&self) -> &Sysfs {
-        self.nvme.sysfs()
+        self.host.sysfs()
     }
 
     /// The Probe check for this node.
@@ -165,11 +165,30 @@ impl NodeService {
 
     /// The start-up clean-up (see `orphan`), before serving.
     pub fn clean_up_orphans(&self, budget: Duration) -> orphan::Report {
-        orphan::clean_up(&self.nvme, self.mount_table(), budget)
+        orphan::clean_up(self.host.nvme(), self.host.mount_table(), budget)
+    }
+}
+
+impl<H: Host> NodeService<H> {
+    /// The node rules over `host`.
+    pub fn with_host(settings: Settings, host: H) -> NodeService<H> {
+        NodeService {
+            settings,
+            host,
+            locks: VolumeLocks::new(),
+        }
     }
 
-    fn mount_table(&self) -> Result<MountTable, mount::Error> {
-        MountTable::read(&self.settings.roots)
+    /// The managed NQN prefix: the node attaches and detaches only NQNs under it.
+    pub fn prefix(&self) -> &NqnPrefix {
+        &self.settings.nvme.prefix
+    }
+
+    /// The `role` marker next to `path` when it names this volume.
+    fn marked_for(&self, path: &Path, role: Role, id: &VolumeId) -> Option<Marker> {
+        self.host
+            .read_marker(path, role)
+            .filter(|m| m.volume == id.as_str())
     }
 
     /// The node settings (the CSI adapter answers NodeGetInfo from them).
@@ -191,14 +210,14 @@ impl NodeService {
     /// namespace and the `role` marker next to `marked` names this volume
     /// and the same device number.
     fn whose(&self, id: &VolumeId, m: &Mounted, marked: &Path, role: Role) -> Result<Whose, Error> {
-        let own = Nqn::for_volume(self.nvme.prefix(), id);
-        match self.sysfs().owner(m.dev)? {
+        let own = Nqn::for_volume(self.prefix(), id);
+        match self.host.owner(m.dev)? {
             Some((sub, ns)) if sub.nqn == own.as_str() => Ok(Whose::Ours(Some((sub, ns)))),
             Some((sub, _)) => Ok(Whose::Other {
                 found: format!("the device of {}", sub.nqn),
                 nqn: Some(sub.nqn),
             }),
-            None => match paths::marked_for(marked, role, id.as_str()) {
+            None => match self.marked_for(marked, role, id) {
                 Some(mk) if mk.dev == m.dev => Ok(Whose::Ours(None)),
                 _ => Ok(Whose::Other {
                     found: describe(m),
@@ -215,11 +234,10 @@ impl NodeService {
     fn unmount_ours(&self, id: &VolumeId, at: &Path, marked: &Path, role: Role) -> Result<bool, Error> {
         let mut unmounted = false;
         for _ in 0..8 {
-            let table = self.mount_table()?;
-            let Some(m) = table.mounted(at) else { break };
+            let Some(m) = self.host.mounted(at)? else { break };
             match self.whose(id, &m, marked, role)? {
                 Whose::Ours(_) => {
-                    if !mount::unmount(at)? {
+                    if !self.host.unmount(at)? {
                         break;
                     }
                     unmounted = true;
@@ -250,23 +268,30 @@ impl NodeService {
             volume: id.as_str().to_string(),
             dev,
         };
-        paths::write_marker(path, role, &marker).map_err(|source| Error::Marker {
-            path: path.to_path_buf(),
-            source,
-        })
+        self.host
+            .write_marker(path, role, &marker)
+            .map_err(|source| Error::Marker {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 
     /// Removes the `role` marker next to `path` when it names this volume.
     fn remove_marker(&self, path: &Path, role: Role, id: &VolumeId) -> Result<(), Error> {
-        if paths::marked_for(path, role, id.as_str()).is_none() {
+        if self.marked_for(path, role, id).is_none() {
             return Ok(());
         }
-        paths::remove_marker(path, role).map_err(|source| Error::Marker {
-            path: path.to_path_buf(),
-            source,
-        })
+        self.host
+            .remove_marker(path, role)
+            .map_err(|source| Error::Marker {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 }
+
+#[cfg(test)]
+mod fake;
 
 /// Whose a mount is (see [`NodeService::whose`]).
 enum Whose {

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use super::error::shown;
-use super::{describe, Error, NodeService, BLOCK_FILE};
+use super::{describe, Error, Host, NodeService, BLOCK_FILE};
 use crate::host::device;
-use crate::host::mount::{self, Mounted};
-use crate::host::paths::{self, Role};
+use crate::host::mount::Mounted;
+use crate::host::paths::Role;
 use crate::host::DevNum;
 use crate::volume::{Nqn, VolumeId};
 
@@ -42,24 +42,25 @@ pub(super) enum At {
     Gone,
 }
 
-impl NodeService {
+impl<H: Host> NodeService<H> {
     /// What is at a volume path (existing, confined): this volume's mount
     /// and the NVMe namespace behind it (None when the device is no longer
     /// attached), or `Gone` for a known staging or publish path of this
     /// volume with nothing mounted. Anything else is NotMounted /
     /// NotThisVolume.
     pub(super) fn volume_at(&self, id: &VolumeId, path: &Path) -> Result<At, Error> {
-        let table = self.mount_table()?;
         let known = |dev: Option<DevNum>| {
             [Role::Published, Role::Staged].into_iter().any(|role| {
-                paths::marked_for(path, role, id.as_str()).is_some_and(|mk| dev.is_none_or(|d| d == mk.dev))
+                self.marked_for(path, role, id)
+                    .is_some_and(|mk| dev.is_none_or(|d| d == mk.dev))
             })
         };
         // A block volume's staging path holds its device one level down.
-        let Some(m) = table
-            .mounted(path)
-            .or_else(|| table.mounted(&path.join(BLOCK_FILE)).filter(|m| m.block))
-        else {
+        let m = match self.host.mounted(path)? {
+            Some(m) => Some(m),
+            None => self.host.mounted(&path.join(BLOCK_FILE))?.filter(|m| m.block),
+        };
+        let Some(m) = m else {
             if known(None) {
                 return Ok(At::Gone);
             }
@@ -67,8 +68,8 @@ impl NodeService {
                 path: path.to_path_buf(),
             });
         };
-        let own = Nqn::for_volume(self.nvme.prefix(), id);
-        match self.sysfs().owner(m.dev)? {
+        let own = Nqn::for_volume(self.prefix(), id);
+        match self.host.owner(m.dev)? {
             Some((sub, ns)) if sub.nqn == own.as_str() => Ok(At::Mounted(Box::new((m, Some((sub, ns)))))),
             Some((sub, _)) => Err(Error::NotThisVolume {
                 path: path.to_path_buf(),
@@ -127,7 +128,7 @@ impl NodeService {
             if m.entry.filesystem_read_only() && !m.entry.read_only() {
                 problems.push("the filesystem went read-only (I/O errors?)".to_string());
             }
-            let st = mount::stats(&m.entry.mount_point)?;
+            let st = self.host.fs_stats(&m.entry.mount_point)?;
             usage.push(Usage {
                 unit: Unit::Bytes,
                 total: st.total_bytes,
@@ -145,5 +146,53 @@ impl NodeService {
             usage,
             problem: (!problems.is_empty()).then(|| problems.join("; ")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::fake::{self, dev, Disk, STAGING};
+    use super::super::{Error, Host};
+    use super::{Unit, Usage};
+
+    #[test]
+    fn stats_report_usage_and_what_makes_the_volume_abnormal() {
+        let svc = fake::service();
+        let (id, nqn, ctx) = fake::volume("pvc-1");
+        svc.host.export(&nqn, "nvme1n1", dev(1), Disk::Blank);
+        svc.stage(&id, Path::new(STAGING), &fake::filesystem(), false, &ctx)
+            .unwrap();
+        let st = svc.stats(&id, Path::new(STAGING)).unwrap();
+        assert_eq!(st.problem, None);
+        assert_eq!(
+            st.usage[0],
+            Usage {
+                unit: Unit::Bytes,
+                total: 1000,
+                available: 600,
+                used: 400
+            }
+        );
+        assert_eq!(st.usage[1].unit, Unit::Inodes);
+        // The controller is reconnecting: abnormal, naming the NQN.
+        svc.host.state().connected[0].controllers[0].state = "connecting".into();
+        let st = svc.stats(&id, Path::new(STAGING)).unwrap();
+        assert!(st.problem.as_deref().is_some_and(|p| p.contains(&nqn)), "{st:?}");
+        // Another volume asking about this path: not its volume.
+        let (id2, _, _) = fake::volume("pvc-2");
+        assert!(matches!(
+            svc.stats(&id2, Path::new(STAGING)),
+            Err(Error::NotThisVolume { .. })
+        ));
+        // The mount went away under a path we staged: abnormal, not an error.
+        svc.host.unmount(Path::new(STAGING)).unwrap();
+        let st = svc.stats(&id, Path::new(STAGING)).unwrap();
+        assert!(
+            st.problem.as_deref().is_some_and(|p| p.contains("went away")),
+            "{st:?}"
+        );
+        assert!(st.usage.is_empty());
     }
 }

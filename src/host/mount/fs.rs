@@ -146,32 +146,17 @@ pub fn probe(device: &Path) -> Result<Probe, Error> {
     })
 }
 
-/// Makes sure `device` holds a `wanted` filesystem: formats it only when the
-/// probe is definitely empty and `may_format` (false for read-only access,
-/// where a blank device is an error). Returns true when it formatted.
-/// Called twice, the second call finds the filesystem and does nothing.
-pub fn ensure_filesystem(device: &Path, wanted: FsType, may_format: bool) -> Result<bool, Error> {
-    match probe(device)? {
+/// The format rule, on a probe's answer: `Ok(true)` when `device` must be
+/// formatted (definitely empty, and `may_format`: false for read-only
+/// access, where a blank device is an error), `Ok(false)` when it already
+/// holds a `wanted` filesystem, and an error for anything else (another
+/// filesystem or signature is never formatted over).
+pub fn format_decision(device: &Path, probe: Probe, wanted: FsType, may_format: bool) -> Result<bool, Error> {
+    match probe {
         Probe::Empty if !may_format => Err(Error::Unformatted {
             device: device.to_path_buf(),
         }),
-        Probe::Empty => {
-            let program = match wanted {
-                FsType::Ext4 => "mkfs.ext4",
-                FsType::Xfs => "mkfs.xfs",
-            };
-            // No force flag, ever: should a signature have appeared since the
-            // probe, the tool refuses on its own (stdin is /dev/null).
-            exec::run_ok(program, &[Path::new("-q"), device], MKFS_TIMEOUT).map_err(|source| {
-                Error::Format {
-                    device: device.to_path_buf(),
-                    fs: wanted,
-                    source: Box::new(source),
-                }
-            })?;
-            log::info!("formatted {} as {wanted}", device.display());
-            Ok(true)
-        }
+        Probe::Empty => Ok(true),
         Probe::Filesystem(found) if found == wanted.as_str() => Ok(false),
         Probe::Filesystem(found) if FsType::parse(&found).is_ok() => Err(Error::OtherFilesystem {
             device: device.to_path_buf(),
@@ -187,6 +172,34 @@ pub fn ensure_filesystem(device: &Path, wanted: FsType, may_format: bool) -> Res
             found,
         }),
     }
+}
+
+/// Makes a `fs` filesystem on `device`. No force flag, ever: should a
+/// signature have appeared since the probe, the tool refuses on its own
+/// (stdin is /dev/null).
+pub fn mkfs(device: &Path, fs: FsType) -> Result<(), Error> {
+    let program = match fs {
+        FsType::Ext4 => "mkfs.ext4",
+        FsType::Xfs => "mkfs.xfs",
+    };
+    exec::run_ok(program, &[Path::new("-q"), device], MKFS_TIMEOUT).map_err(|source| Error::Format {
+        device: device.to_path_buf(),
+        fs,
+        source: Box::new(source),
+    })?;
+    log::info!("formatted {} as {fs}", device.display());
+    Ok(())
+}
+
+/// Makes sure `device` holds a `wanted` filesystem: probes it and formats
+/// it only as [`format_decision`] says. Returns true when it formatted.
+/// Called twice, the second call finds the filesystem and does nothing.
+pub fn ensure_filesystem(device: &Path, wanted: FsType, may_format: bool) -> Result<bool, Error> {
+    let format = format_decision(device, probe(device)?, wanted, may_format)?;
+    if format {
+        mkfs(device, wanted)?;
+    }
+    Ok(format)
 }
 
 /// Grows the filesystem mounted at `mount_point` from `device` to fill it,

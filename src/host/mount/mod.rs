@@ -20,7 +20,9 @@ pub mod fs;
 pub mod ops;
 pub mod table;
 
-pub use fs::{ensure_filesystem, grow_filesystem, interpret_blkid, probe, stats, Probe};
+pub use fs::{
+    ensure_filesystem, format_decision, grow_filesystem, interpret_blkid, mkfs, probe, stats, Probe,
+};
 pub use ops::{bind, ensure_dir, ensure_file, mount_filesystem, remove_if_empty, unmount, MountOptions};
 pub use table::{canonical, parse_mountinfo, MountEntry, MountTable, Mounted};
 

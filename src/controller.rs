@@ -98,7 +98,8 @@ impl ControllerService {
     fn lock(&self, method: &str, keys: &[&str]) -> Result<VolumeGuard, RpcStatus> {
         self.locks.try_lock(keys).map_err(|busy| {
             status::aborted(format!(
-                "{method}: an operation on {busy} is already in progress; retry later"
+                "{method}: an operation on {} is already in progress; retry later",
+                busy.key
             ))
         })
     }

@@ -130,7 +130,21 @@ pub fn mount_error(e: &crate::host::mount::Error) -> RpcStatus {
             failed_precondition(msg)
         }
         E::UnsupportedResize { .. } => invalid_argument(msg),
-        _ => internal(msg),
+        // Every variant is named, so a new one must choose its code here.
+        E::ReadMountTable { .. }
+        | E::OpenDevice { .. }
+        | E::ReadDevice { .. }
+        | E::Probe { .. }
+        | E::ProbeUnclear { .. }
+        | E::Format { .. }
+        | E::Mount { .. }
+        | E::Bind { .. }
+        | E::RemountReadOnly { .. }
+        | E::Unmount { .. }
+        | E::CreateTarget { .. }
+        | E::RemoveTarget { .. }
+        | E::Stat { .. }
+        | E::Resize { .. } => internal(msg),
     }
 }
 

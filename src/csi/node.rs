@@ -113,8 +113,12 @@ fn access(cap: &MessageField<csi::VolumeCapability>) -> Result<(Access, bool), R
 
 /// The volume's in-flight guard, or ABORTED while another call holds it.
 fn lock(node: &NodeService, id: &VolumeId) -> Result<VolumeGuard, RpcStatus> {
-    node.lock(id)
-        .map_err(|busy| status::aborted(format!("an operation on volume {busy} is already in progress")))
+    node.lock(id).map_err(|busy| {
+        status::aborted(format!(
+            "an operation on volume {} is already in progress",
+            busy.key
+        ))
+    })
 }
 
 fn condition(problem: Option<String>) -> MessageField<csi::VolumeCondition> {

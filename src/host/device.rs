@@ -108,11 +108,11 @@ pub struct BlockDevice {
 }
 
 /// What sysfs says about an NQN right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
     NotConnected,
     /// Connected, but no usable block device (yet, or any more): the reason.
-    NoDevice(Subsystem, String),
+    NoDevice(Subsystem, Unusable),
     Ready(Subsystem, BlockDevice),
 }
 
@@ -133,7 +133,8 @@ pub enum Error {
     WaitDevice {
         nqn: String,
         waited: Duration,
-        last: String,
+        /// Why the device was not usable at the last look.
+        last: Unusable,
     },
 }
 
@@ -164,6 +165,31 @@ impl std::error::Error for Error {
 }
 
 pub use super::is_namespace_name;
+
+/// Why an NQN has no usable block device (yet, or any more).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unusable {
+    NotConnected,
+    /// Connected, but the subsystem shows no namespace block device.
+    NoNamespace {
+        subsystem: String,
+        states: String,
+    },
+    /// The namespace's device node is not (yet) the device sysfs names.
+    Node(NodeProblem),
+}
+
+impl fmt::Display for Unusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unusable::NotConnected => write!(f, "not connected"),
+            Unusable::NoNamespace { subsystem, states } => {
+                write!(f, "{subsystem} ({states}) has no namespace block device")
+            }
+            Unusable::Node(problem) => problem.fmt(f),
+        }
+    }
+}
 
 /// Why a namespace's device node is not usable (yet, or any more).
 #[derive(Debug)]
@@ -202,6 +228,35 @@ impl fmt::Display for NodeProblem {
         }
     }
 }
+
+/// By value; a stat failure by path and error kind (io::Error has no `==`).
+impl PartialEq for NodeProblem {
+    fn eq(&self, other: &Self) -> bool {
+        use NodeProblem::*;
+        match (self, other) {
+            (Missing { path: a }, Missing { path: b }) => a == b,
+            (NotBlockDevice { path: a }, NotBlockDevice { path: b }) => a == b,
+            (
+                OtherDevice {
+                    path: a,
+                    found: fa,
+                    expected: ea,
+                },
+                OtherDevice {
+                    path: b,
+                    found: fb,
+                    expected: eb,
+                },
+            ) => a == b && fa == fb && ea == eb,
+            (Stat { path: a, source: sa }, Stat { path: b, source: sb }) => {
+                a == b && sa.kind() == sb.kind() && sa.raw_os_error() == sb.raw_os_error()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for NodeProblem {}
 
 impl std::error::Error for NodeProblem {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
@@ -423,12 +478,15 @@ impl Sysfs {
             return Ok(Lookup::NotConnected);
         };
         let Some(ns) = sub.namespace().cloned() else {
-            let why = format!("{} ({}) has no namespace block device", sub.name, sub.states());
+            let why = Unusable::NoNamespace {
+                subsystem: sub.name.clone(),
+                states: sub.states(),
+            };
             return Ok(Lookup::NoDevice(sub, why));
         };
         match self.device_node(&ns) {
             Ok(dev) => Ok(Lookup::Ready(sub, dev)),
-            Err(why) => Ok(Lookup::NoDevice(sub, why.to_string())),
+            Err(why) => Ok(Lookup::NoDevice(sub, Unusable::Node(why))),
         }
     }
 
@@ -440,7 +498,7 @@ impl Sysfs {
             let last = match self.lookup(nqn)? {
                 Lookup::Ready(sub, dev) => return Ok((sub, dev)),
                 Lookup::NoDevice(_, why) => why,
-                Lookup::NotConnected => "not connected".to_string(),
+                Lookup::NotConnected => Unusable::NotConnected,
             };
             if started.elapsed() >= limit {
                 return Err(Error::WaitDevice {
@@ -843,13 +901,13 @@ mod tests {
         assert!(matches!(t.sysfs().lookup(NQN).unwrap(), Lookup::NoDevice(..)));
         t.namespace(0, 0, true, "7:200");
         match t.sysfs().lookup(NQN).unwrap() {
-            Lookup::NoDevice(_, why) => assert!(why.contains("no device node"), "{why}"),
+            Lookup::NoDevice(_, why) => assert!(why.to_string().contains("no device node"), "{why}"),
             other => panic!("{other:?}"),
         }
         // A node with other numbers is not the device.
         t.node("nvme0n1", 7, 201);
         match t.sysfs().lookup(NQN).unwrap() {
-            Lookup::NoDevice(_, why) => assert!(why.contains("sysfs says 7:200"), "{why}"),
+            Lookup::NoDevice(_, why) => assert!(why.to_string().contains("sysfs says 7:200"), "{why}"),
             other => panic!("{other:?}"),
         }
         fs::remove_file(t.root.join("dev/nvme0n1")).unwrap();
@@ -960,5 +1018,28 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(dev.dev, DevNum { major: 7, minor: 210 });
         assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn why_a_device_is_unusable_reads_as_before() {
+        let gone = Unusable::Node(NodeProblem::Missing {
+            path: PathBuf::from("/dev/nvme1n1"),
+        });
+        assert_eq!(gone.to_string(), "no device node /dev/nvme1n1 yet");
+        let other = NodeProblem::OtherDevice {
+            path: PathBuf::from("/dev/nvme1n1"),
+            found: DevNum { major: 7, minor: 1 },
+            expected: DevNum { major: 259, minor: 1 },
+        };
+        assert_eq!(other.to_string(), "/dev/nvme1n1 is device 7:1, sysfs says 259:1");
+        let none = Unusable::NoNamespace {
+            subsystem: "nvme-subsys1".into(),
+            states: "nvme1=live".into(),
+        };
+        assert_eq!(
+            none.to_string(),
+            "nvme-subsys1 (nvme1=live) has no namespace block device"
+        );
+        assert_eq!(Unusable::NotConnected.to_string(), "not connected");
     }
 }

@@ -712,7 +712,7 @@ mod tests {
         assert!(AttemptError::Device(device::Error::WaitDevice {
             nqn: "n".into(),
             waited: Duration::ZERO,
-            last: String::new()
+            last: device::Unusable::NotConnected
         })
         .is_transient());
         assert!(!AttemptError::Command(missing).is_transient());

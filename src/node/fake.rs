@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{Error, Host, NodeService, Settings};
-use crate::host::device::{BlockDevice, Controller, Lookup, Namespace, NodeProblem, Subsystem};
+use crate::host::device::{BlockDevice, Controller, Lookup, Namespace, NodeProblem, Subsystem, Unusable};
 use crate::host::mount::{self, MountEntry, MountOptions, Mounted, Probe};
 use crate::host::nvme::{self, Attached, Target};
 use crate::host::paths::{Marker, Role};
@@ -169,11 +169,17 @@ impl Host for FakeHost {
             return Ok(Lookup::NotConnected);
         };
         let Some(ns) = sub.namespace().cloned() else {
-            return Ok(Lookup::NoDevice(sub, "no namespace".into()));
+            return Ok(Lookup::NoDevice(
+                sub,
+                Unusable::NoNamespace {
+                    subsystem: "fake".into(),
+                    states: "live".into(),
+                },
+            ));
         };
         Ok(match self.device_node(&ns) {
             Ok(dev) => Lookup::Ready(sub, dev),
-            Err(why) => Lookup::NoDevice(sub, why.to_string()),
+            Err(why) => Lookup::NoDevice(sub, Unusable::Node(why)),
         })
     }
 

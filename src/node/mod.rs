@@ -38,7 +38,7 @@ use crate::host::orphan;
 use crate::host::paths::{Marker, Role};
 use crate::host::{DevNum, Roots};
 use crate::identity::Readiness;
-use crate::locks::{VolumeGuard, VolumeLocks};
+use crate::locks::{InFlight, VolumeGuard, VolumeLocks};
 use crate::volume::{FsType, Nqn, NqnPrefix, VolumeId};
 
 mod error;
@@ -197,7 +197,7 @@ impl<H: Host> NodeService<H> {
     }
 
     /// Takes the volume's in-flight guard; `Err` names the busy key.
-    pub fn lock(&self, id: &VolumeId) -> Result<VolumeGuard, String> {
+    pub fn lock(&self, id: &VolumeId) -> Result<VolumeGuard, InFlight> {
         self.locks.try_lock(&[id.as_str()])
     }
 

@@ -1,6 +1,7 @@
 //! Filesystems on a device: the format-or-not probe, mkfs, online growth,
 //! and statvfs of a mounted one.
 
+use std::fmt;
 use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
@@ -29,9 +30,34 @@ pub enum Probe {
     Other(String),
 }
 
-/// Reads blkid's answer. `Err` carries why the answer is not usable; only
+/// A blkid answer that is neither "nothing there" nor a signature: the
+/// exit code (None: killed by a signal) and what it printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnclearAnswer {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl fmt::Display for UnclearAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(c) => write!(f, "blkid exit {c}")?,
+            None => write!(f, "blkid exit by signal")?,
+        }
+        if !self.stdout.trim().is_empty() {
+            write!(f, ", stdout {:?}", self.stdout.trim())?;
+        }
+        if !self.stderr.trim().is_empty() {
+            write!(f, ", stderr {:?}", self.stderr.trim())?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads blkid's answer. `Err` carries the answer that is not usable; only
 /// exit code 2 with no output at all means "nothing there".
-pub fn interpret_blkid(code: Option<i32>, stdout: &str, stderr: &str) -> Result<Probe, String> {
+pub fn interpret_blkid(code: Option<i32>, stdout: &str, stderr: &str) -> Result<Probe, UnclearAnswer> {
     match code {
         Some(0) => {
             let field = |key: &str| {
@@ -53,20 +79,11 @@ pub fn interpret_blkid(code: Option<i32>, stdout: &str, stderr: &str) -> Result<
             }
         }
         Some(2) if stdout.trim().is_empty() && stderr.trim().is_empty() => Ok(Probe::Empty),
-        other => Err(format!(
-            "blkid exit {}{}{}",
-            other.map_or_else(|| "by signal".to_string(), |c| c.to_string()),
-            if stdout.trim().is_empty() {
-                String::new()
-            } else {
-                format!(", stdout {:?}", stdout.trim())
-            },
-            if stderr.trim().is_empty() {
-                String::new()
-            } else {
-                format!(", stderr {:?}", stderr.trim())
-            },
-        )),
+        code => Err(UnclearAnswer {
+            code,
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+        }),
     }
 }
 
@@ -236,6 +253,20 @@ pub fn stats(path: &Path) -> Result<sys::FsStats, Error> {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn an_unclear_blkid_answer_carries_what_blkid_said() {
+        let e = interpret_blkid(Some(2), "junk", "no such device").unwrap_err();
+        assert_eq!(e.code, Some(2));
+        assert_eq!(
+            e.to_string(),
+            "blkid exit 2, stdout \"junk\", stderr \"no such device\""
+        );
+        assert_eq!(
+            interpret_blkid(None, "", "").unwrap_err().to_string(),
+            "blkid exit by signal"
+        );
+    }
 
     #[test]
     fn only_exit_2_with_silence_means_empty() {

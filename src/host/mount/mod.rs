@@ -22,6 +22,7 @@ pub mod table;
 
 pub use fs::{
     ensure_filesystem, format_decision, grow_filesystem, interpret_blkid, mkfs, probe, stats, Probe,
+    UnclearAnswer,
 };
 pub use ops::{bind, ensure_dir, ensure_file, mount_filesystem, remove_if_empty, unmount, MountOptions};
 pub use table::{canonical, parse_mountinfo, MountEntry, MountTable, Mounted};
@@ -48,7 +49,7 @@ pub enum Error {
     /// blkid answered something we cannot read as yes or no.
     ProbeUnclear {
         device: PathBuf,
-        answer: String,
+        answer: fs::UnclearAnswer,
     },
     /// The device holds a signature that is not a filesystem we mount
     /// (a partition table, swap, LVM, ...): left alone.

@@ -3,6 +3,7 @@
 //! proto types; the node rules live in `crate::node`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use grpcio::RpcStatus;
 use protobuf::MessageField;
@@ -11,8 +12,9 @@ use crate::echo::echo;
 use crate::host::mount::MountOptions;
 use crate::host::nvme;
 use crate::host::paths;
+use crate::identity::Readiness;
 use crate::locks::VolumeGuard;
-use crate::node::{Access, Error, NodeService, Unit, VolumeStats};
+use crate::node::{Access, Error, NodeReadiness, NodeService, Unit, VolumeStats};
 use crate::proto::csi;
 use crate::proto::grpc::Node;
 use crate::server::CallInfo;
@@ -109,6 +111,19 @@ fn access(cap: &MessageField<csi::VolumeCapability>) -> Result<(Access, bool), R
         return Err(invalid("volume_capability needs an access type: block or mount"));
     };
     Ok((access, read_only))
+}
+
+impl Readiness for NodeReadiness {
+    fn check(&self) -> Result<(), String> {
+        NodeReadiness::check(self)
+    }
+}
+
+impl NodeService {
+    /// The Probe check for this node.
+    pub fn readiness(&self) -> Arc<dyn Readiness> {
+        Arc::new(self.node_readiness())
+    }
 }
 
 /// The volume's in-flight guard, or ABORTED while another call holds it.

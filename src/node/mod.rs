@@ -25,7 +25,6 @@
 //!   is not a mount point is already "not published" and stays untouched.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use log::warn;
@@ -37,7 +36,6 @@ use crate::host::nvme::{self, Nvme};
 use crate::host::orphan;
 use crate::host::paths::{Marker, Role};
 use crate::host::{DevNum, Roots};
-use crate::identity::Readiness;
 use crate::locks::{InFlight, VolumeGuard, VolumeLocks};
 use crate::volume::{FsType, Nqn, NqnPrefix, VolumeId};
 
@@ -86,8 +84,10 @@ pub struct NodeReadiness {
     bin: String,
 }
 
-impl Readiness for NodeReadiness {
-    fn check(&self) -> Result<(), String> {
+impl NodeReadiness {
+    /// What keeps this node from serving volumes, if anything (the
+    /// identity service's Probe asks through `csi::node`).
+    pub fn check(&self) -> Result<(), String> {
         let mut problems = Vec::new();
         if !self.sysfs.module_loaded("nvme_tcp") {
             problems.push(format!(
@@ -133,12 +133,12 @@ impl NodeService<RealHost> {
         self.host.sysfs()
     }
 
-    /// The Probe check for this node.
-    pub fn readiness(&self) -> Arc<dyn Readiness> {
-        Arc::new(NodeReadiness {
+    /// The readiness check for this node.
+    pub fn node_readiness(&self) -> NodeReadiness {
+        NodeReadiness {
             sysfs: self.sysfs().clone(),
             bin: self.settings.nvme.bin.clone(),
-        })
+        }
     }
 
     /// Registers the node's scrape-time gauges: volumes staged here and

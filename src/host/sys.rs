@@ -46,6 +46,12 @@ impl TerminationSignals {
     }
 }
 
+/// umask(2): sets the process file-mode creation mask, returns the old one.
+pub fn umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask only swaps the process file-mode mask; no memory involved.
+    unsafe { libc::umask(mask) }
+}
+
 fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))

@@ -446,4 +446,143 @@ mod tests {
         let (_, ro) = access(&cap(false, Mode::MULTI_NODE_READER_ONLY, "ext4", &[])).unwrap();
         assert!(ro);
     }
+
+    /// Every node rule's error and the code kubelet sees for it: the match
+    /// below names each variant, so a new one fails to build until it is
+    /// added here (and mapped in `status::node_error`).
+    #[test]
+    fn every_node_error_maps_to_its_code() {
+        use crate::host::mount;
+        use crate::host::DevNum;
+        use grpcio::RpcStatusCode as C;
+        use std::path::PathBuf;
+        let p = || PathBuf::from("/var/lib/kubelet/x");
+        let dev = DevNum { major: 259, minor: 1 };
+        let cases = vec![
+            (
+                Error::Nvme(nvme::Error::Reconnecting {
+                    nqn: "n".into(),
+                    states: "nvme1=connecting".into(),
+                }),
+                C::UNAVAILABLE,
+            ),
+            (
+                Error::Device(crate::host::device::Error::WaitDevice {
+                    nqn: "n".into(),
+                    waited: std::time::Duration::from_secs(1),
+                    last: crate::host::device::Unusable::NotConnected,
+                }),
+                C::UNAVAILABLE,
+            ),
+            (
+                Error::Mount(mount::Error::Unformatted { device: p() }),
+                C::FAILED_PRECONDITION,
+            ),
+            (
+                Error::StagedOtherDevice {
+                    path: p(),
+                    found: dev,
+                    expected: "259:2".into(),
+                },
+                C::ALREADY_EXISTS,
+            ),
+            (
+                Error::StagedOtherwise {
+                    path: p(),
+                    found: "x".into(),
+                },
+                C::ALREADY_EXISTS,
+            ),
+            (Error::NotStaged { path: p() }, C::FAILED_PRECONDITION),
+            (
+                Error::PublishedOtherwise {
+                    path: p(),
+                    found: "x".into(),
+                },
+                C::ALREADY_EXISTS,
+            ),
+            (
+                Error::InUse {
+                    nqn: "n".into(),
+                    users: vec!["mounted at /x".into()],
+                },
+                C::FAILED_PRECONDITION,
+            ),
+            (Error::NoSuchVolumePath { path: p() }, C::NOT_FOUND),
+            (Error::NotMounted { path: p() }, C::NOT_FOUND),
+            (Error::NotAttached { path: p(), dev }, C::FAILED_PRECONDITION),
+            (
+                Error::OtherVolume {
+                    path: p(),
+                    nqn: "n2".into(),
+                },
+                C::FAILED_PRECONDITION,
+            ),
+            (
+                Error::SizeNotReached {
+                    device: "nvme1n1".into(),
+                    size: 1,
+                    required: 2,
+                },
+                C::UNAVAILABLE,
+            ),
+            (
+                Error::NotOurs {
+                    path: p(),
+                    found: "x".into(),
+                },
+                C::FAILED_PRECONDITION,
+            ),
+            (
+                Error::NotThisVolume {
+                    path: p(),
+                    found: "x".into(),
+                },
+                C::NOT_FOUND,
+            ),
+            (Error::MountGone { path: p() }, C::FAILED_PRECONDITION),
+            (
+                Error::SingleWriter {
+                    path: p(),
+                    other: p(),
+                },
+                C::FAILED_PRECONDITION,
+            ),
+            (
+                Error::Marker {
+                    path: p(),
+                    source: std::io::Error::other("x"),
+                },
+                C::INTERNAL,
+            ),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (e, code) in &cases {
+            let name = match e {
+                Error::Nvme(_) => "Nvme",
+                Error::Device(_) => "Device",
+                Error::Mount(_) => "Mount",
+                Error::StagedOtherDevice { .. } => "StagedOtherDevice",
+                Error::StagedOtherwise { .. } => "StagedOtherwise",
+                Error::NotStaged { .. } => "NotStaged",
+                Error::PublishedOtherwise { .. } => "PublishedOtherwise",
+                Error::InUse { .. } => "InUse",
+                Error::NoSuchVolumePath { .. } => "NoSuchVolumePath",
+                Error::NotMounted { .. } => "NotMounted",
+                Error::NotAttached { .. } => "NotAttached",
+                Error::OtherVolume { .. } => "OtherVolume",
+                Error::SizeNotReached { .. } => "SizeNotReached",
+                Error::NotOurs { .. } => "NotOurs",
+                Error::NotThisVolume { .. } => "NotThisVolume",
+                Error::MountGone { .. } => "MountGone",
+                Error::SingleWriter { .. } => "SingleWriter",
+                Error::Marker { .. } => "Marker",
+            };
+            seen.insert(name);
+            let status = status::node_error(e);
+            assert_eq!(status.code(), *code, "{name}: {}", status.message());
+            assert!(!status.message().is_empty(), "{name}");
+        }
+        assert_eq!(seen.len(), 18, "a node error variant has no case here");
+    }
 }

@@ -273,12 +273,12 @@ pub fn node_settings(v: &Values, node_id: &str) -> Result<crate::node::Settings,
         max_volumes_per_node: number(v, "max-volumes-per-node", 0, 100_000)? as i64,
         kubelet_dir,
         roots,
-        nvme: crate::nvme::Settings {
+        nvme: crate::host::nvme::Settings {
             bin,
             host_nqn,
             prefix,
             device_wait: Duration::from_secs(number(v, "device-wait", 1, 600)?),
-            policy: crate::nvme::Settings::connect_policy(attempts),
+            policy: crate::host::nvme::Settings::connect_policy(attempts),
         },
     })
 }

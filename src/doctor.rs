@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::cli::Values;
 use crate::config::{self, ConfigError};
-use crate::exec;
+use crate::host::device::Sysfs;
+use crate::host::exec;
+use crate::host::nvme;
 use crate::rds;
 use crate::volume;
 
@@ -302,7 +304,7 @@ fn node_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
     let mut checks = Vec::new();
 
     let module = roots.sys("module/nvme_tcp");
-    if module.exists() {
+    if Sysfs::new(roots.clone()).module_loaded("nvme_tcp") {
         checks.push(pass(
             "nvme_tcp module",
             format!("loaded ({} exists)", module.display()),
@@ -339,13 +341,11 @@ fn node_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
         },
     }
 
-    let hostnqn_file = roots.etc("nvme/hostnqn");
-    let host_nqn = settings.nvme.host_nqn.clone().or_else(|| {
-        std::fs::read_to_string(&hostnqn_file)
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    });
+    let hostnqn_file = nvme::host_nqn_file(roots);
+    let host_nqn = match nvme::read_host_nqn(settings.nvme.host_nqn.as_deref(), roots) {
+        nvme::HostNqn::Flag(nqn) | nvme::HostNqn::File(nqn) => Some(nqn),
+        nvme::HostNqn::Missing => None,
+    };
     match host_nqn {
         Some(nqn) if nqn.starts_with("nqn.") => checks.push(pass("host NQN", nqn)),
         Some(nqn) => checks.push(fail(

@@ -20,14 +20,8 @@ pub mod status;
 pub mod volume;
 
 // The node plugin (attach over NVMe/TCP, format, mount).
-pub mod device;
 pub mod doctor;
-pub mod exec;
-pub mod mount;
 pub mod node;
-pub mod nvme;
-pub mod orphan;
-pub mod paths;
 
 /// The CSI driver name unless `--driver-name` says otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";

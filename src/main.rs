@@ -10,7 +10,7 @@ use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
 use rds_csi::controller::{ControllerSettings, RdsHealth};
 use rds_csi::csi::controller::ControllerService;
-use rds_csi::host::TerminationSignals;
+use rds_csi::host::sys::TerminationSignals;
 use rds_csi::identity::{IdentityService, Readiness};
 use rds_csi::metrics;
 use rds_csi::node::NodeService;

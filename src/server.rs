@@ -695,11 +695,9 @@ pub fn start(
         .map_err(|e| ServerError::Bind(endpoint.to_string(), e))?;
     // Create the socket without world access from the first instant; the
     // chmod afterwards makes the mode exact whatever umask we inherited.
-    // SAFETY: umask only swaps the process file-mode mask; no memory involved.
-    let old_mask = unsafe { libc::umask(0o117) };
+    let old_mask = crate::host::sys::umask(0o117);
     let bound = server.add_listening_port(endpoint.grpc_address(), grpcio::ServerCredentials::insecure());
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old_mask) };
+    crate::host::sys::umask(old_mask);
     bound.map_err(|e| ServerError::Bind(endpoint.to_string(), e))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))
         .map_err(|e| ServerError::SetSocketMode(path.to_path_buf(), e))?;

@@ -93,8 +93,8 @@ pub fn require<'a>(field: &str, value: &'a str) -> Result<&'a str, RpcStatus> {
 /// kept failing transiently is UNAVAILABLE (kubelet retries); a connect that
 /// failed definitely (not exported, bad arguments, no nvme tool) and an NQN
 /// outside the managed prefix are FAILED_PRECONDITION.
-pub fn nvme_error(e: &crate::nvme::Error) -> RpcStatus {
-    use crate::nvme::Error as E;
+pub fn nvme_error(e: &crate::host::nvme::Error) -> RpcStatus {
+    use crate::host::nvme::Error as E;
     use crate::retry::GaveUp;
     let msg = crate::error_chain(e);
     match e {
@@ -110,8 +110,8 @@ pub fn nvme_error(e: &crate::nvme::Error) -> RpcStatus {
 }
 
 /// sysfs errors: a device that did not appear in time is UNAVAILABLE.
-pub fn device_error(e: &crate::device::Error) -> RpcStatus {
-    use crate::device::Error as E;
+pub fn device_error(e: &crate::host::device::Error) -> RpcStatus {
+    use crate::host::device::Error as E;
     let msg = crate::error_chain(e);
     match e {
         E::WaitDevice { .. } => unavailable(msg),
@@ -121,8 +121,8 @@ pub fn device_error(e: &crate::device::Error) -> RpcStatus {
 
 /// Filesystem and mount errors: a device holding something we will not
 /// format over is FAILED_PRECONDITION, a bad mount flag INVALID_ARGUMENT.
-pub fn mount_error(e: &crate::mount::Error) -> RpcStatus {
-    use crate::mount::Error as E;
+pub fn mount_error(e: &crate::host::mount::Error) -> RpcStatus {
+    use crate::host::mount::Error as E;
     let msg = crate::error_chain(e);
     match e {
         E::BadMountFlag { .. } => invalid_argument(msg),
@@ -130,7 +130,21 @@ pub fn mount_error(e: &crate::mount::Error) -> RpcStatus {
             failed_precondition(msg)
         }
         E::UnsupportedResize { .. } => invalid_argument(msg),
-        _ => internal(msg),
+        // Every variant is named, so a new one must choose its code here.
+        E::ReadMountTable { .. }
+        | E::OpenDevice { .. }
+        | E::ReadDevice { .. }
+        | E::Probe { .. }
+        | E::ProbeUnclear { .. }
+        | E::Format { .. }
+        | E::Mount { .. }
+        | E::Bind { .. }
+        | E::RemountReadOnly { .. }
+        | E::Unmount { .. }
+        | E::CreateTarget { .. }
+        | E::RemoveTarget { .. }
+        | E::Stat { .. }
+        | E::Resize { .. } => internal(msg),
     }
 }
 

@@ -6,8 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::cli::Values;
+use crate::csi::server::Endpoint;
 use crate::rds;
-use crate::server::Endpoint;
 use crate::volume::{self, NqnPrefix, SizePolicy};
 
 /// Everything `rds-csi serve` needs.

@@ -11,11 +11,11 @@ use std::time::Duration;
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode};
 use serde_json::{json, Map, Value};
 
-use crate::proto::csi;
-use crate::proto::csi::volume_capability::access_mode::Mode;
-use crate::proto::grpc::{ControllerClient, IdentityClient, NodeClient};
-use crate::server::Endpoint;
-use crate::status::code_name;
+use crate::csi::proto::csi;
+use crate::csi::proto::csi::volume_capability::access_mode::Mode;
+use crate::csi::proto::grpc::{ControllerClient, IdentityClient, NodeClient};
+use crate::csi::server::Endpoint;
+use crate::csi::status::code_name;
 use crate::volume::parse_bytes;
 
 const HELP: &str = "rds-csi ctl — talk to a CSI socket (this driver's or any other)

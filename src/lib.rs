@@ -9,15 +9,21 @@ pub mod csi;
 pub mod ctl;
 pub mod echo;
 pub mod host;
-pub mod identity;
 pub mod locks;
 pub mod metrics;
-pub mod proto;
 pub mod rds;
 pub mod retry;
-pub mod server;
-pub mod status;
 pub mod volume;
+
+/// The generated CSI messages and gRPC clients, for the binaries and the
+/// integration tests (which talk to the driver as kubelet would).
+pub use csi::proto;
+
+// The old paths of the gRPC edge, kept only for `node` (the node service
+// still in src/node.rs) until it moves to src/node/ and src/csi/node.rs;
+// nothing else may use them.
+#[doc(hidden)]
+pub use csi::{identity, server, status};
 
 // The node plugin (attach over NVMe/TCP, format, mount).
 pub mod device;

@@ -10,13 +10,13 @@ use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
 use rds_csi::controller::{ControllerSettings, RdsHealth};
 use rds_csi::csi::controller::ControllerService;
+use rds_csi::csi::identity::{IdentityService, Readiness};
+use rds_csi::csi::proto::grpc;
+use rds_csi::csi::server::{self, Dispatcher};
 use rds_csi::host::TerminationSignals;
-use rds_csi::identity::{IdentityService, Readiness};
 use rds_csi::metrics;
 use rds_csi::node::NodeService;
-use rds_csi::proto::grpc;
 use rds_csi::rds;
-use rds_csi::server::{self, Dispatcher};
 use rds_csi::{error_chain, version};
 
 /// The start-up orphan clean-up may delay serving by about this much at most.

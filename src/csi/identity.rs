@@ -8,9 +8,9 @@ use log::{info, warn};
 use protobuf::well_known_types::wrappers::BoolValue;
 use protobuf::MessageField;
 
-use crate::proto::csi;
-use crate::proto::grpc::Identity;
-use crate::server::CallInfo;
+use super::proto::csi;
+use super::proto::grpc::Identity;
+use super::server::CallInfo;
 
 /// A condition the driver needs before it can do useful work (the RDS
 /// answers, the `nvme_tcp` module is loaded, ...). `check` must be cheap: it

@@ -63,7 +63,7 @@ impl ServeConfig {
             ));
         }
         if let Some(id) = &node_id {
-            check_node_id(id)
+            volume::check_node_id(id)
                 .map_err(|rule| ConfigError(format!("{} {id:?}: {rule}", v.describe("node-id"))))?;
         }
         let node_settings = match (&node_id, node) {
@@ -358,21 +358,6 @@ pub fn check_driver_name(name: &str) -> Result<(), &'static str> {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if !alnum(name.as_bytes()[0]) || !alnum(name.as_bytes()[name.len() - 1]) {
         return Err("must start and end with a letter or digit");
-    }
-    Ok(())
-}
-
-/// Node ids end up in the RDS disk comment as the attachment record, so
-/// keep them to the characters a Kubernetes node name can have.
-pub fn check_node_id(id: &str) -> Result<(), &'static str> {
-    if id.is_empty() || id.len() > 253 {
-        return Err("must be 1 to 253 characters");
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-    {
-        return Err("may only contain letters, digits, '-', '.' and '_'");
     }
     Ok(())
 }

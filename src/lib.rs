@@ -8,6 +8,7 @@ pub mod controller;
 pub mod csi;
 pub mod ctl;
 pub mod echo;
+pub mod health;
 pub mod host;
 pub mod locks;
 pub mod metrics;
@@ -23,7 +24,11 @@ pub use csi::proto;
 // still in src/node.rs) until it moves to src/node/ and src/csi/node.rs;
 // nothing else may use them.
 #[doc(hidden)]
-pub use csi::{identity, server, status};
+pub use csi::{server, status};
+#[doc(hidden)]
+pub mod identity {
+    pub use crate::health::Readiness;
+}
 
 // The node plugin (attach over NVMe/TCP, format, mount).
 pub mod device;

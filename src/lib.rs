@@ -6,12 +6,12 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod csi;
-pub mod ctl;
 pub mod echo;
 pub mod health;
 pub mod host;
 pub mod locks;
 pub mod metrics;
+pub mod ops;
 pub mod rds;
 pub mod retry;
 pub mod volume;
@@ -32,7 +32,6 @@ pub mod identity {
 
 // The node plugin (attach over NVMe/TCP, format, mount).
 pub mod device;
-pub mod doctor;
 pub mod exec;
 pub mod mount;
 pub mod node;

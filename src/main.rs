@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             Ok(cfg) => run(serve(cfg)),
             Err(e) => usage_error(&e),
         },
-        Command::Ctl(args) => match rds_csi::ctl::run(args, &|k| std::env::var(k).ok()) {
+        Command::Ctl(args) => match rds_csi::ops::ctl::run(args, &|k| std::env::var(k).ok()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rds-csi ctl: {e}");
@@ -56,8 +56,8 @@ fn main() -> ExitCode {
             // Only problems are logged; the report itself goes to stdout.
             let level = rds_csi::config::log_level(&values).unwrap_or(log::LevelFilter::Warn);
             init_logging(level.min(log::LevelFilter::Warn));
-            match rds_csi::doctor::run(&values) {
-                Ok(checks) if rds_csi::doctor::report(&checks) => ExitCode::SUCCESS,
+            match rds_csi::ops::doctor::run(&values) {
+                Ok(checks) if rds_csi::ops::doctor::report(&checks) => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::FAILURE,
                 Err(e) => usage_error(&e),
             }

@@ -11,8 +11,8 @@ use rds_csi::config::ServeConfig;
 use rds_csi::controller::{ControllerSettings, RdsHealth};
 use rds_csi::csi::controller::ControllerService;
 use rds_csi::csi::identity::IdentityService;
-use rds_csi::csi::proto::grpc;
-use rds_csi::csi::server::{self, Dispatcher};
+use rds_csi::csi::server::Dispatcher;
+use rds_csi::csi::Services;
 use rds_csi::health::Readiness;
 use rds_csi::host::TerminationSignals;
 use rds_csi::metrics;
@@ -122,7 +122,7 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     let mut readiness: Vec<Arc<dyn Readiness>> = Vec::new();
-    let mut services = Vec::new();
+    let mut services = Services::new(&dispatcher);
     // The node plugin cleans up its orphaned connections before serving.
     let node = cfg.node_settings.clone().map(|s| Arc::new(NodeService::new(s)));
     if let Some(node) = &node {
@@ -145,18 +145,18 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             allow_multi_node_block: cc.allow_multi_node_block,
         };
         let controller = ControllerService::new(rds, settings);
-        services.push(grpc::controller_service(Arc::new(controller), &dispatcher));
+        services.add_controller(Arc::new(controller));
     }
     if let Some(node) = node {
-        services.push(grpc::node_service(node, &dispatcher));
+        services.add_node(node);
     }
     let identity = Arc::new(IdentityService::new(
         cfg.driver_name.clone(),
         cfg.controller,
         readiness,
     ));
-    services.push(grpc::identity_service(identity, &dispatcher));
-    let running = server::start(&cfg.endpoint, dispatcher, services)?;
+    services.add_identity(identity);
+    let running = services.start(&cfg.endpoint)?;
     let signal = signals.wait()?;
     info!("{signal} received");
     running.shutdown(cfg.shutdown_grace);

@@ -9,3 +9,41 @@ pub mod identity;
 pub mod proto;
 pub mod server;
 pub mod status;
+
+use std::sync::Arc;
+
+use proto::grpc;
+use server::{Dispatcher, Endpoint, Running, ServerError};
+
+/// The services one process serves, each registered on the one dispatcher:
+/// `main` says which, and never sees the gRPC types.
+pub struct Services {
+    dispatcher: Dispatcher,
+    list: Vec<grpcio::Service>,
+}
+
+impl Services {
+    pub fn new(dispatcher: &Dispatcher) -> Self {
+        Services {
+            dispatcher: dispatcher.clone(),
+            list: Vec::new(),
+        }
+    }
+
+    pub fn add_controller(&mut self, svc: Arc<impl grpc::Controller>) {
+        self.list.push(grpc::controller_service(svc, &self.dispatcher));
+    }
+
+    pub fn add_node(&mut self, svc: Arc<impl grpc::Node>) {
+        self.list.push(grpc::node_service(svc, &self.dispatcher));
+    }
+
+    pub fn add_identity(&mut self, svc: Arc<impl grpc::Identity>) {
+        self.list.push(grpc::identity_service(svc, &self.dispatcher));
+    }
+
+    /// Binds `endpoint` and serves them (see [`server::start`]).
+    pub fn start(self, endpoint: &Endpoint) -> Result<Running, ServerError> {
+        server::start(endpoint, self.dispatcher, self.list)
+    }
+}

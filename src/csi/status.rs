@@ -62,9 +62,14 @@ constructors! {
 /// `what` says which CSI operation on which volume failed; the client's own
 /// message adds which REST operation and what the RDS said.
 pub fn from_rds(what: &str, err: &crate::rds::Error) -> RpcStatus {
-    use crate::rds::Kind;
     let message = format!("{what}: {}", crate::error_chain(err));
-    let code = match err.kind() {
+    RpcStatus::with_message(rds_code(err.kind()), message)
+}
+
+/// The code for each kind of RouterOS client failure.
+fn rds_code(kind: crate::rds::Kind) -> RpcStatusCode {
+    use crate::rds::Kind;
+    match kind {
         // Transient after the client's own retries: the sidecar retries later.
         Kind::Unavailable => RpcStatusCode::UNAVAILABLE,
         Kind::NotEnoughSpace => RpcStatusCode::RESOURCE_EXHAUSTED,
@@ -77,8 +82,7 @@ pub fn from_rds(what: &str, err: &crate::rds::Error) -> RpcStatus {
         Kind::Unauthorized | Kind::Tls => RpcStatusCode::UNAVAILABLE,
         Kind::TooOld | Kind::Rejected | Kind::Config => RpcStatusCode::FAILED_PRECONDITION,
         Kind::Protocol => RpcStatusCode::INTERNAL,
-    };
-    RpcStatus::with_message(code, message)
+    }
 }
 
 /// A required string field: present and non-empty, or INVALID_ARGUMENT
@@ -221,6 +225,43 @@ mod tests {
         assert_eq!(code_name(RpcStatusCode::OK), "OK");
         assert_eq!(code_name(RpcStatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
         assert_eq!(code_name(RpcStatusCode::from(99)), "INVALID_STATUS_CODE");
+    }
+
+    #[test]
+    fn every_rds_failure_kind_has_its_code() {
+        use crate::rds::Kind;
+        use RpcStatusCode as C;
+        // Exhaustive: a new kind breaks this test's build until it has a row.
+        let row = |k: Kind| match k {
+            Kind::Config => 0,
+            Kind::NotFound => 1,
+            Kind::AlreadyExists => 2,
+            Kind::NotEnoughSpace => 3,
+            Kind::InvalidValue => 4,
+            Kind::Unauthorized => 5,
+            Kind::TooOld => 6,
+            Kind::Unavailable => 7,
+            Kind::Tls => 8,
+            Kind::Rejected => 9,
+            Kind::Protocol => 10,
+        };
+        let table = [
+            (Kind::Config, C::FAILED_PRECONDITION),
+            (Kind::NotFound, C::NOT_FOUND),
+            (Kind::AlreadyExists, C::ALREADY_EXISTS),
+            (Kind::NotEnoughSpace, C::RESOURCE_EXHAUSTED),
+            (Kind::InvalidValue, C::INVALID_ARGUMENT),
+            (Kind::Unauthorized, C::UNAVAILABLE),
+            (Kind::TooOld, C::FAILED_PRECONDITION),
+            (Kind::Unavailable, C::UNAVAILABLE),
+            (Kind::Tls, C::UNAVAILABLE),
+            (Kind::Rejected, C::FAILED_PRECONDITION),
+            (Kind::Protocol, C::INTERNAL),
+        ];
+        for (i, (kind, code)) in table.into_iter().enumerate() {
+            assert_eq!(row(kind), i, "{kind:?} out of order");
+            assert_eq!(rds_code(kind), code, "{kind:?}");
+        }
     }
 
     #[test]

@@ -243,12 +243,20 @@ impl Dispatcher {
                 let volume_id = volume_of(&req);
                 match oversized_field(&req, MAX_FIELD_BYTES) {
                     None => (volume_id, Ok(req)),
-                    Some((field, bytes)) => (
-                        volume_id,
-                        Err(status::invalid_argument(format!(
+                    Some((field, bytes)) => {
+                        let why = format!(
                             "{field} is {bytes} bytes, over the limit of {MAX_FIELD_BYTES} bytes for a request field"
-                        ))),
-                    ),
+                        );
+                        // The CSI spec answers a starting_token the plugin
+                        // did not hand out (and it hands out none this
+                        // long) with ABORTED, not INVALID_ARGUMENT.
+                        let refusal = if field == "starting_token" {
+                            status::aborted(why)
+                        } else {
+                            status::invalid_argument(why)
+                        };
+                        (volume_id, Err(refusal))
+                    }
                 }
             }
             Err(NotDecoded(why)) => (

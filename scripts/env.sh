@@ -42,7 +42,7 @@ case "$RDS_TARGET" in
 	# with its bundled libc++ and musl is the one that links.
 	export CXX="$RDS_TOOLS/bin/zigcxx-musl"
 	export CXX_x86_64_unknown_linux_musl="$CXX"
-	# gRPC 1.56 under clang >= 19 and musl >= 1.2.4 (see shared/BUILD-NOTES.md).
+	# gRPC 1.56 under clang >= 19 and musl >= 1.2.4 (see docs/build.md).
 	export CFLAGS_x86_64_unknown_linux_musl="-D_LARGEFILE64_SOURCE"
 	export CXXFLAGS_x86_64_unknown_linux_musl="-D_LARGEFILE64_SOURCE -Wno-missing-template-arg-list-after-template-kw"
 	;;

@@ -19,9 +19,11 @@ say() { printf 'setup: %s\n' "$*"; }
 # cmake, g++: gRPC core's build. e2fsprogs, xfsprogs: mkfs/resize for ext4 and
 # xfs. util-linux: losetup, blkid, mount. file, binutils: checking and
 # stripping the static binary. python3-venv: the tool venv. kmod: modprobe
-# for the node's checks. iproute2, procps: test helpers.
+# for the node's checks. iproute2, procps: test helpers. systemd: its
+# systemd-analyze verifies deploy/systemd's unit (tests/deploy.rs; nothing is
+# started, the package only brings the tools).
 packages=(cmake build-essential pkg-config e2fsprogs xfsprogs util-linux mount file binutils
-	python3 python3-venv python3-pip kmod procps iproute2 ca-certificates)
+	python3 python3-venv python3-pip kmod procps iproute2 ca-certificates systemd)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,6 @@
 //! rds-csi: a Kubernetes CSI driver for the MikroTik RDS over NVMe/TCP, as one
 //! small synchronous binary. `main.rs` wires these modules together; see
-//! DESIGN.md for the flow of data between them.
+//! the README's "Layout" section for the flow of data between them.
 
 pub mod cli;
 pub mod config;

@@ -741,7 +741,8 @@ fn probe_is_not_ready_with_wrong_credentials() {
 }
 
 // ---------------------------------------------------------------------------
-// Only our own disks (issue 10, items 1, 2, 6, 7, 9)
+// Only our own disks: hand-made and foreign disks are never touched, forged
+// names and tokens are refused
 // ---------------------------------------------------------------------------
 
 /// Makes a disk through rds-sim's REST API, as an operator would by hand.

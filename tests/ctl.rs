@@ -4,25 +4,12 @@
 mod common;
 
 use common::csi::ControllerEnv;
-use common::driver::driver_bin;
+use common::driver::run_cli;
 use serde_json::Value;
 
 /// Runs `rds-csi ctl --endpoint <env's socket> <args>`.
 fn ctl(env: &ControllerEnv, args: &[&str]) -> (i32, String, String) {
-    let endpoint = format!("unix://{}", env.driver.socket.display());
-    let out = std::process::Command::new(driver_bin())
-        .arg("ctl")
-        .arg("--endpoint")
-        .arg(&endpoint)
-        .args(args)
-        .env_clear()
-        .output()
-        .expect("run rds-csi ctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    env.driver.ctl(args)
 }
 
 fn ok_json(env: &ControllerEnv, args: &[&str]) -> Value {
@@ -131,14 +118,9 @@ fn usage_errors_exit_2() {
 #[test]
 fn an_unreachable_socket_is_a_clear_failure() {
     let dir = common::TempDir::new("ctl-nosock");
-    let out = std::process::Command::new(driver_bin())
-        .args(["ctl", "--timeout", "2", "--endpoint"])
-        .arg(format!("unix://{}", dir.join("none.sock").display()))
-        .arg("probe")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let endpoint = format!("unix://{}", dir.join("none.sock").display());
+    let (code, _, err) = run_cli(&["ctl", "--timeout", "2", "--endpoint", &endpoint, "probe"], &[]);
+    assert_eq!(code, 1);
     assert!(
         err.contains("Probe failed") && (err.contains("UNAVAILABLE") || err.contains("DEADLINE_EXCEEDED")),
         "{err}"

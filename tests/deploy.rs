@@ -4,9 +4,11 @@
 //! unit give rds-csi passes `rds-csi serve --check-config`; every sidecar's
 //! socket is the driver's socket (through the volume mounts, down to
 //! kubelet's host path); the CSIDriver and the StorageClasses are what the
-//! driver implements and accepts; and the Helm chart, rendered by Helm's own
-//! engine (scripts/helm-render.py), makes the same objects as the plain
-//! manifests.
+//! driver implements and accepts; and the plain manifests are the Helm chart,
+//! the one source, rendered by Helm's own engine (scripts/render-deploy.sh):
+//! rendering again changes nothing.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -951,7 +953,7 @@ fn csidriver_problems(docs: &[Doc]) -> Vec<String> {
 }
 
 #[test]
-fn the_csidriver_object_is_the_one_the_issue_asks_for() {
+fn the_csidriver_attaches_passes_pod_info_publishes_capacity_and_owns_fsgroup() {
     fail_if_any("CSIDriver", csidriver_problems(&plain_docs()));
 }
 
@@ -1051,7 +1053,7 @@ fn storage_class_parameters_pass_the_drivers_own_validator() {
     );
 }
 
-/// The controller sidecars and the flags the issue asks for.
+/// The controller sidecars and the flags each needs for this driver.
 fn sidecar_flag_problems(docs: &[Doc]) -> Vec<String> {
     let mut problems = Vec::new();
     let controller = pods(docs).into_iter().find(|(_, spec)| {
@@ -1146,7 +1148,7 @@ fn sidecar_flag_problems(docs: &[Doc]) -> Vec<String> {
 }
 
 #[test]
-fn the_controller_runs_the_sidecars_with_the_flags_the_issue_asks_for() {
+fn the_controller_runs_provisioner_attacher_resizer_and_probe_with_their_flags() {
     fail_if_any("controller sidecars", sidecar_flag_problems(&plain_docs()));
 }
 
@@ -1300,7 +1302,8 @@ fn helm_template_delimiters_are_balanced() {
 }
 
 /// The Python with Helm's engine (scripts/setup.sh installs it). Without it
-/// the rendering tests fail, unless RDS_CSI_SKIP_HELM=1 says to skip them.
+/// the rendering tests fail, unless RDS_CSI_SKIP_HELM=1 says to skip them
+/// (loudly; under CI=true a skip fails).
 fn helm_python() -> Option<PathBuf> {
     let tools = std::env::var_os("RDS_TOOLS")
         .map(PathBuf::from)
@@ -1310,9 +1313,9 @@ fn helm_python() -> Option<PathBuf> {
         return Some(python);
     }
     if std::env::var("RDS_CSI_SKIP_HELM").as_deref() == Ok("1") {
-        eprintln!(
-            "SKIPPED: Helm rendering (RDS_CSI_SKIP_HELM=1; {} missing)",
-            python.display()
+        common::skip(
+            "the Helm rendering tests",
+            &format!("RDS_CSI_SKIP_HELM=1 and {} missing", python.display()),
         );
         return None;
     }
@@ -1450,38 +1453,121 @@ fn plain_from(files: &[&str]) -> Vec<Doc> {
     docs
 }
 
+/// The files scripts/render-deploy.sh writes (scripts/helm-render.py's
+/// MANIFESTS); every other file under deploy/kubernetes/ is written by hand.
+const RENDERED: &[&str] = &[
+    "10-rbac.yaml",
+    "20-csidriver.yaml",
+    "30-controller.yaml",
+    "40-node.yaml",
+    "examples/storageclasses.yaml",
+    "alternatives/node-registrar.yaml",
+];
+const HAND_WRITTEN: &[&str] = &["00-namespace.yaml", "examples/secret.yaml"];
+
+/// Runs scripts/render-deploy.sh into `out` with the Helm engine at `python`.
+fn render_deploy(python: &Path, out: &Path) -> Result<(), String> {
+    let tools = python
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("no tool folder above {}", python.display()))?;
+    let run = Command::new(repo().join("scripts/render-deploy.sh"))
+        .arg(out)
+        .env("RDS_TOOLS", tools)
+        .output()
+        .map_err(|e| format!("run scripts/render-deploy.sh: {e}"))?;
+    if run.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "scripts/render-deploy.sh: {}\n{}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        ))
+    }
+}
+
+/// Where the files rendered into `fresh` differ from those in `committed`.
+fn rendered_differences(fresh: &Path, committed: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in RENDERED {
+        let want = read(&fresh.join(name));
+        let have = std::fs::read_to_string(committed.join(name)).unwrap_or_default();
+        if want != have {
+            let at = want
+                .lines()
+                .zip(have.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| want.lines().count().min(have.lines().count()));
+            problems.push(format!(
+                "deploy/kubernetes/{name} differs from the chart from line {}: \
+                 chart {:?}, file {:?} (run scripts/render-deploy.sh)",
+                at + 1,
+                want.lines().nth(at).unwrap_or("<end>"),
+                have.lines().nth(at).unwrap_or("<end>"),
+            ));
+        }
+    }
+    problems
+}
+
 #[test]
-fn the_helm_chart_renders_the_plain_manifests() {
+fn the_plain_manifests_are_the_chart_rendered_again() {
     let Some(python) = helm_python() else { return };
-    // Defaults: the base manifests (less the Namespace: `helm install
-    // --create-namespace` makes it) and the example StorageClasses.
-    let rendered =
-        render(&python, &json!({"rds": {"address": EXAMPLE_RDS}})).unwrap_or_else(|e| panic!("{e}"));
-    let plain: Vec<Doc> = plain_from(&[
-        "10-rbac.yaml",
-        "20-csidriver.yaml",
-        "30-controller.yaml",
-        "40-node.yaml",
-        "examples/storageclasses.yaml",
-    ]);
-    fail_if_any(
-        "chart (defaults) vs deploy/kubernetes",
-        compare(&plain, &rendered),
-    );
+    let out = common::TempDir::new("render-deploy");
+    render_deploy(&python, &out.path).unwrap_or_else(|e| panic!("{e}"));
+    let plain = deploy_dir().join("kubernetes");
+    let mut problems = rendered_differences(&out.path, &plain);
+    // Nothing else under deploy/kubernetes/ that the script would not write
+    // or that is not known to be written by hand.
+    for path in yaml_files(&plain) {
+        let name = path.strip_prefix(&plain).unwrap_or(&path).display().to_string();
+        if !RENDERED.contains(&name.as_str()) && !HAND_WRITTEN.contains(&name.as_str()) {
+            problems.push(format!(
+                "deploy/kubernetes/{name} is neither rendered from the chart nor known to be hand-written"
+            ));
+        }
+    }
+    fail_if_any("deploy/kubernetes vs the chart", problems);
+}
 
-    // node.mode=host: the registrar-only DaemonSet.
-    let host = render(
-        &python,
-        &json!({"rds": {"address": EXAMPLE_RDS}, "node": {"mode": "host"}}),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let host_ds: Vec<Doc> = host.into_iter().filter(|d| d.kind() == "DaemonSet").collect();
-    fail_if_any(
-        "chart (node.mode=host) vs alternatives/node-registrar.yaml",
-        compare(&plain_from(&["alternatives/node-registrar.yaml"]), &host_ds),
+#[test]
+fn a_hand_edit_of_a_rendered_manifest_is_caught() {
+    let Some(python) = helm_python() else { return };
+    let fresh = common::TempDir::new("render-deploy-fresh");
+    render_deploy(&python, &fresh.path).unwrap_or_else(|e| panic!("{e}"));
+    let edited = common::TempDir::new("render-deploy-edited");
+    for name in RENDERED {
+        let text = read(&fresh.path.join(name));
+        let path = edited.path.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        let text = if *name == "30-controller.yaml" {
+            text.replace("--log-level=info", "--log-level=debug")
+        } else {
+            text
+        };
+        std::fs::write(path, text).expect("write");
+    }
+    assert!(rendered_differences(&fresh.path, &fresh.path).is_empty());
+    let problems = rendered_differences(&fresh.path, &edited.path);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("30-controller.yaml") && problems[0].contains("--log-level=debug"),
+        "{problems:?}"
     );
+    // Generated files say so, and carry none of Helm's bookkeeping labels.
+    let controller = read(&fresh.path.join("30-controller.yaml"));
+    assert!(
+        controller.starts_with("# Generated by scripts/render-deploy.sh"),
+        "{controller}"
+    );
+    assert!(!controller.contains("managed-by: Helm"), "{controller}");
+}
 
-    // rds.secret.create: the example Secret.
+#[test]
+fn the_example_secret_is_the_one_the_chart_makes() {
+    let Some(python) = helm_python() else { return };
     let example = plain_from(&["examples/secret.yaml"]);
     let data = &example[0].obj["stringData"];
     let values = json!({"rds": {"address": EXAMPLE_RDS, "secret": {
@@ -1735,7 +1821,11 @@ fn the_systemd_unit_passes_check_config_and_registers_where_the_registrar_looks(
 #[test]
 fn systemd_analyze_verifies_the_unit() {
     let Ok(v) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("SKIPPED: systemd-analyze is not installed");
+        // scripts/setup.sh installs it (Debian package systemd).
+        common::skip(
+            "systemd_analyze_verifies_the_unit",
+            "systemd-analyze is not installed (run scripts/setup.sh)",
+        );
         return;
     };
     assert!(v.status.success());

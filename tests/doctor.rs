@@ -138,18 +138,10 @@ fn a_full_pool_is_reported() {
 fn node_checks_on_a_prepared_and_an_unprepared_node() {
     let sim = Sim::start();
     let fabric = Fabric::new(&sim, true);
-    let kubelet = TempDir::new("kubelet");
-    let mut args: Vec<String> = vec!["doctor".into(), "--node".into()];
-    for (flag, path) in [
-        ("--nvme-bin", &fabric.nvme),
-        ("--sys-root", &fabric.sys),
-        ("--etc-root", &fabric.etc),
-    ] {
-        args.push(flag.into());
-        args.push(path.display().to_string());
-    }
-    args.push("--kubelet-dir".into());
-    args.push(kubelet.path.display().to_string());
+    // The node plugin's own flags on the fabric (kubelet's directory is the
+    // fabric's, which exists and is writable).
+    let mut args: Vec<String> = vec!["doctor".into()];
+    args.extend(fabric.driver_args());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, out, err) = run_cli(&argv, &[]);
     assert_eq!(code, 0, "{out}{err}");

@@ -172,19 +172,15 @@ fn other_paths_are_not_found_and_the_flag_is_checked() {
 
 #[test]
 fn node_metrics_follow_connects_stages_and_orphans() {
-    use common::driver::{opt, Driver, DriverOpts};
-    use common::fabric::{capability, context, create_volume, stage_request, unstage_request, Fabric};
+    use common::csi::capability;
+    use common::driver::opt;
+    use common::fabric::{context, create_volume, stage_request, unstage_request, Fabric};
     let sim = common::Sim::start();
     let fabric = Fabric::new(&sim, true);
     // An orphan: connected before the node plugin starts, used by nothing.
     let orphan = create_volume(&sim, "orphan", 1 << 30);
     fabric.connect(&orphan.nqn);
-    let mut args = fabric.driver_args();
-    args.extend(["--metrics-address".to_string(), "127.0.0.1:0".to_string()]);
-    let driver = Driver::start_with(DriverOpts {
-        args,
-        ..Default::default()
-    });
+    let driver = fabric.start_driver(&["--metrics-address", "127.0.0.1:0"]);
     let url = metrics_url(&driver);
     let before = scrape(&url);
     assert_eq!(before.get("rds_csi_orphans_cleaned_total{}"), 1.0);

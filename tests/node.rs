@@ -10,110 +10,21 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::csi::{capability, capability_of, capability_with_flags, code, Access};
 use common::driver::{opt, Driver, DriverOpts};
-use common::fabric::{self, capability, context, create_volume, Fabric, Volume};
+use common::fabric::{self, context, create_volume, Fabric, Volume};
+use common::node::{expect_ok, NodeEnv};
 use common::Sim;
 use grpcio::RpcStatusCode;
 use rds_csi::proto::csi;
 
 const GIB: u64 = 1 << 30;
 
-/// Fields drop in order: the driver stops first, then the fabric unmounts
-/// and detaches, then the emulator goes.
-struct Node {
-    driver: Driver,
-    fabric: Fabric,
-    sim: Sim,
-}
-
-impl Node {
-    fn start(multipath: bool) -> Node {
-        let sim = Sim::start();
-        let fabric = Fabric::new(&sim, multipath);
-        let driver = start_driver(&fabric, &[]);
-        Node { driver, fabric, sim }
-    }
-
-    fn restart(&mut self) {
-        assert_eq!(self.driver.stop().code(), Some(0), "{}", self.driver.log_text());
-        self.driver = start_driver(&self.fabric, &[]);
-    }
-
-    fn client(&self) -> rds_csi::proto::grpc::NodeClient {
-        self.driver.node()
-    }
-
-    fn stage(
-        &self,
-        vol: &Volume,
-        staging: &Path,
-        block: bool,
-        fs: &str,
-        extra: &[(&str, &str)],
-    ) -> Result<(), grpcio::Error> {
-        let req = fabric::stage_request(vol, staging, capability(block, fs), context(vol, extra));
-        self.client().node_stage_volume(&req, opt(120)).map(|_| ())
-    }
-
-    fn unstage(&self, vol: &Volume, staging: &Path) -> Result<(), grpcio::Error> {
-        self.client()
-            .node_unstage_volume(&fabric::unstage_request(vol, staging), opt(60))
-            .map(|_| ())
-    }
-
-    fn publish(
-        &self,
-        vol: &Volume,
-        staging: &Path,
-        target: &Path,
-        block: bool,
-        readonly: bool,
-    ) -> Result<(), grpcio::Error> {
-        let req = fabric::publish_request(vol, staging, target, capability(block, "ext4"), readonly);
-        self.client().node_publish_volume(&req, opt(60)).map(|_| ())
-    }
-
-    fn unpublish(&self, vol: &Volume, target: &Path) -> Result<(), grpcio::Error> {
-        self.client()
-            .node_unpublish_volume(&fabric::unpublish_request(vol, target), opt(60))
-            .map(|_| ())
-    }
-
-    fn stats(&self, vol: &Volume, path: &Path) -> Result<csi::NodeGetVolumeStatsResponse, grpcio::Error> {
-        self.client()
-            .node_get_volume_stats(&fabric::stats_request(vol, path), opt(30))
-    }
-
-    fn log(&self) -> String {
-        self.driver.log_text()
-    }
-}
-
-fn start_driver(fabric: &Fabric, extra: &[&str]) -> Driver {
-    let mut args = fabric.driver_args();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Driver::start_with(DriverOpts {
-        args,
-        ..Default::default()
-    })
-}
-
-fn code(err: grpcio::Error) -> (RpcStatusCode, String) {
-    match err {
-        grpcio::Error::RpcFailure(s) => (s.code(), s.message().to_string()),
-        other => panic!("expected an RPC status, got {other:?}"),
-    }
-}
-
-fn expect_ok<T>(what: &str, node: &Node, r: Result<T, grpcio::Error>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e:?}\ndriver log:\n{}", node.log()))
-}
-
 // ---------------------------------------------------------------------------
 
 #[test]
 fn storage_class_connection_parameters_reach_nvme_connect() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "params", GIB);
     let staging = node.fabric.path("staging");
     let r = node.stage(
@@ -157,7 +68,7 @@ fn storage_class_connection_parameters_reach_nvme_connect() {
     let req = fabric::stage_request(
         &vol2,
         &staging2,
-        fabric::capability_with_flags(false, "ext4", &["noatime", "discard"]),
+        capability_with_flags(false, "ext4", &["noatime", "discard"]),
         context(&vol2, &[]),
     );
     expect_ok(
@@ -196,7 +107,7 @@ fn storage_class_connection_parameters_reach_nvme_connect() {
 #[test]
 fn stage_publish_write_unstage_and_stage_again_keeps_the_data() {
     for (multipath, fs_type) in [(true, "ext4"), (false, "xfs")] {
-        let node = Node::start(multipath);
+        let node = NodeEnv::start(multipath);
         let vol = create_volume(&node.sim, "flow", GIB);
         let staging = node.fabric.path("staging");
         let target = node.fabric.path("pod/volume");
@@ -252,7 +163,7 @@ fn stage_publish_write_unstage_and_stage_again_keeps_the_data() {
 
 #[test]
 fn block_volume_publish_and_io() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "block", GIB);
     let staging = node.fabric.path("block-staging");
     let target = node.fabric.path("pod/dev/xvda");
@@ -311,7 +222,7 @@ fn block_volume_publish_and_io() {
 
 #[test]
 fn two_transient_connect_failures_are_retried_with_backoff() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "transient", GIB);
     node.fabric.fault(&["connect-fail", "2", "transient"]);
     let started = Instant::now();
@@ -335,7 +246,7 @@ fn two_transient_connect_failures_are_retried_with_backoff() {
 
 #[test]
 fn a_definite_connect_failure_is_not_retried() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "definite", GIB);
     node.fabric.fault(&["connect-fail", "1", "definite"]);
     let started = Instant::now();
@@ -365,8 +276,8 @@ fn a_volume_the_rds_does_not_export_is_retried_like_a_rebooting_rds() {
     // lane): retried with the backoff, then UNAVAILABLE, nothing connected.
     let sim = Sim::start();
     let fabric = Fabric::new(&sim, true);
-    let driver = start_driver(&fabric, &["--connect-attempts", "2"]);
-    let node = Node { driver, fabric, sim };
+    let driver = fabric.start_driver(&["--connect-attempts", "2"]);
+    let node = NodeEnv { driver, fabric, sim };
     // A served volume keeps the port listening.
     let _served = create_volume(&node.sim, "served", GIB);
     let ghost = Volume {
@@ -400,7 +311,7 @@ fn a_volume_the_rds_does_not_export_is_retried_like_a_rebooting_rds() {
 
 #[test]
 fn a_delayed_device_is_waited_for_and_a_concurrent_call_is_aborted() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "delay", GIB);
     node.fabric.fault(&["device-delay", "3000"]);
     let staging = node.fabric.path("s");
@@ -426,7 +337,7 @@ fn a_delayed_device_is_waited_for_and_a_concurrent_call_is_aborted() {
 
 #[test]
 fn an_existing_filesystem_is_never_reformatted() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "existing", GIB);
     let backing = node.sim.backing_path(&vol.file_path);
     let st = std::process::Command::new("mkfs.ext4")
@@ -482,7 +393,7 @@ fn write_dos_partition_table(path: &Path) {
 
 #[test]
 fn a_failed_probe_never_formats() {
-    let node = Node::start(false);
+    let node = NodeEnv::start(false);
     let vol = create_volume(&node.sim, "unreadable", GIB);
     // The namespace's device node points at a device that does not answer.
     node.fabric.fault(&["unreadable", "on"]);
@@ -513,7 +424,7 @@ fn orphans_under_the_prefix_are_disconnected_at_start_and_nothing_else() {
     let staged = create_volume(&sim, "staged", GIB);
     let staging = fabric.path("staged");
     {
-        let first = start_driver(&fabric, &[]);
+        let first = fabric.start_driver(&[]);
         let req = fabric::stage_request(
             &staged,
             &staging,
@@ -530,7 +441,7 @@ fn orphans_under_the_prefix_are_disconnected_at_start_and_nothing_else() {
     fabric.connect(&foreign.nqn);
     assert!(fabric.connected(&orphan.nqn) && fabric.connected(&foreign.nqn));
 
-    let mut driver = start_driver(&fabric, &[]);
+    let mut driver = fabric.start_driver(&[]);
     assert!(
         !fabric.connected(&orphan.nqn),
         "orphan still connected:\n{}",
@@ -560,7 +471,7 @@ fn orphans_under_the_prefix_are_disconnected_at_start_and_nothing_else() {
 
 #[test]
 fn a_reconnecting_controller_makes_stats_abnormal() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "health", GIB);
     let staging = node.fabric.path("s");
     let target = node.fabric.path("pod/v");
@@ -642,7 +553,7 @@ fn a_reconnecting_controller_makes_stats_abnormal() {
 #[test]
 fn a_restart_between_stage_and_publish_loses_nothing() {
     for block in [false, true] {
-        let mut node = Node::start(true);
+        let mut node = NodeEnv::start(true);
         let vol = create_volume(&node.sim, "restart", GIB);
         let staging = node.fabric.path("s");
         let target = node.fabric.path(if block { "pod/dev" } else { "pod/v" });
@@ -671,7 +582,7 @@ fn a_restart_between_stage_and_publish_loses_nothing() {
 
 #[test]
 fn every_call_twice_gives_the_same_answer() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "twice", GIB);
     let staging = node.fabric.path("s");
     let target = node.fabric.path("pod/v");
@@ -694,14 +605,14 @@ fn every_call_twice_gives_the_same_answer() {
     let b = expect_ok("stats", &node, node.stats(&vol, &target));
     assert_eq!(a.volume_condition, b.volume_condition);
     assert_eq!(a.usage[0].total, b.usage[0].total);
-    let info = |n: &Node| {
+    let info = |n: &NodeEnv| {
         n.client()
             .node_get_info(&csi::NodeGetInfoRequest::new(), opt(5))
             .unwrap()
     };
     assert_eq!(info(&node), info(&node));
     assert_eq!(info(&node).node_id, "n1");
-    let caps = |n: &Node| {
+    let caps = |n: &NodeEnv| {
         n.client()
             .node_get_capabilities(&csi::NodeGetCapabilitiesRequest::new(), opt(5))
             .unwrap()
@@ -745,7 +656,7 @@ fn has_capability(cap: u32) -> bool {
 #[test]
 fn online_expansion_grows_the_filesystem() {
     for fs_type in ["ext4", "xfs"] {
-        let node = Node::start(true);
+        let node = NodeEnv::start(true);
         let vol = create_volume(&node.sim, "grow", GIB);
         let staging = node.fabric.path("s");
         let target = node.fabric.path("pod/v");
@@ -801,7 +712,7 @@ fn online_expansion_grows_the_filesystem() {
 
 #[test]
 fn a_failed_disconnect_fails_unstage() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "stuck", GIB);
     let staging = node.fabric.path("s");
     expect_ok("stage", &node, node.stage(&vol, &staging, false, "ext4", &[]));
@@ -817,7 +728,7 @@ fn a_failed_disconnect_fails_unstage() {
 
 #[test]
 fn nqns_outside_the_prefix_are_never_connected() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = common::fabric::create_volume_with(&node.sim, "outside", GIB, "nqn.2014-08.org.example");
     let (c, msg) = code(
         node.stage(&vol, &node.fabric.path("s"), false, "ext4", &[])
@@ -832,11 +743,11 @@ fn nqns_outside_the_prefix_are_never_connected() {
 fn probe_names_what_the_node_lacks() {
     let sim = Sim::start();
     let fabric = Fabric::new(&sim, true);
-    let d = start_driver(&fabric, &[]);
+    let d = fabric.start_driver(&[]);
     let ready = d.identity().probe(&csi::ProbeRequest::new(), opt(5)).unwrap();
     assert!(ready.ready.value, "{}", d.log_text());
     drop(d);
-    let d = start_driver(&fabric, &["--max-volumes-per-node", "7"]);
+    let d = fabric.start_driver(&["--max-volumes-per-node", "7"]);
     let info = d
         .node()
         .node_get_info(&csi::NodeGetInfoRequest::new(), opt(5))
@@ -863,7 +774,7 @@ fn probe_names_what_the_node_lacks() {
 
 #[test]
 fn unstage_never_tears_down_another_volume() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "mine", GIB);
     let other = create_volume(&node.sim, "theirs", GIB);
     let staging = node.fabric.path("s");
@@ -892,11 +803,11 @@ fn unstage_never_tears_down_another_volume() {
 }
 
 // ---------------------------------------------------------------------------
-// Issue 10: confined paths, only our own mounts, busy namespaces, children
+// Safety: confined paths, only our own mounts, busy namespaces, children
 // that die with the plugin, CSI details.
 // ---------------------------------------------------------------------------
 
-fn unpublish_path(node: &Node, vol: &Volume, target: &str) -> Result<(), grpcio::Error> {
+fn unpublish_path(node: &NodeEnv, vol: &Volume, target: &str) -> Result<(), grpcio::Error> {
     let mut r = csi::NodeUnpublishVolumeRequest::new();
     r.volume_id = vol.slot.clone();
     r.target_path = target.to_string();
@@ -913,7 +824,7 @@ fn foreign_mount(path: &Path) {
 
 #[test]
 fn node_paths_outside_the_kubelet_dir_are_refused() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "confine", GIB);
     // A precious file outside the kubelet directory (beside it, in the
     // fabric's tree): unpublish must not delete it.
@@ -984,7 +895,7 @@ fn node_paths_outside_the_kubelet_dir_are_refused() {
 
 #[test]
 fn only_this_volumes_own_mounts_and_files_are_touched() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let mine = create_volume(&node.sim, "own", GIB);
     let theirs = create_volume(&node.sim, "other", GIB);
     let (s_mine, t_mine) = (
@@ -1115,7 +1026,7 @@ fn only_this_volumes_own_mounts_and_files_are_touched() {
 
 #[test]
 fn stage_refuses_another_volumes_context() {
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let a = create_volume(&node.sim, "ctx-a", GIB);
     let b = create_volume(&node.sim, "ctx-b", GIB);
     // Volume A's context under B's id.
@@ -1138,7 +1049,7 @@ fn stage_refuses_another_volumes_context() {
 
 #[test]
 fn stats_and_expand_find_only_this_volume() {
-    let mut node = Node::start(true);
+    let mut node = NodeEnv::start(true);
     let vol = create_volume(&node.sim, "where", GIB);
     let other = create_volume(&node.sim, "elsewhere", GIB);
     let (staging, target) = (node.fabric.path("s"), node.fabric.path("pods/a/mount"));
@@ -1159,13 +1070,13 @@ fn stats_and_expand_find_only_this_volume() {
         &node,
         node.publish(&other, &s_other, &t_other, false, false),
     );
-    let expand = |n: &Node, path: &str| {
+    let expand = |n: &NodeEnv, path: &str| {
         let mut req = csi::NodeExpandVolumeRequest::new();
         req.volume_id = vol.slot.clone();
         req.volume_path = path.to_string();
         n.client().node_expand_volume(&req, opt(60))
     };
-    let stats = |n: &Node, path: &str| {
+    let stats = |n: &NodeEnv, path: &str| {
         let mut req = csi::NodeGetVolumeStatsRequest::new();
         req.volume_id = vol.slot.clone();
         req.volume_path = path.to_string();
@@ -1227,7 +1138,7 @@ fn stats_and_expand_find_only_this_volume() {
 fn single_node_multi_writer_is_advertised_and_served() {
     use csi::node_service_capability::rpc::Type;
     use csi::volume_capability::access_mode::Mode;
-    let node = Node::start(true);
+    let node = NodeEnv::start(true);
     let caps = node
         .client()
         .node_get_capabilities(&csi::NodeGetCapabilitiesRequest::new(), opt(5))
@@ -1247,9 +1158,15 @@ fn single_node_multi_writer_is_advertised_and_served() {
         let staging = node.fabric.path(&format!("{}/s", vol.slot));
         let target = node.fabric.path(&format!("{}/t", vol.slot));
         let with_mode = || {
-            let mut cap = capability(block, "ext4");
-            cap.as_mut().unwrap().access_mode.as_mut().unwrap().mode = mode.into();
-            cap
+            let access = if block {
+                Access::Block
+            } else {
+                Access::Mount {
+                    fs: "ext4",
+                    flags: &[],
+                }
+            };
+            protobuf::MessageField::some(capability_of(access, mode))
         };
         let req = fabric::stage_request(&vol, &staging, with_mode(), context(&vol, &[]));
         expect_ok("stage", &node, node.client().node_stage_volume(&req, opt(120)));
@@ -1293,7 +1210,7 @@ fn a_namespace_held_open_is_never_disconnected() {
     let vol = create_volume(&sim, "held", GIB);
     fabric.connect(&vol.nqn);
     let holder = fs::File::open(fabric.device_of(&vol.nqn)).expect("open the namespace");
-    let mut driver = start_driver(&fabric, &[]);
+    let mut driver = fabric.start_driver(&[]);
     assert!(
         fabric.connected(&vol.nqn),
         "disconnected under an open file:\n{}",
@@ -1382,7 +1299,7 @@ fn a_killed_plugin_takes_its_mkfs_along_and_the_next_one_formats_once() {
     let fabric = Fabric::new(&sim, true);
     let vol = create_volume(&sim, "mkfs-kill", 15 << 40);
     let staging = fabric.path("s");
-    let mut first = start_driver(&fabric, &[]);
+    let mut first = fabric.start_driver(&[]);
     let plugin = first.pid();
     let client = first.node();
     let req = fabric::stage_request(&vol, &staging, capability(false, "ext4"), context(&vol, &[]));
@@ -1415,7 +1332,7 @@ fn a_killed_plugin_takes_its_mkfs_along_and_the_next_one_formats_once() {
     let _ = call.join();
     // The next plugin finds an idle namespace, and a stage formats it once
     // (nothing was formatted behind its back).
-    let second = start_driver(&fabric, &[]);
+    let second = fabric.start_driver(&[]);
     let node = second.node();
     let req = fabric::stage_request(&vol, &staging, capability(false, "ext4"), context(&vol, &[]));
     node.node_stage_volume(&req, opt(600))

@@ -58,7 +58,8 @@ fn a_delete_answered_no_such_command_is_not_reported_done() {
 #[test]
 fn the_client_never_takes_no_such_command_for_gone() {
     let sim = Sim::start();
-    let client = sim.client();
+    // Deletes are confined to the base path the volumes live under.
+    let client = sim.client().with_base_path("storage-pool/csi");
     client.create_disk(&new_disk("pvc-nsc", GIB)).unwrap();
     sim.fault(json!({"fail_next": 1, "fail_kind": "no-such-command", "fail_method": "DELETE"}));
     let e = client

@@ -14,10 +14,7 @@ use grpcio::RpcStatusCode;
 use rds_csi::proto::csi;
 
 fn status_code(err: grpcio::Error) -> RpcStatusCode {
-    match err {
-        grpcio::Error::RpcFailure(s) => s.code(),
-        other => panic!("expected an RPC status, got {other:?}"),
-    }
+    common::csi::status_of(err).code()
 }
 
 #[test]

@@ -31,6 +31,12 @@ use rds_csi::rds::{self, NewDisk};
 use rds_csi::volume::{ConnectionConfig, Nqn, VolumeId};
 use serde_json::{json, Value};
 
+// The fake fabric's layout, shared with the integration tests.
+#[allow(dead_code)]
+#[path = "../../tests/common/fabric_tree.rs"]
+mod fabric_tree;
+use fabric_tree::FabricTree;
+
 const GIB: u64 = 1 << 30;
 const PREFIX: &str = "nqn.2000-02.com.mikrotik";
 /// RouterOS answers a REST request in several milliseconds on real
@@ -781,70 +787,27 @@ fn controller_overhead(bins: &Path, work: &Work, grpc: &Arc<Environment>, quick:
 // Node: overhead, device wait, memory
 // ---------------------------------------------------------------------------
 
-struct Fabric {
-    nvme: PathBuf,
-    roots: Roots,
-    state: PathBuf,
-    host_nqn: String,
+/// The fake fabric's tree, laid out as the integration tests lay it out
+/// (one file, `tests/common/fabric_tree.rs`, serves both).
+fn make_fabric(bins: &Path, dir: &Path, sim: &Sim) -> Res<FabricTree> {
+    FabricTree::create(dir, &bins.join("fake-nvme"), &sim.data.join("exports.json"), true)
+        .map_err(|e| format!("lay out the fake fabric in {}: {e}", dir.display()))
 }
 
-fn make_fabric(bins: &Path, dir: &Path, sim: &Sim) -> Res<Fabric> {
-    for d in [
-        "fabric",
-        "sys/module/nvme_tcp",
-        "sys/class/nvme",
-        "sys/class/nvme-subsystem",
-        "sys/class/block",
-        "dev",
-        "etc/nvme",
-        "state",
-    ] {
-        fs::create_dir_all(dir.join(d)).map_err(|e| e.to_string())?;
+/// The host roots of `f` for the driver's own sysfs lookups.
+fn roots(f: &FabricTree) -> Roots {
+    Roots {
+        sys: f.sys.clone(),
+        dev: f.dev.clone(),
+        proc: PathBuf::from("/proc"),
+        etc: f.etc.clone(),
     }
-    let host_nqn = format!(
-        "nqn.2014-08.org.nvmexpress:uuid:bench-{:012x}",
-        fastrand::u64(..) & 0xffff_ffff_ffff
-    );
-    fs::write(dir.join("etc/nvme/hostnqn"), format!("{host_nqn}\n")).map_err(|e| e.to_string())?;
-    let nvme = dir.join("fabric/nvme");
-    let _ = fs::remove_file(&nvme);
-    std::os::unix::fs::symlink(bins.join("fake-nvme"), &nvme).map_err(|e| e.to_string())?;
-    let config = json!({
-        "sys_root": dir.join("sys"), "dev_root": dir.join("dev"),
-        "exports": sim.data.join("exports.json"), "state_dir": dir.join("state"), "multipath": true,
-    });
-    fs::write(dir.join("fabric/fabric.json"), config.to_string()).map_err(|e| e.to_string())?;
-    Ok(Fabric {
-        nvme,
-        roots: Roots {
-            sys: dir.join("sys"),
-            dev: dir.join("dev"),
-            proc: PathBuf::from("/proc"),
-            etc: dir.join("etc"),
-        },
-        state: dir.join("state"),
-        host_nqn,
-    })
 }
 
-/// `kubelet` holds the staging and target paths the bench uses: the node
-/// plugin refuses paths outside its kubelet directory.
-fn node_args(f: &Fabric, kubelet: &Path) -> Vec<String> {
-    vec![
-        "--kubelet-dir".into(),
-        kubelet.display().to_string(),
-        "--node".into(),
-        "--node-id".into(),
-        "bench".into(),
-        "--nvme-bin".into(),
-        f.nvme.display().to_string(),
-        "--sys-root".into(),
-        f.roots.sys.display().to_string(),
-        "--dev-root".into(),
-        f.roots.dev.display().to_string(),
-        "--etc-root".into(),
-        f.roots.etc.display().to_string(),
-    ]
+/// `serve` flags for the bench's node plugin. Its staging and target paths
+/// lie under the fabric's kubelet directory (the plugin refuses others).
+fn node_args(f: &FabricTree) -> Vec<String> {
+    f.node_args("bench")
 }
 
 fn command(program: &Path, args: &[&str]) -> Res<()> {
@@ -942,7 +905,7 @@ fn driver_cycle(n: &NodeClient, v: &NodeVolume) -> Res<()> {
 /// The external commands of one cycle, run directly: connect (same
 /// arguments as the driver), wait for the device, probe, mount, bind,
 /// unmount twice, disconnect.
-fn direct_cycle(f: &Fabric, v: &NodeVolume) -> Res<()> {
+fn direct_cycle(f: &FabricTree, v: &NodeVolume) -> Res<()> {
     let target = Target {
         nqn: Nqn::parse(&v.nqn)?,
         address: "127.0.0.1".into(),
@@ -951,7 +914,7 @@ fn direct_cycle(f: &Fabric, v: &NodeVolume) -> Res<()> {
     let args = connect_args(&target, &ConnectionConfig::default(), Some(&f.host_nqn));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     command(&f.nvme, &argv)?;
-    let (_, dev) = Sysfs::new(f.roots.clone())
+    let (_, dev) = Sysfs::new(roots(f))
         .wait_for_device(&v.nqn, Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
     let dev = dev.path.display().to_string();
@@ -982,10 +945,10 @@ fn node_figures(bins: &Path, work: &Work, grpc: &Arc<Environment>, quick: bool) 
 
     // Memory first, on a fresh node plugin: idle, then 64 calls at once.
     {
-        let (driver, socket) = start_driver(bins, &dir, &node_args(&fabric, &dir))?;
+        let (driver, socket) = start_driver(bins, &dir, &node_args(&fabric))?;
         std::thread::sleep(Duration::from_secs(2));
         let idle = status_kib(driver.pid(), "VmRSS:")?;
-        let vol = node_volume(&sim, &dir, "mem")?;
+        let vol = node_volume(&sim, &fabric.kubelet, "mem")?;
         let n = NodeClient::new(channel(grpc, &socket));
         stage(&n, &vol)?;
         // 64 calls at once over one connection, as kubelet makes them.
@@ -1059,9 +1022,9 @@ fn node_figures(bins: &Path, work: &Work, grpc: &Arc<Environment>, quick: bool) 
 
     // Overhead: stage → publish → unpublish → unstage through the driver
     // against the same commands run directly, interleaved.
-    let (driver, socket) = start_driver(bins, &dir, &node_args(&fabric, &dir))?;
+    let (driver, socket) = start_driver(bins, &dir, &node_args(&fabric))?;
     let n = NodeClient::new(channel(grpc, &socket));
-    let vol = node_volume(&sim, &dir, "cycle")?;
+    let vol = node_volume(&sim, &fabric.kubelet, "cycle")?;
     driver_cycle(&n, &vol)?; // formats once
     direct_cycle(&fabric, &vol)?;
     let cycles = if quick { 3 } else { 12 };
@@ -1160,7 +1123,7 @@ fn startup(bins: &Path, work: &Work, grpc: &Arc<Environment>, quick: bool) -> Re
     let fabric = make_fabric(bins, &dir.join("fabric-root"), &sim)?;
     work.track_fabric(&fabric.nvme);
     let mut args = controller_args(&sim);
-    args.extend(node_args(&fabric, &dir));
+    args.extend(node_args(&fabric));
     let socket = dir.join("csi.sock");
     let mut samples = Vec::new();
     for _ in 0..(if quick { 2 } else { 7 }) {

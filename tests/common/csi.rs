@@ -1,11 +1,14 @@
-//! CSI request builders and a controller test environment: a real `rds-sim`
-//! plus the real driver serving `--controller` against it.
+//! CSI request builders (the one capability builder among them), the one
+//! helper that reads a failed call's status, and a controller test
+//! environment: a real `rds-sim` plus the real driver serving `--controller`
+//! against it.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 
 use grpcio::{RpcStatus, RpcStatusCode};
+use protobuf::MessageField;
 use rds_csi::proto::csi;
 use rds_csi::proto::csi::volume_capability::access_mode::Mode;
 use serde_json::Value;
@@ -15,29 +18,59 @@ use super::{Sim, SimOptions};
 
 pub const GIB: i64 = 1 << 30;
 
-/// A mount capability (`fs` may be empty) with the given access mode.
-pub fn mount_cap(fs: &str, mode: Mode) -> csi::VolumeCapability {
-    let mut mount = csi::volume_capability::MountVolume::new();
-    mount.fs_type = fs.to_string();
+/// What a capability asks for: a filesystem mount (`fs` may be empty: the
+/// driver's default; `flags` are mount flags) or a raw block device.
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    Mount { fs: &'a str, flags: &'a [&'a str] },
+    Block,
+}
+
+/// The one capability builder every test uses: `access` with access `mode`.
+pub fn capability_of(access: Access, mode: Mode) -> csi::VolumeCapability {
     let mut cap = csi::VolumeCapability::new();
-    cap.set_mount(mount);
+    match access {
+        Access::Mount { fs, flags } => {
+            let mut mount = csi::volume_capability::MountVolume::new();
+            mount.fs_type = fs.to_string();
+            mount.mount_flags = flags.iter().map(|f| f.to_string()).collect();
+            cap.set_mount(mount);
+        }
+        Access::Block => cap.set_block(csi::volume_capability::BlockVolume::new()),
+    }
     let mut am = csi::volume_capability::AccessMode::new();
     am.mode = mode.into();
     cap.access_mode = Some(am).into();
     cap
 }
 
+/// A mount capability (`fs` may be empty) with the given access mode.
+pub fn mount_cap(fs: &str, mode: Mode) -> csi::VolumeCapability {
+    capability_of(Access::Mount { fs, flags: &[] }, mode)
+}
+
 pub fn block_cap(mode: Mode) -> csi::VolumeCapability {
-    let mut cap = csi::VolumeCapability::new();
-    cap.set_block(csi::volume_capability::BlockVolume::new());
-    let mut am = csi::volume_capability::AccessMode::new();
-    am.mode = mode.into();
-    cap.access_mode = Some(am).into();
-    cap
+    capability_of(Access::Block, mode)
 }
 
 pub fn rwo() -> csi::VolumeCapability {
     mount_cap("ext4", Mode::SINGLE_NODE_WRITER)
+}
+
+/// A single-node-writer capability as a request field: `block`, or a mount
+/// of `fs`.
+pub fn capability(block: bool, fs: &str) -> MessageField<csi::VolumeCapability> {
+    capability_with_flags(block, fs, &[])
+}
+
+/// As `capability`, with mount flags (ignored for block).
+pub fn capability_with_flags(block: bool, fs: &str, flags: &[&str]) -> MessageField<csi::VolumeCapability> {
+    let access = if block {
+        Access::Block
+    } else {
+        Access::Mount { fs, flags }
+    };
+    MessageField::some(capability_of(access, Mode::SINGLE_NODE_WRITER))
 }
 
 pub fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -58,7 +91,8 @@ pub fn create_request(name: &str, bytes: i64, parameters: &[(&str, &str)]) -> cs
     req
 }
 
-/// The gRPC status of a failed call.
+/// The one status helper: the gRPC status of a failed call (any other
+/// error fails the test).
 pub fn status_of(err: grpcio::Error) -> RpcStatus {
     match err {
         grpcio::Error::RpcFailure(s) => s,
@@ -66,6 +100,13 @@ pub fn status_of(err: grpcio::Error) -> RpcStatus {
     }
 }
 
+/// The code and message of a failed call.
+pub fn code(err: grpcio::Error) -> (RpcStatusCode, String) {
+    let s = status_of(err);
+    (s.code(), s.message().to_string())
+}
+
+/// The code of a call that should have failed.
 pub fn code_of<T: std::fmt::Debug>(r: grpcio::Result<T>) -> RpcStatusCode {
     status_of(r.expect_err("the call should fail")).code()
 }

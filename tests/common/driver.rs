@@ -181,6 +181,15 @@ impl Driver {
         }
     }
 
+    /// Runs `rds-csi ctl --endpoint <this driver's socket> <args>`: exit
+    /// code, stdout, stderr.
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let endpoint = format!("unix://{}", self.socket.display());
+        let mut argv = vec!["ctl", "--endpoint", endpoint.as_str()];
+        argv.extend_from_slice(args);
+        run_cli(&argv, &[])
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);

@@ -17,6 +17,7 @@ use rds_csi::proto::csi;
 use rds_csi::rds::NewDisk;
 use serde_json::Value;
 
+use super::fabric_tree::FabricTree;
 use super::{Sim, TempDir};
 
 /// The fake nvme-cli cargo built for these tests.
@@ -36,6 +37,8 @@ pub struct Fabric {
     pub etc: PathBuf,
     pub state: PathBuf,
     pub host_nqn: String,
+    /// The layout the paths above come from.
+    pub tree: FabricTree,
 }
 
 /// One recorded `nvme connect`.
@@ -54,42 +57,25 @@ impl Connect {
 }
 
 impl Fabric {
-    /// A fabric serving what `sim` exports; `multipath` chooses the sysfs layout.
+    /// A fabric serving what `sim` exports; `multipath` chooses the sysfs
+    /// layout. The tree is laid out by `FabricTree` (shared with rds-bench).
     pub fn new(sim: &Sim, multipath: bool) -> Fabric {
         let root = TempDir::new("fabric");
-        let p = |rel: &str| root.path.join(rel);
-        for dir in [
-            "fabric",
-            "sys/module/nvme_tcp",
-            "sys/class/nvme",
-            "sys/class/nvme-subsystem",
-            "sys/class/block",
-            "dev",
-            "etc/nvme",
-            "state",
-            "mnt",
-        ] {
-            std::fs::create_dir_all(p(dir)).expect("fabric dirs");
-        }
-        let host_nqn = format!("nqn.2014-08.org.nvmexpress:uuid:test-{:016x}", fastrand::u64(..));
-        std::fs::write(p("etc/nvme/hostnqn"), format!("{host_nqn}\n")).expect("hostnqn");
-        let nvme = p("fabric/nvme");
-        std::os::unix::fs::symlink(FAKE_NVME_BIN, &nvme).expect("symlink fake-nvme");
-        let config = serde_json::json!({
-            "sys_root": p("sys"),
-            "dev_root": p("dev"),
-            "exports": sim.data_dir.join("exports.json"),
-            "state_dir": p("state"),
-            "multipath": multipath,
-        });
-        std::fs::write(p("fabric/fabric.json"), config.to_string()).expect("fabric.json");
+        let tree = FabricTree::create(
+            &root.path,
+            Path::new(FAKE_NVME_BIN),
+            &sim.data_dir.join("exports.json"),
+            multipath,
+        )
+        .expect("lay out the fake fabric");
         Fabric {
-            nvme,
-            sys: p("sys"),
-            dev: p("dev"),
-            etc: p("etc"),
-            state: p("state"),
-            host_nqn,
+            nvme: tree.nvme.clone(),
+            sys: tree.sys.clone(),
+            dev: tree.dev.clone(),
+            etc: tree.etc.clone(),
+            state: tree.state.clone(),
+            host_nqn: tree.host_nqn.clone(),
+            tree,
             root,
         }
     }
@@ -103,24 +89,12 @@ impl Fabric {
     /// What the node plugin is told is kubelet's directory (`--kubelet-dir`):
     /// it refuses staging and target paths outside it.
     pub fn kubelet_dir(&self) -> PathBuf {
-        self.root.path.join("mnt")
+        self.tree.kubelet.clone()
     }
 
-    /// `serve` arguments for a node plugin on this fabric.
+    /// `serve` arguments for a node plugin `n1` on this fabric.
     pub fn driver_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = vec!["--node".into(), "--node-id".into(), "n1".into()];
-        let kubelet = self.kubelet_dir();
-        for (flag, path) in [
-            ("--nvme-bin", &self.nvme),
-            ("--sys-root", &self.sys),
-            ("--dev-root", &self.dev),
-            ("--etc-root", &self.etc),
-            ("--kubelet-dir", &kubelet),
-        ] {
-            args.push(flag.into());
-            args.push(path.display().to_string());
-        }
-        args
+        self.tree.node_args("n1")
     }
 
     /// Runs the fake nvme through its symlink, as the driver does.
@@ -280,29 +254,6 @@ pub fn context(vol: &Volume, extra: &[(&str, &str)]) -> HashMap<String, String> 
         m.insert(k.to_string(), v.to_string());
     }
     m
-}
-
-/// A capability: `fs` "" with `block` for a block volume.
-pub fn capability(block: bool, fs: &str) -> MessageField<csi::VolumeCapability> {
-    capability_with_flags(block, fs, &[])
-}
-
-/// A capability with mount flags (ignored for block).
-pub fn capability_with_flags(block: bool, fs: &str, flags: &[&str]) -> MessageField<csi::VolumeCapability> {
-    use csi::volume_capability::{access_mode::Mode, AccessMode, BlockVolume, MountVolume};
-    let mut c = csi::VolumeCapability::new();
-    if block {
-        c.set_block(BlockVolume::new());
-    } else {
-        let mut m = MountVolume::new();
-        m.fs_type = fs.to_string();
-        m.mount_flags = flags.iter().map(|f| f.to_string()).collect();
-        c.set_mount(m);
-    }
-    let mut am = AccessMode::new();
-    am.mode = Mode::SINGLE_NODE_WRITER.into();
-    c.access_mode = MessageField::some(am);
-    MessageField::some(c)
 }
 
 pub fn stage_request(

@@ -188,7 +188,7 @@ struct DiskRec {
 /// Writable `/disk` fields the emulator accepts beyond the ones it acts on:
 /// name, how the value is checked, and the RouterOS version that has it
 /// (`None`: as old as file disks). Taken from the 7.24 field list in
-/// ROUTEROS.md; `compress` is Btrfs only and 7.18+.
+/// docs/routeros.md; `compress` is Btrfs only and 7.18+.
 const EXTRA_FIELDS: &[(&str, ExtraKind, Option<Since>)] = &[
     ("compress", ExtraKind::Bool, Some((7, 18))),
     ("mount-read-only", ExtraKind::Bool, None),

@@ -30,6 +30,61 @@ impl Sub {
     }
 }
 
+/// Every flag's name, one constant each: settings are looked up by these,
+/// so a misspelt name does not compile. `ALL` lists them for the test that
+/// ties them one-to-one to the rows of [`FLAGS`].
+pub mod flag {
+    macro_rules! names {
+        ($($name:ident = $text:literal,)+) => {
+            $(
+                #[doc = concat!("`--", $text, "`")]
+                pub const $name: &str = $text;
+            )+
+            /// Every name above.
+            pub const ALL: &[&str] = &[$($name),+];
+        };
+    }
+
+    names! {
+        CONTROLLER = "controller",
+        NODE = "node",
+        ENDPOINT = "endpoint",
+        NODE_ID = "node-id",
+        DRIVER_NAME = "driver-name",
+        LOG_LEVEL = "log-level",
+        MAX_IN_FLIGHT = "max-in-flight",
+        SHUTDOWN_GRACE = "shutdown-grace",
+        CHECK_CONFIG = "check-config",
+        METRICS_ADDRESS = "metrics-address",
+        KUBELET_DIR = "kubelet-dir",
+        RDS_ADDRESS = "rds-address",
+        RDS_USERNAME_FILE = "rds-username-file",
+        RDS_PASSWORD_FILE = "rds-password-file",
+        RDS_CA_FILE = "rds-ca-file",
+        RDS_TLS_FINGERPRINT = "rds-tls-fingerprint",
+        RDS_INSECURE_SKIP_VERIFY = "rds-insecure-skip-verify",
+        RDS_TIMEOUT = "rds-timeout",
+        RDS_RETRY_FOR = "rds-retry-for",
+        RDS_MAX_IN_FLIGHT = "rds-max-in-flight",
+        RDS_CHECK_INTERVAL = "rds-check-interval",
+        RDS_POOL = "rds-pool",
+        VOLUME_BASE_PATH = "volume-base-path",
+        NQN_PREFIX = "nqn-prefix",
+        NVME_ADDRESS = "nvme-address",
+        CAPACITY_RESERVE = "capacity-reserve",
+        ALLOW_MULTI_NODE_BLOCK = "allow-multi-node-block",
+        NVME_BIN = "nvme-bin",
+        SYS_ROOT = "sys-root",
+        DEV_ROOT = "dev-root",
+        PROC_ROOT = "proc-root",
+        ETC_ROOT = "etc-root",
+        HOST_NQN = "host-nqn",
+        MAX_VOLUMES_PER_NODE = "max-volumes-per-node",
+        DEVICE_WAIT = "device-wait",
+        CONNECT_ATTEMPTS = "connect-attempts",
+    }
+}
+
 /// One flag: its long name, metavar (None for a switch), which subcommands
 /// take it, its default as shown in `--help`, and what it does.
 pub struct Flag {
@@ -49,7 +104,7 @@ const SERVE_DOCTOR: &[Sub] = &[Sub::Serve, Sub::Doctor];
 /// generated from this table, so a flag cannot exist undocumented.
 pub const FLAGS: &[Flag] = &[
     Flag {
-        name: "controller",
+        name: flag::CONTROLLER,
         metavar: None,
         subs: SERVE_DOCTOR,
         default: None,
@@ -57,7 +112,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "node",
+        name: flag::NODE,
         metavar: None,
         subs: SERVE_DOCTOR,
         default: None,
@@ -65,7 +120,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "endpoint",
+        name: flag::ENDPOINT,
         metavar: Some("URL"),
         subs: SERVE,
         default: Some("unix:///csi/csi.sock"),
@@ -73,7 +128,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &["CSI_ENDPOINT"],
     },
     Flag {
-        name: "node-id",
+        name: flag::NODE_ID,
         metavar: Some("ID"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -81,7 +136,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &["NODE_ID", "NODE_NAME"],
     },
     Flag {
-        name: "driver-name",
+        name: flag::DRIVER_NAME,
         metavar: Some("NAME"),
         subs: SERVE,
         default: Some(crate::DEFAULT_DRIVER_NAME),
@@ -89,7 +144,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "log-level",
+        name: flag::LOG_LEVEL,
         metavar: Some("LEVEL"),
         subs: SERVE_DOCTOR,
         default: Some("info"),
@@ -97,7 +152,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "max-in-flight",
+        name: flag::MAX_IN_FLIGHT,
         metavar: Some("N"),
         subs: SERVE,
         default: Some("128"),
@@ -105,7 +160,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "shutdown-grace",
+        name: flag::SHUTDOWN_GRACE,
         metavar: Some("SECONDS"),
         subs: SERVE,
         default: Some("25"),
@@ -113,7 +168,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "check-config",
+        name: flag::CHECK_CONFIG,
         metavar: None,
         subs: SERVE,
         default: None,
@@ -121,7 +176,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "metrics-address",
+        name: flag::METRICS_ADDRESS,
         metavar: Some("ADDR:PORT"),
         subs: SERVE,
         default: None,
@@ -129,7 +184,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "kubelet-dir",
+        name: flag::KUBELET_DIR,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: Some("/var/lib/kubelet"),
@@ -138,7 +193,7 @@ pub const FLAGS: &[Flag] = &[
     },
     // --- controller: the RDS and how volumes are laid out on it ---------
     Flag {
-        name: "rds-address",
+        name: flag::RDS_ADDRESS,
         metavar: Some("URL"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -146,7 +201,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-username-file",
+        name: flag::RDS_USERNAME_FILE,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: Some("/etc/rds-csi/rds/username"),
@@ -154,7 +209,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-password-file",
+        name: flag::RDS_PASSWORD_FILE,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: Some("/etc/rds-csi/rds/password"),
@@ -162,7 +217,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-ca-file",
+        name: flag::RDS_CA_FILE,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -170,7 +225,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-tls-fingerprint",
+        name: flag::RDS_TLS_FINGERPRINT,
         metavar: Some("SHA256"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -178,7 +233,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-insecure-skip-verify",
+        name: flag::RDS_INSECURE_SKIP_VERIFY,
         metavar: None,
         subs: SERVE_DOCTOR,
         default: None,
@@ -186,7 +241,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-timeout",
+        name: flag::RDS_TIMEOUT,
         metavar: Some("SECONDS"),
         subs: SERVE_DOCTOR,
         default: Some("30"),
@@ -194,7 +249,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-retry-for",
+        name: flag::RDS_RETRY_FOR,
         metavar: Some("SECONDS"),
         subs: SERVE,
         default: Some("30"),
@@ -202,7 +257,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-max-in-flight",
+        name: flag::RDS_MAX_IN_FLIGHT,
         metavar: Some("N"),
         subs: SERVE,
         default: Some("4"),
@@ -210,7 +265,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-check-interval",
+        name: flag::RDS_CHECK_INTERVAL,
         metavar: Some("SECONDS"),
         subs: SERVE,
         default: Some("30"),
@@ -218,7 +273,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-pool",
+        name: flag::RDS_POOL,
         metavar: Some("SLOT"),
         subs: SERVE_DOCTOR,
         default: Some("storage-pool"),
@@ -226,7 +281,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "volume-base-path",
+        name: flag::VOLUME_BASE_PATH,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -234,7 +289,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "nqn-prefix",
+        name: flag::NQN_PREFIX,
         metavar: Some("NQN"),
         subs: SERVE_DOCTOR,
         default: Some(crate::volume::DEFAULT_NQN_PREFIX),
@@ -242,7 +297,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "nvme-address",
+        name: flag::NVME_ADDRESS,
         metavar: Some("HOST"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -250,7 +305,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "capacity-reserve",
+        name: flag::CAPACITY_RESERVE,
         metavar: Some("BYTES"),
         subs: SERVE_DOCTOR,
         default: Some("0"),
@@ -258,7 +313,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "allow-multi-node-block",
+        name: flag::ALLOW_MULTI_NODE_BLOCK,
         metavar: None,
         subs: SERVE,
         default: None,
@@ -267,7 +322,7 @@ pub const FLAGS: &[Flag] = &[
     },
     // --- node plugin: NVMe/TCP attach, format, mount (--nqn-prefix is above) ---
     Flag {
-        name: "nvme-bin",
+        name: flag::NVME_BIN,
         metavar: Some("PROGRAM"),
         subs: SERVE_DOCTOR,
         default: Some("nvme"),
@@ -275,7 +330,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "sys-root",
+        name: flag::SYS_ROOT,
         metavar: Some("DIR"),
         subs: SERVE_DOCTOR,
         default: Some("/sys"),
@@ -283,7 +338,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "dev-root",
+        name: flag::DEV_ROOT,
         metavar: Some("DIR"),
         subs: SERVE_DOCTOR,
         default: Some("/dev"),
@@ -291,7 +346,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "proc-root",
+        name: flag::PROC_ROOT,
         metavar: Some("DIR"),
         subs: SERVE_DOCTOR,
         default: Some("/proc"),
@@ -299,7 +354,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "etc-root",
+        name: flag::ETC_ROOT,
         metavar: Some("DIR"),
         subs: SERVE_DOCTOR,
         default: Some("/etc"),
@@ -307,7 +362,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "host-nqn",
+        name: flag::HOST_NQN,
         metavar: Some("NQN"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -315,7 +370,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "max-volumes-per-node",
+        name: flag::MAX_VOLUMES_PER_NODE,
         metavar: Some("N"),
         subs: SERVE,
         default: Some("0"),
@@ -323,7 +378,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "device-wait",
+        name: flag::DEVICE_WAIT,
         metavar: Some("SECONDS"),
         subs: SERVE,
         default: Some("30"),
@@ -331,7 +386,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "connect-attempts",
+        name: flag::CONNECT_ATTEMPTS,
         metavar: Some("N"),
         subs: SERVE,
         default: Some("5"),
@@ -393,7 +448,7 @@ pub enum Command {
     Help(String),
     Version,
     Run(Sub, Values),
-    /// `ctl` parses its own arguments (see `crate::ctl`).
+    /// `ctl` parses its own arguments (see `crate::ops::ctl`).
     Ctl(Vec<OsString>),
 }
 
@@ -596,6 +651,21 @@ mod tests {
         match run(args, env).unwrap() {
             Command::Run(_, v) => v,
             other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_flag_name_constant_has_exactly_one_row() {
+        for name in flag::ALL {
+            let rows = FLAGS.iter().filter(|f| f.name == *name).count();
+            assert_eq!(rows, 1, "--{name} has {rows} rows in FLAGS");
+        }
+        for f in FLAGS {
+            assert!(
+                flag::ALL.contains(&f.name),
+                "--{} has no constant in cli::flag",
+                f.name
+            );
         }
     }
 

@@ -1,6 +1,9 @@
 //! The node plugin through the real binary, against rds-sim and the fake
 //! NVMe fabric over real loop devices, with real mkfs and mounts (root).
 
+// Test helpers may unwrap: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use grpcio::RpcStatus;
 use protobuf::MessageField;
 
+use crate::csi::proto::csi;
+use crate::csi::proto::grpc::Node;
+use crate::csi::server::CallInfo;
+use crate::csi::status;
 use crate::echo::echo;
+use crate::health::Readiness;
 use crate::host::mount::MountOptions;
 use crate::host::nvme;
 use crate::host::paths;
-use crate::identity::Readiness;
 use crate::locks::VolumeGuard;
 use crate::node::{Access, Error, NodeReadiness, NodeService, Unit, VolumeStats};
-use crate::proto::csi;
-use crate::proto::grpc::Node;
-use crate::server::CallInfo;
-use crate::status;
 use crate::volume::{FsType, Nqn, VolumeContext, VolumeId};
 
 fn invalid(message: impl Into<String>) -> RpcStatus {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 use log::{debug, info, warn};
 
+use super::status;
 use crate::echo::{cap_message, echo};
-use crate::status;
 
 /// The longest status message sent back. gRPC carries the message in a
 /// header, and a header over gRPC's hard metadata limit turns any answer
@@ -802,7 +802,7 @@ mod tests {
 
     #[test]
     fn oversized_fields_are_found_anywhere_and_named() {
-        use crate::proto::csi;
+        use crate::csi::proto::csi;
         let mut req = csi::NodePublishVolumeRequest::new();
         req.volume_id = "pvc-1".into();
         req.target_path = "/var/lib/kubelet/x".into();

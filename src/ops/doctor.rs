@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::cli::Values;
+use crate::cli::{flag, Values};
 use crate::config::{self, ConfigError};
 use crate::host::device::Sysfs;
 use crate::host::exec;
@@ -67,9 +67,9 @@ fn skipped(name: &'static str, why: &str) -> Check {
 
 /// Runs every check the flags ask for; returns them in order.
 pub fn run(v: &Values) -> Result<Vec<Check>, ConfigError> {
-    let controller = config::flag_bool(v, "controller")?;
-    let node = config::flag_bool(v, "node")?;
-    let rds_given = v.get("rds-address").is_some();
+    let controller = config::flag_bool(v, flag::CONTROLLER)?;
+    let node = config::flag_bool(v, flag::NODE)?;
+    let rds_given = v.get(flag::RDS_ADDRESS).is_some();
     if !controller && !node && !rds_given {
         return Err(ConfigError(
             "nothing to check: give --controller (with --rds-address ...), --node, or both".into(),
@@ -385,7 +385,7 @@ fn node_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
         ));
     }
 
-    let kubelet = std::path::PathBuf::from(config::required(v, "kubelet-dir")?);
+    let kubelet = std::path::PathBuf::from(config::required(v, flag::KUBELET_DIR)?);
     let probe = kubelet.join(format!(".rds-csi-doctor-{}", std::process::id()));
     match std::fs::write(&probe, b"rds-csi doctor\n").and_then(|_| std::fs::remove_file(&probe)) {
         Ok(()) => checks.push(pass("kubelet dir", format!("{} is writable", kubelet.display()))),

@@ -100,11 +100,25 @@ impl<H: Host> NodeService<H> {
         let mut problems = Vec::new();
         let size = match &owner {
             None => {
-                problems.push(format!(
-                    "the mounted device {} is no longer an attached NVMe namespace (lost and reconnected \
-                     under another number?)",
-                    m.dev
-                ));
+                // Say which of the two it is: the kernel gave the
+                // controller up (ctrl_loss_tmo ran out: I/O on this mount
+                // fails until the volume is staged again), or the
+                // subsystem is back under another device number.
+                let own = Nqn::for_volume(self.prefix(), id);
+                problems.push(match self.host.subsystem(own.as_str())? {
+                    None => format!(
+                        "{own} is no longer connected: the kernel gave the controller up (ctrlLossTmo \
+                         ran out during a storage outage); the mounted device {} is dead and I/O on it \
+                         fails until the volume is unstaged and staged again",
+                        m.dev
+                    ),
+                    Some(sub) => format!(
+                        "the mounted device {} is no longer {own}'s namespace ({}); the volume needs \
+                         to be unstaged and staged again",
+                        m.dev,
+                        sub.states()
+                    ),
+                });
                 None
             }
             Some((sub, ns)) => {

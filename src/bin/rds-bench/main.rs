@@ -8,6 +8,9 @@
 //!   --dist   the shipped static binary whose size is reported (default: the
 //!            rds-csi next to this program)
 //!   --quick  fewer repetitions (for a smoke run)
+//!   --cheap-only     only the cheap-call load (see `cheap.rs`); with
+//!                    --compare-bin OLD it also measures OLD, interleaved
+//!   --wrap 'PROG ARGS'  runs the driver under PROG (e.g. valgrind)
 //! Needs root: loop devices, mkfs, mounts.
 
 use std::collections::HashMap;
@@ -33,9 +36,11 @@ use serde_json::{json, Value};
 
 // The fake fabric's layout, shared with the integration tests.
 #[allow(dead_code)]
-#[path = "../../tests/common/fabric_tree.rs"]
+#[path = "../../../tests/common/fabric_tree.rs"]
 mod fabric_tree;
 use fabric_tree::FabricTree;
+
+mod cheap;
 
 const GIB: u64 = 1 << 30;
 const PREFIX: &str = "nqn.2000-02.com.mikrotik";
@@ -62,6 +67,9 @@ struct Opts {
     json: Option<PathBuf>,
     dist: Option<PathBuf>,
     quick: bool,
+    /// Only the cheap-call load (see `cheap`).
+    cheap_only: bool,
+    cheap: cheap::CheapOpts,
 }
 
 fn parse_args() -> Res<Opts> {
@@ -71,18 +79,54 @@ fn parse_args() -> Res<Opts> {
         json: None,
         dist: None,
         quick: false,
+        cheap_only: false,
+        cheap: cheap::CheapOpts {
+            compare: None,
+            wrap: Vec::new(),
+            clients: 64,
+            seconds: 4.0,
+            rounds: 3,
+            sequential: 300,
+        },
+    };
+    let number = |p: &mut lexopt::Parser| -> Res<f64> {
+        let v = p.value().map_err(|e| e.to_string())?;
+        v.to_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| *v > 0.0)
+            .ok_or_else(|| format!("{v:?} is not a positive number"))
     };
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Long("json") => o.json = Some(p.value().map_err(|e| e.to_string())?.into()),
             Long("dist") => o.dist = Some(p.value().map_err(|e| e.to_string())?.into()),
             Long("quick") => o.quick = true,
+            Long("cheap-only") => o.cheap_only = true,
+            Long("compare-bin") => o.cheap.compare = Some(p.value().map_err(|e| e.to_string())?.into()),
+            Long("wrap") => {
+                let v = p.value().map_err(|e| e.to_string())?;
+                let v = v.to_str().ok_or("--wrap is not UTF-8")?;
+                o.cheap.wrap = v.split_whitespace().map(str::to_string).collect();
+            }
+            Long("seconds") => o.cheap.seconds = number(&mut p)?,
+            Long("rounds") => o.cheap.rounds = number(&mut p)? as usize,
+            Long("clients") => o.cheap.clients = number(&mut p)? as usize,
+            Long("sequential") => o.cheap.sequential = number(&mut p)? as usize,
             Long("help") => {
-                println!("usage: rds-bench [--json FILE] [--dist PATH] [--quick]");
+                println!(
+                    "usage: rds-bench [--json FILE] [--dist PATH] [--quick] [--cheap-only]\n                 \
+                     [--compare-bin OLD-RDS-CSI] [--wrap 'PROGRAM ARGS'] [--seconds S]\n                 \
+                     [--rounds N] [--clients N] [--sequential N]"
+                );
                 std::process::exit(0);
             }
             other => return Err(other.unexpected().to_string()),
         }
+    }
+    if o.quick {
+        o.cheap.seconds = o.cheap.seconds.min(1.0);
+        o.cheap.rounds = 1;
+        o.cheap.sequential = o.cheap.sequential.min(50);
     }
     Ok(o)
 }
@@ -113,6 +157,11 @@ fn run() -> Res<()> {
     let grpc = Arc::new(EnvBuilder::new().cq_count(2).build());
     let mut figures = Vec::new();
 
+    if opts.cheap_only {
+        eprintln!("rds-bench: cheap calls under load ...");
+        figures.extend(cheap::cheap_load(&bins, &work, &grpc, &opts.cheap)?);
+        return report(&opts, &figures);
+    }
     let dist = opts.dist.clone().unwrap_or_else(|| bins.join("rds-csi"));
     let bytes = fs::metadata(&dist)
         .map_err(|e| format!("{}: {e}", dist.display()))?
@@ -137,13 +186,19 @@ fn run() -> Res<()> {
     figures.push(startup(&bins, &work, &grpc, opts.quick)?);
     eprintln!("rds-bench: orphan scan ...");
     figures.push(orphan_scan(&bins, &work)?);
+    eprintln!("rds-bench: cheap calls under load ...");
+    figures.extend(cheap::cheap_load(&bins, &work, &grpc, &opts.cheap)?);
+    report(&opts, &figures)
+}
 
+/// Prints the table and writes the JSON file.
+fn report(opts: &Opts, figures: &[Figure]) -> Res<()> {
     let machine = machine();
     let date = today();
     println!("rds-csi benchmark, {date}, {machine}");
     println!("(RDS emulated by rds-sim answering each REST request after {SIM_LATENCY_MS} ms; NVMe/TCP by fake-nvme over loop devices)\n");
     println!("{:<46} {:>22}  {:<10} met", "figure", "value", "target");
-    for f in &figures {
+    for f in figures {
         println!(
             "{:<46} {:>22}  {:<10} {}",
             f.label,
@@ -162,7 +217,7 @@ fn run() -> Res<()> {
     }
     if let Some(path) = &opts.json {
         let mut out = serde_json::Map::new();
-        for f in &figures {
+        for f in figures {
             out.insert(f.key.into(), json!(f.value));
         }
         out.insert("date".into(), json!(date));
@@ -390,10 +445,18 @@ fn controller_args(sim: &Sim) -> Vec<String> {
 
 /// Starts `rds-csi serve <args>` on `<dir>/csi.sock`; waits until it answers.
 fn start_driver(bins: &Path, dir: &Path, args: &[String]) -> Res<(Proc, PathBuf)> {
+    start_driver_program(&[bins.join("rds-csi").display().to_string()], dir, args)
+}
+
+/// As [`start_driver`], running `argv` (a binary, or a wrapper such as
+/// valgrind followed by the binary) with `serve <args>`.
+fn start_driver_program(argv: &[String], dir: &Path, args: &[String]) -> Res<(Proc, PathBuf)> {
     let socket = dir.join("csi.sock");
     let _ = fs::remove_file(&socket);
     let log = dir.join("driver.log");
-    let child = Command::new(bins.join("rds-csi"))
+    let (program, wrapped) = argv.split_first().ok_or("no driver program")?;
+    let child = Command::new(program)
+        .args(wrapped)
         .arg("serve")
         .arg("--endpoint")
         .arg(format!("unix://{}", socket.display()))
@@ -405,7 +468,7 @@ fn start_driver(bins: &Path, dir: &Path, args: &[String]) -> Res<(Proc, PathBuf)
         .spawn()
         .map_err(|e| format!("start rds-csi: {e}"))?;
     let proc = Proc { child, log };
-    let end = Instant::now() + Duration::from_secs(20);
+    let end = Instant::now() + Duration::from_secs(60);
     while UnixStream::connect(&socket).is_err() {
         if Instant::now() > end {
             return Err(format!("rds-csi did not listen: {}", proc.log_text()));

@@ -34,10 +34,14 @@ struct Sample {
     threads_peak: f64,
     /// Calls refused with RESOURCE_EXHAUSTED during the load.
     refused: f64,
+    /// Calls answered during the load.
+    calls: f64,
+    /// The kernel's share of `cpu_us_per_call`.
+    sys_us_per_call: f64,
 }
 
-/// The driver's user + system CPU so far, in microseconds.
-fn cpu_us(pid: u32) -> Res<f64> {
+/// The driver's user and system CPU so far, in microseconds.
+fn cpu_us(pid: u32) -> Res<(f64, f64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
     // Fields after the parenthesised name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')').ok_or("odd /proc/pid/stat")?.1;
@@ -50,7 +54,7 @@ fn cpu_us(pid: u32) -> Res<f64> {
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(11)? + ticks(12)?) * 1e6 / hz)
+    Ok((ticks(11)? * 1e6 / hz, ticks(12)? * 1e6 / hz))
 }
 
 /// Calls one of the three cheap methods, chosen by `i`: true when it was
@@ -173,8 +177,10 @@ fn measure(
         return Err(format!("{e}: {}", proc.log_text()));
     }
     let calls = lat.len().max(1) as f64;
+    s.calls = calls;
     s.calls_per_s = calls / elapsed;
-    s.cpu_us_per_call = (cpu1 - cpu0) / calls;
+    s.cpu_us_per_call = (cpu1.0 + cpu1.1 - cpu0.0 - cpu0.1) / calls;
+    s.sys_us_per_call = (cpu1.1 - cpu0.1) / calls;
     let lat = sorted(lat);
     s.p50_us = percentile(&lat, 0.5);
     s.p99_us = percentile(&lat, 0.99);
@@ -370,6 +376,10 @@ pub(super) fn cheap_load(
             "idle": new.iter().map(|s| s.threads_idle).collect::<Vec<_>>(),
             "peak": new.iter().map(|s| s.threads_peak).collect::<Vec<_>>(),
             "refused": new.iter().map(|s| s.refused).collect::<Vec<_>>(),
+            "calls": new.iter().map(|s| s.calls).collect::<Vec<_>>(),
+            "old_calls": old.iter().map(|s| s.calls).collect::<Vec<_>>(),
+            "sys_us_per_call": new.iter().map(|s| s.sys_us_per_call).collect::<Vec<_>>(),
+            "old_sys_us_per_call": old.iter().map(|s| s.sys_us_per_call).collect::<Vec<_>>(),
             "old_refused": old.iter().map(|s| s.refused).collect::<Vec<_>>(),
         }),
     });

@@ -46,9 +46,8 @@ const MAX_LOG_LINE: usize = 900;
 /// INVALID_ARGUMENT naming the field, before any handler sees it.
 pub const MAX_FIELD_BYTES: usize = 4096;
 
-/// Stack for the reply thread (workers: see `pool`). Handlers are shallow (no recursion; protobuf
-/// decoding happens before the hand-off), so a quarter of the default keeps
-/// the virtual footprint of many parallel calls small.
+/// Stack of the reply thread (the workers' is set in `pool`): a quarter of
+/// the default, as it only polls futures.
 const CALL_STACK_BYTES: usize = 512 * 1024;
 
 /// The largest single socket read gRPC may make (see `start`).
@@ -101,7 +100,11 @@ pub struct Dispatcher {
 
 /// Calls that can never block: answered on the completion-queue thread
 /// itself (see `dispatch`). Each answers from static data or settings;
-/// Probe reads readiness flags that checks elsewhere keep up to date.
+/// Probe reads the controller's RDS health (kept up to date by its own
+/// thread, never checked inside Probe) and, on a node, stats two local
+/// paths (sysfs's nvme_tcp module, the nvme binary): no network, no child
+/// process, no lock held across either. A method added here must keep to
+/// that.
 const INLINE_METHODS: &[&str] = &[
     "Probe",
     "GetPluginInfo",
@@ -255,9 +258,10 @@ impl Dispatcher {
     }
 
     /// Runs `work` on a worker thread (or, for the [`INLINE_METHODS`], right
-    /// here) and completes `sink` with its result. Returns at once: a request that did not decode or carries an
-    /// oversized field answers INVALID_ARGUMENT, a full dispatcher
-    /// RESOURCE_EXHAUSTED, a draining one UNAVAILABLE, without running `work`.
+    /// here) and completes `sink` with its result. Returns at once: a
+    /// request that did not decode or carries an oversized field answers
+    /// INVALID_ARGUMENT, a full dispatcher RESOURCE_EXHAUSTED, a draining one
+    /// UNAVAILABLE, without running `work`.
     /// `volume_of` names the volume (or name) the request is about.
     pub fn dispatch<Req, Resp, F>(
         &self,

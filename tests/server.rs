@@ -233,6 +233,76 @@ fn slow_calls_do_not_delay_a_fast_one() {
     assert!(fast < Duration::from_millis(300), "the fast call took {fast:?}");
 }
 
+/// Threads of `pid` that run CSI calls (named `csi-...`, whatever the
+/// design: one per call, or pooled workers).
+fn call_threads(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    fs::read_to_string(t.path().join("comm"))
+                        .map(|c| c.starts_with("csi-"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn cheap_calls_answer_promptly_with_64_blocking_calls_in_flight() {
+    use common::csi::{create_request, ControllerEnv, GIB};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let env = Arc::new(ControllerEnv::start(&[]));
+    // Every REST request takes 2 s: each create blocks its worker for
+    // seconds (four go to the RDS at a time, the rest wait for a turn).
+    env.sim.fault(serde_json::json!({"latency_ms": 2000}));
+    let slow: Vec<_> = (0..64)
+        .map(|i| {
+            let env = Arc::clone(&env);
+            std::thread::spawn(move || {
+                let _ = env.create(&create_request(&format!("vol-blocked-{i}"), GIB, &[]));
+            })
+        })
+        .collect();
+    let pid = env.driver.pid();
+    let end = Instant::now() + Duration::from_secs(60);
+    while call_threads(pid) < 64 {
+        assert!(
+            Instant::now() < end,
+            "only {} call threads after 60 s",
+            call_threads(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // All 64 are in flight, and each will take 2 s or more: the cheap
+    // calls must not wait for any of them.
+    let id = env.driver.identity();
+    let ctl = env.driver.controller();
+    for _ in 0..3 {
+        let started = Instant::now();
+        id.probe(&csi::ProbeRequest::new(), opt(10)).unwrap();
+        ctl.controller_get_capabilities(&csi::ControllerGetCapabilitiesRequest::new(), opt(10))
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(1000),
+            "Probe + ControllerGetCapabilities took {took:?} behind 64 blocked calls"
+        );
+    }
+    let finished = slow.iter().filter(|t| t.is_finished()).count();
+    assert_eq!(
+        finished, 0,
+        "a blocking call ended before the cheap ones were timed"
+    );
+    env.sim.fault(serde_json::json!({"latency_ms": 0}));
+    for t in slow {
+        t.join().unwrap();
+    }
+}
+
 #[test]
 fn the_in_flight_bound_refuses_at_once() {
     use common::csi::{create_request, status_of, ControllerEnv, GIB};

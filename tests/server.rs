@@ -389,7 +389,13 @@ fn the_grace_period_bounds_the_wait() {
     let client = env.controller();
     let call =
         std::thread::spawn(move || client.create_volume(&create_request("vol-slow-stop", GIB, &[]), opt(30)));
-    std::thread::sleep(Duration::from_millis(300));
+    // SIGTERM once the call is in the driver (a call thread runs it).
+    let pid = env.driver.pid();
+    let end = Instant::now() + Duration::from_secs(60);
+    while call_threads(pid) < 1 {
+        assert!(Instant::now() < end, "the call did not start within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let started = Instant::now();
     env.driver.signal(libc::SIGTERM);
     assert_eq!(env.driver.wait_exit(Duration::from_secs(20)).code(), Some(0));

@@ -238,6 +238,7 @@ impl RdsApi for FakeRds {
             slot: slot.into(),
             mount_point: None,
             fs: Some("btrfs".into()),
+            fs_label: None,
             size: s.pool_size,
             free: s.pool_free,
             state: None,

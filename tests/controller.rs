@@ -72,7 +72,11 @@ fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
     // On the RDS: a file disk, exported under the NQN, exact size, our record.
     let disk = env.disk(PVC_SLOT).expect("disk created");
     assert_eq!(disk["type"], "file");
-    assert_eq!(disk["file-path"], format!("/storage-pool/csi/{PVC_SLOT}.img"));
+    // The pool is Btrfs: the image lives in the volume's own subvolume.
+    assert_eq!(
+        disk["file-path"],
+        format!("/storage-pool/csi/{PVC_SLOT}/{PVC_SLOT}.img")
+    );
     assert_eq!(disk["size"], "1073741824");
     assert_eq!(disk["nvme-tcp-export"], "true");
     assert_eq!(disk["nvme-tcp-server-nqn"], nqn);
@@ -84,7 +88,7 @@ fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
         "{comment}"
     );
     assert!(comment.contains("pvc=apps/data"), "{comment}");
-    let file = format!("storage-pool/csi/{PVC_SLOT}.img");
+    let file = format!("storage-pool/csi/{PVC_SLOT}/{PVC_SLOT}.img");
     let host_file = env.sim.backing_path(&file);
     assert_eq!(std::fs::metadata(&host_file).unwrap().len(), 1 << 30);
     assert!(env.sim.exports_file()["exports"]
@@ -1094,13 +1098,15 @@ fn each_rpc_makes_few_rest_requests() {
     let (unpublish, _) = requests(&env, || env.unpublish(&id, "node-a").unwrap());
     let (expand, _) = requests(&env, || env.expand(&id, 2 * GIB, false).unwrap());
     let (delete, _) = requests(&env, || env.delete(&id).unwrap());
+    // On this Btrfs pool a create also makes the volume's subvolume (one
+    // PUT) and a delete removes it (look it up, DELETE).
     let counts = [
-        ("CreateVolume", create, 4),
+        ("CreateVolume", create, 5),
         ("CreateVolume again", again, 1),
         ("ControllerPublishVolume", publish, 2),
         ("ControllerUnpublishVolume", unpublish, 2),
         ("ControllerExpandVolume", expand, 3),
-        ("DeleteVolume", delete, 5),
+        ("DeleteVolume", delete, 7),
     ];
     for (rpc, made, most) in counts {
         assert!(
@@ -1143,4 +1149,135 @@ fn a_half_created_volume_is_finished_by_the_retry_in_one_request_more() {
         .unwrap()
         .iter()
         .any(|e| e["slot"] == id.as_str()));
+}
+
+// ---- The layout on Btrfs pools (issue 13) -----------------------------------
+
+/// The sim's subvolume names.
+fn subvolumes(env: &ControllerEnv) -> Vec<String> {
+    let (status, v) = env.sim.request("GET", "/rest/disk/btrfs/subvolume", None);
+    assert_eq!(status, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn on_a_btrfs_pool_each_volume_has_its_own_subvolume_removed_with_it() {
+    let Some(common::btrfs::BtrfsSim { sim, fs }) =
+        common::btrfs::BtrfsSim::start("btrfs_layout", SimOptions::default())
+    else {
+        return;
+    };
+    let env = ControllerEnv::with_sim(sim, &[]);
+    let id = env
+        .create(&create_request("vol-layout", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let disk = env.disk(&id).unwrap();
+    assert_eq!(disk["file-path"], format!("/storage-pool/csi/{id}/{id}.img"));
+    assert_eq!(subvolumes(&env), [format!("csi/{id}")]);
+    // A real subvolume on the real Btrfs filesystem.
+    use std::os::unix::fs::MetadataExt;
+    let dir = env.sim.backing_path(&format!("storage-pool/csi/{id}"));
+    assert_eq!(std::fs::metadata(&dir).unwrap().ino(), 256);
+    env.delete(&id).unwrap();
+    assert!(env.disk(&id).is_none());
+    assert!(subvolumes(&env).is_empty());
+    assert!(!env.files().iter().any(|f| f.contains(&id)), "{:?}", env.files());
+    assert!(!dir.exists());
+    drop(env);
+    drop(fs);
+}
+
+#[test]
+fn btrfs_layout_create_and_delete_resume_after_a_crash_at_any_step() {
+    let env = ControllerEnv::start(&[]);
+    // Crash after the disk went, before its subvolume: the retry removes it.
+    let a = env
+        .create(&create_request("vol-crash-a", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let disk = env.disk(&a).unwrap();
+    let (st, _) = env.sim.request(
+        "DELETE",
+        &format!("/rest/disk/{}", disk[".id"].as_str().unwrap()),
+        None,
+    );
+    assert!(st == 200 || st == 204, "{st}");
+    assert_eq!(subvolumes(&env), [format!("csi/{a}")]);
+    env.delete(&a).unwrap();
+    assert!(subvolumes(&env).is_empty(), "{:?}", subvolumes(&env));
+    assert!(!env.files().iter().any(|f| f.contains(&a)), "{:?}", env.files());
+
+    // Crash after the subvolume, before the disk: the retried create
+    // finishes the volume in it; a delete instead would remove it.
+    let name_b = "vol-crash-b";
+    let expected_b = env
+        .create(&create_request(name_b, GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    env.delete(&expected_b).unwrap();
+    let (st, body) = env.sim.request(
+        "PUT",
+        "/rest/disk/btrfs/subvolume",
+        Some(&json!({"fs": "storage-pool-fs", "name": format!("csi/{expected_b}")})),
+    );
+    assert_eq!(st, 200, "{body}");
+    let again = env
+        .create(&create_request(name_b, GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    assert_eq!(again, expected_b);
+    assert_eq!(
+        env.disk(&again).unwrap()["file-path"],
+        format!("/storage-pool/csi/{again}/{again}.img")
+    );
+    env.delete(&again).unwrap();
+    let (st, _) = env.sim.request(
+        "PUT",
+        "/rest/disk/btrfs/subvolume",
+        Some(&json!({"fs": "storage-pool-fs", "name": format!("csi/{again}")})),
+    );
+    assert_eq!(st, 200);
+    env.delete(&again).unwrap();
+    assert!(subvolumes(&env).is_empty(), "{:?}", subvolumes(&env));
+    assert!(
+        !env.files().iter().any(|f| f.contains(&again)),
+        "{:?}",
+        env.files()
+    );
+}
+
+#[test]
+fn on_an_xfs_pool_volumes_stay_flat() {
+    let env = ControllerEnv::with_sim(
+        Sim::with(SimOptions {
+            extra_args: vec!["--pool-fs".into(), "xfs".into()],
+            ..Default::default()
+        }),
+        &[],
+    );
+    let id = env
+        .create(&create_request("vol-xfs", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    assert_eq!(
+        env.disk(&id).unwrap()["file-path"],
+        format!("/storage-pool/csi/{id}.img")
+    );
+    env.delete(&id).unwrap();
+    assert!(!env.files().iter().any(|f| f.contains(&id)), "{:?}", env.files());
 }

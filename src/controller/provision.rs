@@ -14,6 +14,7 @@ use crate::volume::{self, resolve_volume_path, FsType, Nqn, VolumeContext, Volum
 
 use super::access::{check_access, Capability};
 use super::error::{Error, Invalid};
+use super::layout;
 use super::params::{check_name, plan, Plan, VolumeParams};
 use super::record::{creation_digest, Ownership};
 use super::{Controller, Lookup, RdsApi};
@@ -135,6 +136,8 @@ impl<R: RdsApi> Controller<R> {
 
         let id = VolumeId::for_name(name);
         let nqn = Nqn::for_volume(&self.settings.nqn_prefix, &id);
+        // The flat path names the volume in the digest whatever the layout,
+        // so a retry is the same request on either layout.
         let file_path = volume::backing_file(&folder, &id);
         let ctx = VolumeContext {
             nqn: nqn.clone(),
@@ -152,6 +155,8 @@ impl<R: RdsApi> Controller<R> {
             connection: params.connection,
         };
         let digest = creation_digest(&file_path, &ctx, access.block);
+        // Set when this call made (or found) the new volume's subvolume.
+        let mut btrfs: Option<rds::BtrfsFs> = None;
         let _guard = self.lock("CreateVolume", &[name, id.as_str()])?;
 
         // Request 1: what is there. Everything after works from this answer.
@@ -196,8 +201,9 @@ impl<R: RdsApi> Controller<R> {
                 own
             }
             None => {
-                // Request 2: room on the pool.
-                let available = self.available()?;
+                // Request 2: room on the pool (and its filesystem).
+                let pool = self.pool()?;
+                let available = self.available_in(&pool)?;
                 if size > available {
                     return Err(Error::NoSpaceToCreate {
                         name: name.to_string(),
@@ -209,12 +215,27 @@ impl<R: RdsApi> Controller<R> {
                 }
                 // Once per folder per process.
                 self.ensure_folder(&folder)?;
+                btrfs = self.volume_subvolume(&pool, &folder, &id, &shown)?;
                 new_record(name, digest, &params)
             }
         };
+        // The backing file: where an existing disk has it (either layout),
+        // else in the new volume's own subvolume on a Btrfs pool.
+        let disk_file = match &existing {
+            Some(disk) => disk
+                .file_path
+                .clone()
+                .filter(|f| {
+                    layout::subvolume_of(f, &id)
+                        .is_some_and(|sub| sub == layout::subvolume_path(&folder, &id))
+                })
+                .unwrap_or_else(|| file_path.clone()),
+            None if btrfs.is_some() => layout::nested_file(&folder, &id),
+            None => file_path.clone(),
+        };
         let new = rds::NewDisk {
             slot: id.to_string(),
-            file_path: file_path.clone(),
+            file_path: disk_file.clone(),
             // An existing volume may have been expanded since; keep its size.
             size_bytes: existing
                 .as_ref()
@@ -235,8 +256,13 @@ impl<R: RdsApi> Controller<R> {
                 // A definite failure after the disk entry was made would leave
                 // half a volume behind; a transient one is finished by the retry.
                 if existing.is_none() && !e.is_transient() {
-                    if let Err(undo) = self.rds.remove_disk(id.slot(), &file_path) {
+                    if let Err(undo) = self.rds.remove_disk(id.slot(), &disk_file) {
                         warn!("CreateVolume {shown}: could not undo the failed create of {id}: {undo}");
+                    } else if let Some(fs) = &btrfs {
+                        let sub = layout::subvolume_path(&folder, &id);
+                        if let Err(undo) = self.rds.remove_subvolume(fs, &sub) {
+                            warn!("CreateVolume {shown}: could not remove the subvolume {sub} of the failed create: {undo}");
+                        }
                     }
                 }
                 return Err(Error::Rds {
@@ -247,7 +273,7 @@ impl<R: RdsApi> Controller<R> {
         };
         if existing.is_none() {
             info!(
-                "CreateVolume {shown}: created volume {id} ({} bytes, {file_path}, {nqn})",
+                "CreateVolume {shown}: created volume {id} ({} bytes, {disk_file}, {nqn})",
                 new.size_bytes
             );
         }
@@ -283,6 +309,15 @@ impl<R: RdsApi> Controller<R> {
                     "DeleteVolume {id}: removed disk and {}",
                     disk.file_path.as_deref().unwrap_or_default()
                 );
+                // Then the volume's own subvolume (nested layout), which a
+                // retry after a crash here finds as a leftover below.
+                if let Some(sub) = disk
+                    .file_path
+                    .as_deref()
+                    .and_then(|f| layout::subvolume_of(f, &id))
+                {
+                    self.remove_leftover_subvolumes(&id, &[sub])?;
+                }
             }
             Lookup::Foreign(disk) => {
                 // To the CO this is a volume that does not exist; to the
@@ -312,6 +347,17 @@ impl<R: RdsApi> Controller<R> {
                         source: Box::new(source),
                     })?;
                     info!("DeleteVolume {id}: removed leftover backing file {}", file.name);
+                }
+                // A subvolume `<folder>/<slot>` left by a crash after the
+                // disk went (or before it was made).
+                let dir_suffix = format!("/{}", id.slot());
+                let dirs: Vec<String> = files
+                    .iter()
+                    .filter(|f| f.is_folder() && f.name.ends_with(&dir_suffix))
+                    .map(|f| f.name.clone())
+                    .collect();
+                if !dirs.is_empty() {
+                    self.remove_leftover_subvolumes(&id, &dirs)?;
                 }
             }
             Lookup::Missing => {}

@@ -99,18 +99,9 @@ impl Client {
     ) -> Result<Subvolume, Error> {
         let name = self.name_in(op, fs, path)?;
         let parent = source.map(|s| self.name_in(op, fs, s)).transpose()?;
-        let all = self.all_subvolumes(op, fs, &name)?;
-        if let Some(existing) = all.iter().find(|s| s.name == name) {
-            return self.check_same_subvolume(op, &name, parent.as_deref(), read_only, existing);
-        }
-        if let Some(parent) = &parent {
-            if !all.iter().any(|s| &s.name == parent) {
-                return Err(Error::NoSubvolume {
-                    op,
-                    name: parent.clone(),
-                });
-            }
-        }
+        self.require(op, &name, BTRFS_SUBVOLUMES)?;
+        // Optimistic: one PUT. What is there is looked at only when RouterOS
+        // refuses (it exists, or the source is missing or not a subvolume).
         let mut body = json!({ "fs": fs.label, "name": name });
         if let Some(parent) = &parent {
             body["parent"] = parent.clone().into();
@@ -125,13 +116,27 @@ impl Client {
                     what: "the created subvolume is not listed".to_string(),
                 }),
             },
-            // A concurrent create, or our own PUT applied before its answer
-            // was lost: look at what is there.
+            // A second call, a concurrent create, or our own PUT applied
+            // before its answer was lost: look at what is there.
             Err(e) if e.kind() == Kind::AlreadyExists => {
                 let existing = self.find_subvolume(op, fs, &name)?.ok_or(e)?;
                 self.check_same_subvolume(op, &name, parent.as_deref(), read_only, &existing)
             }
-            Err(e) => Err(e),
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                let all = self.all_subvolumes(op, fs, &name)?;
+                // Made meanwhile (a lost answer, then a refusal of the retry).
+                if let Some(existing) = all.iter().find(|s| s.name == name) {
+                    return self.check_same_subvolume(op, &name, parent.as_deref(), read_only, existing);
+                }
+                match &parent {
+                    Some(parent) if !all.iter().any(|s| &s.name == parent) => Err(Error::NoSubvolume {
+                        op,
+                        name: parent.clone(),
+                    }),
+                    _ => Err(e),
+                }
+            }
         }
     }
 

@@ -649,13 +649,14 @@ fn capabilities_advertise_what_is_implemented() {
     ] {
         assert!(types.contains(&t), "{t:?} missing");
     }
-    for t in [
-        Type::CREATE_DELETE_SNAPSHOT,
-        Type::CLONE_VOLUME,
-        Type::MODIFY_VOLUME,
-    ] {
-        assert!(!types.contains(&t), "{t:?} advertised but not built");
+    // The sim's pool is Btrfs: snapshots are offered.
+    for t in [Type::CREATE_DELETE_SNAPSHOT, Type::LIST_SNAPSHOTS] {
+        assert!(types.contains(&t), "{t:?} missing on a btrfs pool");
     }
+    assert!(
+        !types.contains(&Type::MODIFY_VOLUME),
+        "MODIFY_VOLUME advertised but not built"
+    );
     // The plugin capabilities name the controller service.
     let plugin = env
         .driver
@@ -663,13 +664,13 @@ fn capabilities_advertise_what_is_implemented() {
         .get_plugin_capabilities(&csi::GetPluginCapabilitiesRequest::new(), opt(10))
         .unwrap();
     assert!(plugin.capabilities.iter().any(|c| c.has_service()));
-    // Snapshots are not built: UNIMPLEMENTED.
+    // A snapshot of a volume that does not exist.
     let mut snap = csi::CreateSnapshotRequest::new();
     snap.source_volume_id = "pvc-x".into();
     snap.name = "snap".into();
     assert_eq!(
         code_of(env.controller().create_snapshot(&snap, opt(10))),
-        RpcStatusCode::UNIMPLEMENTED
+        RpcStatusCode::NOT_FOUND
     );
 }
 
@@ -1280,4 +1281,266 @@ fn on_an_xfs_pool_volumes_stay_flat() {
     );
     env.delete(&id).unwrap();
     assert!(!env.files().iter().any(|f| f.contains(&id)), "{:?}", env.files());
+}
+
+// ---- Snapshots (issue 13) ----------------------------------------------------
+
+fn snapshot(env: &ControllerEnv, name: &str, source: &str) -> grpcio::Result<csi::Snapshot> {
+    let mut req = csi::CreateSnapshotRequest::new();
+    req.name = name.into();
+    req.source_volume_id = source.into();
+    env.controller()
+        .create_snapshot(&req, opt(30))
+        .map(|r| r.snapshot.unwrap_or_default())
+}
+
+fn list_snapshots(
+    env: &ControllerEnv,
+    id: &str,
+    source: &str,
+    token: &str,
+    max: i32,
+) -> grpcio::Result<csi::ListSnapshotsResponse> {
+    let mut req = csi::ListSnapshotsRequest::new();
+    req.snapshot_id = id.into();
+    req.source_volume_id = source.into();
+    req.starting_token = token.into();
+    req.max_entries = max;
+    env.controller().list_snapshots(&req, opt(30))
+}
+
+fn delete_snapshot(env: &ControllerEnv, id: &str) -> grpcio::Result<csi::DeleteSnapshotResponse> {
+    let mut req = csi::DeleteSnapshotRequest::new();
+    req.snapshot_id = id.into();
+    env.controller().delete_snapshot(&req, opt(30))
+}
+
+fn snapshot_ids(resp: &csi::ListSnapshotsResponse) -> Vec<String> {
+    resp.entries
+        .iter()
+        .map(|e| e.snapshot.snapshot_id.clone())
+        .collect()
+}
+
+#[test]
+fn snapshots_are_idempotent_listed_from_the_rds_alone_and_deletable_in_any_order() {
+    let Some(common::btrfs::BtrfsSim { sim, fs }) = common::btrfs::BtrfsSim::start(
+        "snapshots_lifecycle",
+        SimOptions {
+            extra_args: vec!["--max-slot-len".into(), "40".into()],
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    // A volume of the Go driver: the flat layout.
+    let legacy = "pvc-0e7c2a9d-41b3-4c55-9f0e-6a1d2b3c4d5e";
+    sim.client()
+        .create_disk(&rds_csi::rds::NewDisk {
+            slot: legacy.into(),
+            file_path: format!("storage-pool/csi/{legacy}.img"),
+            size_bytes: GIB as u64,
+            comment: String::new(),
+            nqn: Some(format!("nqn.2000-02.com.mikrotik:{legacy}")),
+            port: 4420,
+        })
+        .unwrap();
+    let mut env = ControllerEnv::with_sim(sim, &[]);
+    let a = env
+        .create(&create_request("vol-snap-a", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let b = env
+        .create(&create_request("vol-snap-b", 2 * GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+
+    let s1 = snapshot(&env, "snapshot-1", &a).unwrap();
+    assert!(s1.snapshot_id.starts_with("snap-"), "{s1:?}");
+    assert_eq!(s1.source_volume_id, a);
+    assert_eq!(s1.size_bytes, GIB);
+    assert!(s1.ready_to_use);
+    assert!(s1.creation_time.seconds > 1_600_000_000, "{s1:?}");
+    // Idempotent; the same name for another volume is ALREADY_EXISTS.
+    assert_eq!(snapshot(&env, "snapshot-1", &a).unwrap(), s1);
+    let (c, msg) = code(snapshot(&env, "snapshot-1", &b).unwrap_err());
+    assert_eq!(c, RpcStatusCode::ALREADY_EXISTS, "{msg}");
+    // A flat volume cannot be snapshotted, and the message says what to do.
+    let (c, msg) = code(snapshot(&env, "snapshot-flat", legacy).unwrap_err());
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("flat layout") && msg.contains("new volume"), "{msg}");
+    // Bad input names the field.
+    let (c, msg) = code(snapshot(&env, "", &a).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("name"), "{msg}");
+    let (c, msg) = code(snapshot(&env, "snapshot-x", "").unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("source_volume_id"), "{msg}");
+    let mut req = csi::CreateSnapshotRequest::new();
+    req.name = "snapshot-p".into();
+    req.source_volume_id = a.clone();
+    req.parameters.insert("compress\nforged".into(), "x".into());
+    let (c, msg) = code(env.controller().create_snapshot(&req, opt(30)).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("parameters[\"compress\\nforged\"]"), "{msg}");
+
+    // The snapshot is real, read-only and stays as it was.
+    let s2 = snapshot(&env, "snapshot-2", &b).unwrap();
+    let s3 = snapshot(&env, "snapshot-3", &a).unwrap();
+    assert_eq!(s2.size_bytes, 2 * GIB);
+    let all = list_snapshots(&env, "", "", "", 0).unwrap();
+    let mut want = vec![
+        s1.snapshot_id.clone(),
+        s2.snapshot_id.clone(),
+        s3.snapshot_id.clone(),
+    ];
+    want.sort();
+    assert_eq!(snapshot_ids(&all), want);
+    assert!(all.next_token.is_empty());
+    assert_eq!(
+        snapshot_ids(&list_snapshots(&env, &s2.snapshot_id, "", "", 0).unwrap()),
+        std::slice::from_ref(&s2.snapshot_id)
+    );
+    let of_a = list_snapshots(&env, "", &a, "", 0).unwrap();
+    assert_eq!(of_a.entries.len(), 2);
+    assert!(of_a.entries.iter().all(|e| e.snapshot.source_volume_id == a));
+    assert!(list_snapshots(&env, "snap-nope", "", "", 0)
+        .unwrap()
+        .entries
+        .is_empty());
+    // Pages with self-checking tokens; a token not given out is ABORTED.
+    let mut token = String::new();
+    let mut paged = Vec::new();
+    loop {
+        let page = list_snapshots(&env, "", "", &token, 1).unwrap();
+        assert_eq!(page.entries.len(), 1);
+        paged.extend(snapshot_ids(&page));
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token.clone();
+    }
+    assert_eq!(paged, want);
+    for bad in ["x", "s1:snap-zz", "v1:pvc-1"] {
+        assert_eq!(
+            code_of(list_snapshots(&env, "", "", bad, 0)),
+            RpcStatusCode::ABORTED,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        code_of(list_snapshots(&env, "", "", "", -1)),
+        RpcStatusCode::INVALID_ARGUMENT
+    );
+
+    // A restarted controller lists exactly the same.
+    env.restart_driver();
+    let again = list_snapshots(&env, "", "", "", 0).unwrap();
+    assert_eq!(again.entries, all.entries);
+
+    // Delete in any order: the source first, then its snapshots.
+    env.delete(&a).unwrap();
+    assert!(env.disk(&a).is_none());
+    let of_a = list_snapshots(&env, "", &a, "", 0).unwrap();
+    assert_eq!(of_a.entries.len(), 2, "snapshots outlive their source");
+    delete_snapshot(&env, &s1.snapshot_id).unwrap();
+    delete_snapshot(&env, &s1.snapshot_id).unwrap();
+    delete_snapshot(&env, "not-a-snapshot-id").unwrap();
+    assert_eq!(
+        code_of(delete_snapshot(&env, "")),
+        RpcStatusCode::INVALID_ARGUMENT
+    );
+    delete_snapshot(&env, &s2.snapshot_id).unwrap();
+    delete_snapshot(&env, &s3.snapshot_id).unwrap();
+    env.delete(&b).unwrap();
+    assert!(list_snapshots(&env, "", "", "", 0).unwrap().entries.is_empty());
+    let (_, subs) = env.sim.request("GET", "/rest/disk/btrfs/subvolume", None);
+    assert_eq!(subs.as_array().unwrap().len(), 0, "{subs}");
+    assert!(
+        !env.files()
+            .iter()
+            .any(|f| f.contains(".img") && !f.contains(legacy)),
+        "{:?}",
+        env.files()
+    );
+    drop(env);
+    drop(fs);
+}
+
+#[test]
+fn a_snapshot_and_a_delete_of_its_source_exclude_each_other() {
+    let env = ControllerEnv::start(&[]);
+    let a = env
+        .create(&create_request("vol-race", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    env.sim.fault(json!({"latency_ms": 300}));
+    let client = env.controller();
+    let a2 = a.clone();
+    let snap = std::thread::spawn(move || {
+        let mut req = csi::CreateSnapshotRequest::new();
+        req.name = "snapshot-race".into();
+        req.source_volume_id = a2;
+        client.create_snapshot(&req, opt(60))
+    });
+    // Wait until the snapshot call holds the volume: a delete is ABORTED.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut saw_aborted = false;
+    while Instant::now() < deadline && !snap.is_finished() {
+        if let Err(e) = env.delete(&a) {
+            assert_eq!(status_of(e).code(), RpcStatusCode::ABORTED);
+            saw_aborted = true;
+            break;
+        }
+    }
+    env.sim.reset_faults();
+    let snapped = snap.join().unwrap();
+    assert!(
+        saw_aborted || snapped.is_err(),
+        "one of the two must have been refused: snapshot {snapped:?}"
+    );
+}
+
+#[test]
+fn an_xfs_pool_offers_no_snapshots() {
+    use csi::controller_service_capability::rpc::Type;
+    let env = ControllerEnv::with_sim(
+        Sim::with(SimOptions {
+            extra_args: vec!["--pool-fs".into(), "xfs".into()],
+            ..Default::default()
+        }),
+        &[],
+    );
+    let caps = env
+        .controller()
+        .controller_get_capabilities(&csi::ControllerGetCapabilitiesRequest::new(), opt(10))
+        .unwrap();
+    let types: Vec<Type> = caps
+        .capabilities
+        .iter()
+        .map(|c| c.rpc().type_.enum_value_or_default())
+        .collect();
+    for t in [
+        Type::CREATE_DELETE_SNAPSHOT,
+        Type::LIST_SNAPSHOTS,
+        Type::CLONE_VOLUME,
+    ] {
+        assert!(!types.contains(&t), "{t:?} advertised on an xfs pool");
+    }
+    let id = env
+        .create(&create_request("vol-xfs-snap", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let (c, msg) = code(snapshot(&env, "snapshot-xfs", &id).unwrap_err());
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("xfs") && msg.contains("btrfs"), "{msg}");
+    assert!(list_snapshots(&env, "", "", "", 0).unwrap().entries.is_empty());
 }

@@ -23,12 +23,37 @@ pub(crate) fn nested_file(folder: &str, id: &VolumeId) -> String {
 }
 
 /// The subvolume a disk's backing file says the volume has: `Some(X/<slot>)`
-/// for `X/<slot>/<slot>.img`, `None` for a flat file.
+/// for `X/<slot>/<image>.img`, `None` for a flat file. The image of a
+/// volume restored or cloned from another keeps the source's name
+/// (`X/<slot>/<source slot>.img`): it came with the Btrfs snapshot.
 pub(crate) fn subvolume_of(file_path: &str, id: &VolumeId) -> Option<String> {
     let file = file_path.trim_start_matches('/');
-    let dir = file.strip_suffix(&format!("/{}.img", id.slot()))?;
+    let (dir, image) = file.rsplit_once('/')?;
+    if !image.ends_with(".img") {
+        return None;
+    }
     let (_, last) = dir.rsplit_once('/')?;
     (last == id.slot()).then(|| dir.to_string())
+}
+
+/// Whether a leftover `/file` entry `<dir>/<slot>.img` found by a
+/// DeleteVolume of `id` (whose disk is gone) is that volume's backing file:
+/// flat in a volume folder, or in the volume's own subvolume; never the
+/// image inside a snapshot, nor the source-named image inside another
+/// volume's subvolume (a clone of this one).
+pub(crate) fn is_own_leftover(file: &str, id: &VolumeId) -> bool {
+    let Some((dir, image)) = file.rsplit_once('/') else {
+        return false;
+    };
+    if image != format!("{}.img", id.slot()) {
+        return false;
+    }
+    let last = dir.rsplit_once('/').map_or(dir, |(_, last)| last);
+    if last == id.slot() {
+        return true;
+    }
+    let other_volume = VolumeId::parse(last).is_some_and(|v| v.is_driver_shape());
+    !other_volume && super::snapshot::parse_snapshot_path(dir).is_none()
 }
 
 impl<R: RdsApi> Controller<R> {
@@ -100,5 +125,28 @@ mod tests {
         assert_eq!(subvolume_of("storage-pool/csi/pvc-1.img", &id), None);
         assert_eq!(subvolume_of("storage-pool/csi/other/pvc-1.img", &id), None);
         assert_eq!(subvolume_of("pvc-1/pvc-1.img", &id), None);
+        // A clone keeps its source's image name inside its own subvolume.
+        assert_eq!(
+            subvolume_of("storage-pool/csi/pvc-1/pvc-0.img", &id).as_deref(),
+            Some("storage-pool/csi/pvc-1")
+        );
+    }
+
+    #[test]
+    fn a_leftover_search_never_takes_a_snapshots_or_a_clones_image() {
+        let id = VolumeId::for_name("a");
+        let other = VolumeId::for_name("b");
+        let snap = super::super::snapshot::SnapshotId::for_name("s");
+        assert!(is_own_leftover(&format!("storage-pool/csi/{id}.img"), &id));
+        assert!(is_own_leftover(&format!("storage-pool/csi/{id}/{id}.img"), &id));
+        assert!(!is_own_leftover(
+            &format!("storage-pool/csi/{other}/{id}.img"),
+            &id
+        ));
+        assert!(!is_own_leftover(
+            &format!("storage-pool/csi/{snap}.{id}.17/{id}.img"),
+            &id
+        ));
+        assert!(!is_own_leftover(&format!("storage-pool/csi/{id}/x.img"), &id));
     }
 }

@@ -25,6 +25,7 @@ pub mod params;
 mod provision;
 mod rds_api;
 pub mod record;
+mod snapshot;
 
 pub use access::{check_access, Access, AccessMode, AccessType, Capability};
 pub use error::{Error, Invalid};
@@ -35,6 +36,7 @@ pub use provision::{
 };
 pub use rds_api::RdsApi;
 pub use record::Ownership;
+pub use snapshot::{SnapshotId, SnapshotInfo, SnapshotPage, SNAPSHOT_PREFIX};
 
 use record::owned;
 

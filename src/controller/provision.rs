@@ -341,7 +341,8 @@ impl<R: RdsApi> Controller<R> {
                         context: format!("DeleteVolume {id}: list backing files"),
                         source: Box::new(source),
                     })?;
-                for file in files.iter().filter(|f| f.name.ends_with(&suffix)) {
+                let own = |name: &str| name.ends_with(&suffix) && layout::is_own_leftover(name, &id);
+                for file in files.iter().filter(|f| own(&f.name)) {
                     self.rds.remove_file(&file.name).map_err(|source| Error::Rds {
                         context: format!("DeleteVolume {id}: remove {}", file.name),
                         source: Box::new(source),

@@ -9,7 +9,7 @@ use grpcio::RpcStatus;
 
 use crate::controller::{
     AccessMode, AccessType, Capability, CapacityRange, Condition, Controller, ControllerSettings,
-    CreateRequest, RdsApi, VolumeInfo,
+    CreateRequest, RdsApi, SnapshotInfo, VolumeInfo,
 };
 use crate::proto::csi;
 use crate::proto::csi::volume_capability::access_mode::Mode;
@@ -101,6 +101,20 @@ fn int64(value: u64) -> protobuf::MessageField<protobuf::well_known_types::wrapp
     .into()
 }
 
+fn snapshot_message(info: &SnapshotInfo) -> csi::Snapshot {
+    let mut m = csi::Snapshot::new();
+    m.snapshot_id = info.id.to_string();
+    m.source_volume_id = info.source_volume_id.to_string();
+    m.size_bytes = info.size_bytes as i64;
+    m.ready_to_use = info.ready_to_use;
+    m.creation_time = Some(protobuf::well_known_types::timestamp::Timestamp {
+        seconds: info.creation_time as i64,
+        ..Default::default()
+    })
+    .into();
+    m
+}
+
 fn controller_capability(
     t: csi::controller_service_capability::rpc::Type,
 ) -> csi::ControllerServiceCapability {
@@ -132,6 +146,73 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
         ] {
             resp.capabilities.push(controller_capability(t));
         }
+        // Snapshots and clones only on a Btrfs pool (issue 13), read now.
+        if self
+            .core
+            .snapshots_supported()
+            .map_err(|e| controller_error(&e))?
+        {
+            for t in [Type::CREATE_DELETE_SNAPSHOT, Type::LIST_SNAPSHOTS] {
+                resp.capabilities.push(controller_capability(t));
+            }
+        }
+        Ok(resp)
+    }
+
+    fn create_snapshot(
+        &self,
+        _call: &CallInfo,
+        req: csi::CreateSnapshotRequest,
+    ) -> Result<csi::CreateSnapshotResponse, RpcStatus> {
+        status::require("name", &req.name)?;
+        status::require("source_volume_id", &req.source_volume_id)?;
+        let info = self
+            .core
+            .create_snapshot(&req.name, &req.source_volume_id, &req.parameters)
+            .map_err(|e| controller_error(&e))?;
+        let mut resp = csi::CreateSnapshotResponse::new();
+        resp.snapshot = Some(snapshot_message(&info)).into();
+        Ok(resp)
+    }
+
+    fn delete_snapshot(
+        &self,
+        _call: &CallInfo,
+        req: csi::DeleteSnapshotRequest,
+    ) -> Result<csi::DeleteSnapshotResponse, RpcStatus> {
+        status::require("snapshot_id", &req.snapshot_id)?;
+        self.core
+            .delete_snapshot(&req.snapshot_id)
+            .map_err(|e| controller_error(&e))?;
+        Ok(csi::DeleteSnapshotResponse::new())
+    }
+
+    fn list_snapshots(
+        &self,
+        _call: &CallInfo,
+        req: csi::ListSnapshotsRequest,
+    ) -> Result<csi::ListSnapshotsResponse, RpcStatus> {
+        if req.max_entries < 0 {
+            return Err(status::invalid_argument("max_entries must not be negative"));
+        }
+        let max = (req.max_entries > 0).then_some(req.max_entries as usize);
+        let some = |s: &str| (!s.is_empty()).then_some(s.to_string());
+        let (snapshot_id, source, token) = (
+            some(&req.snapshot_id),
+            some(&req.source_volume_id),
+            some(&req.starting_token),
+        );
+        let page = self
+            .core
+            .list_snapshots(snapshot_id.as_deref(), source.as_deref(), token.as_deref(), max)
+            .map_err(|e| controller_error(&e))?;
+        let mut resp = csi::ListSnapshotsResponse::new();
+        for info in &page.entries {
+            let mut entry = csi::list_snapshots_response::Entry::new();
+            entry.snapshot = Some(snapshot_message(info)).into();
+            resp.entries.push(entry);
+        }
+        resp.next_token = page.next_token.unwrap_or_default();
         Ok(resp)
     }
 

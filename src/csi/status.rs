@@ -41,6 +41,10 @@ pub fn controller_error(e: &Error) -> RpcStatus {
         Error::PoolNotMounted { .. } => C::UNAVAILABLE,
         Error::StillPublished { .. } | Error::PublishedElsewhere { .. } => C::FAILED_PRECONDITION,
         Error::RecordNotKept { .. } => C::INTERNAL,
+        // Not on this pool, not of this volume: the CO must not retry as is.
+        Error::SnapshotsUnsupported { .. } | Error::FlatVolume { .. } => C::FAILED_PRECONDITION,
+        Error::SnapshotNameTaken { .. } => C::ALREADY_EXISTS,
+        Error::NoSuchSnapshot { .. } => C::NOT_FOUND,
     };
     RpcStatus::with_message(code, crate::error_chain(e))
 }
@@ -73,9 +77,13 @@ mod tests {
             Error::RecordNotKept { .. } => 16,
             Error::BadToken { .. } => 17,
             Error::Rds { .. } => 18,
+            Error::SnapshotsUnsupported { .. } => 19,
+            Error::FlatVolume { .. } => 20,
+            Error::SnapshotNameTaken { .. } => 21,
+            Error::NoSuchSnapshot { .. } => 22,
         }
     }
-    const ROWS: usize = 19;
+    const ROWS: usize = 23;
 
     #[test]
     fn every_controller_error_has_its_code() {
@@ -101,6 +109,10 @@ mod tests {
             C::FAILED_PRECONDITION,
             C::INTERNAL,
             C::ABORTED,
+            C::FAILED_PRECONDITION,
+            C::FAILED_PRECONDITION,
+            C::ALREADY_EXISTS,
+            C::NOT_FOUND,
             C::RESOURCE_EXHAUSTED,
             C::UNAVAILABLE,
         ];

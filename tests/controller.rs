@@ -1544,3 +1544,204 @@ fn an_xfs_pool_offers_no_snapshots() {
     assert!(msg.contains("xfs") && msg.contains("btrfs"), "{msg}");
     assert!(list_snapshots(&env, "", "", "", 0).unwrap().entries.is_empty());
 }
+
+// ---- Restore and clone (issue 13) ---------------------------------------------
+
+fn from_snapshot(name: &str, bytes: i64, snapshot_id: &str) -> csi::CreateVolumeRequest {
+    let mut req = create_request(name, bytes, &[]);
+    let mut src = csi::VolumeContentSource::new();
+    let mut snap = csi::volume_content_source::SnapshotSource::new();
+    snap.snapshot_id = snapshot_id.into();
+    src.set_snapshot(snap);
+    req.volume_content_source = Some(src).into();
+    req
+}
+
+fn from_volume(name: &str, bytes: i64, volume_id: &str) -> csi::CreateVolumeRequest {
+    let mut req = create_request(name, bytes, &[]);
+    let mut src = csi::VolumeContentSource::new();
+    let mut vol = csi::volume_content_source::VolumeSource::new();
+    vol.volume_id = volume_id.into();
+    src.set_volume(vol);
+    req.volume_content_source = Some(src).into();
+    req
+}
+
+/// The host path of a volume's backing file, as its disk names it.
+fn image_of(env: &ControllerEnv, id: &str) -> std::path::PathBuf {
+    let disk = env.disk(id).expect("disk");
+    env.sim.backing_path(disk["file-path"].as_str().unwrap())
+}
+
+fn write_at_start(path: &std::path::Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn read_start(path: &std::path::Path, len: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(path).unwrap().read_exact(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn restore_and_clone_copy_the_data_byte_for_byte_and_leak_nothing() {
+    let Some(common::btrfs::BtrfsSim { sim, fs }) = common::btrfs::BtrfsSim::start(
+        "restore_and_clone",
+        SimOptions {
+            extra_args: vec!["--max-slot-len".into(), "40".into()],
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let legacy = "pvc-0e7c2a9d-41b3-4c55-9f0e-6a1d2b3c4d5e";
+    sim.client()
+        .create_disk(&rds_csi::rds::NewDisk {
+            slot: legacy.into(),
+            file_path: format!("storage-pool/csi/{legacy}.img"),
+            size_bytes: GIB as u64,
+            comment: String::new(),
+            nqn: Some(format!("nqn.2000-02.com.mikrotik:{legacy}")),
+            port: 4420,
+        })
+        .unwrap();
+    let env = ControllerEnv::with_sim(sim, &[]);
+    let a = env
+        .create(&create_request("vol-src", 2 * GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let old: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
+    write_at_start(&image_of(&env, &a), &old);
+    let snap = snapshot(&env, "snapshot-src", &a).unwrap();
+    assert_eq!(snap.size_bytes, 2 * GIB);
+    let new = vec![0xEEu8; 4 << 20];
+    write_at_start(&image_of(&env, &a), &new);
+
+    // Restore: the old data, exported, the source echoed.
+    let req = from_snapshot("vol-restored", 2 * GIB, &snap.snapshot_id);
+    let r = env.create(&req).unwrap().volume.unwrap();
+    assert_eq!(r.capacity_bytes, 2 * GIB);
+    assert_eq!(r.content_source.snapshot().snapshot_id, snap.snapshot_id);
+    let disk = env.disk(&r.volume_id).unwrap();
+    assert_eq!(disk["nvme-tcp-export"], "true");
+    assert_eq!(
+        disk["file-path"],
+        format!("/storage-pool/csi/{}/{a}.img", r.volume_id)
+    );
+    assert!(
+        read_start(&image_of(&env, &r.volume_id), old.len()) == old,
+        "restored data differs"
+    );
+    // Idempotent; the same name from another source is ALREADY_EXISTS.
+    assert_eq!(env.create(&req).unwrap().volume.volume_id, r.volume_id);
+    let (c, msg) = code(env.create(&from_volume("vol-restored", 2 * GIB, &a)).unwrap_err());
+    assert_eq!(c, RpcStatusCode::ALREADY_EXISTS, "{msg}");
+    // Larger: the image is grown; smaller: OUT_OF_RANGE, nothing left.
+    let big = env
+        .create(&from_snapshot("vol-bigger", 3 * GIB, &snap.snapshot_id))
+        .unwrap()
+        .volume
+        .unwrap();
+    assert_eq!(big.capacity_bytes, 3 * GIB);
+    let big_image = image_of(&env, &big.volume_id);
+    assert_eq!(std::fs::metadata(&big_image).unwrap().len(), 3 * GIB as u64);
+    assert!(read_start(&big_image, old.len()) == old);
+    let subs_before = subvolumes(&env);
+    let (c, msg) = code(
+        env.create(&from_snapshot("vol-smaller", GIB, &snap.snapshot_id))
+            .unwrap_err(),
+    );
+    assert_eq!(c, RpcStatusCode::OUT_OF_RANGE, "{msg}");
+    assert_eq!(
+        subvolumes(&env),
+        subs_before,
+        "no subvolume left by the refused restore"
+    );
+    // Missing sources, flat sources, empty ids.
+    for (req, want) in [
+        (
+            from_snapshot("vol-m1", GIB, "snap-0000000000000000000000000000"),
+            RpcStatusCode::NOT_FOUND,
+        ),
+        (from_snapshot("vol-m2", GIB, "no such"), RpcStatusCode::NOT_FOUND),
+        (
+            from_volume("vol-m3", GIB, "pvc-00000000000000000000000000aa"),
+            RpcStatusCode::NOT_FOUND,
+        ),
+        (
+            from_volume("vol-m4", GIB, legacy),
+            RpcStatusCode::FAILED_PRECONDITION,
+        ),
+        (from_snapshot("vol-m5", GIB, ""), RpcStatusCode::INVALID_ARGUMENT),
+        (from_volume("vol-m6", GIB, ""), RpcStatusCode::INVALID_ARGUMENT),
+    ] {
+        let (c, msg) = code(env.create(&req).unwrap_err());
+        assert_eq!(c, want, "{msg}");
+        if want == RpcStatusCode::INVALID_ARGUMENT {
+            assert!(msg.contains("volume_content_source."), "{msg}");
+        }
+    }
+    assert_eq!(subvolumes(&env), subs_before, "no subvolume left by the refusals");
+
+    // Clone of the live volume: its current data.
+    let clone = env
+        .create(&from_volume("vol-clone", 2 * GIB, &a))
+        .unwrap()
+        .volume
+        .unwrap();
+    assert_eq!(clone.content_source.volume().volume_id, a);
+    assert!(read_start(&image_of(&env, &clone.volume_id), new.len()) == new);
+    // Independent: writing the clone leaves the source alone.
+    write_at_start(&image_of(&env, &clone.volume_id), &old);
+    assert!(read_start(&image_of(&env, &a), new.len()) == new);
+
+    // A crash after the writable snapshot, before the disk: the retry
+    // finishes the volume in the subvolume already made.
+    let crash_id = rds_csi::volume::VolumeId::for_name("vol-crashed").to_string();
+    let snap_sub = subvolumes(&env)
+        .into_iter()
+        .find(|s| s.contains(&snap.snapshot_id))
+        .unwrap();
+    let (st, body) = env.sim.request(
+        "PUT",
+        "/rest/disk/btrfs/subvolume",
+        Some(&json!({"fs": "storage-pool-fs", "name": format!("csi/{crash_id}"), "parent": snap_sub, "read-only": "false"})),
+    );
+    assert_eq!(st, 200, "{body}");
+    let crashed = env
+        .create(&from_snapshot("vol-crashed", 2 * GIB, &snap.snapshot_id))
+        .unwrap()
+        .volume
+        .unwrap();
+    assert_eq!(crashed.volume_id, crash_id);
+    assert!(read_start(&image_of(&env, &crashed.volume_id), old.len()) == old);
+
+    // The snapshot restored volumes came from can go; they stay.
+    delete_snapshot(&env, &snap.snapshot_id).unwrap();
+    assert!(read_start(&image_of(&env, &r.volume_id), old.len()) == old);
+    for id in [
+        &a,
+        &r.volume_id,
+        &big.volume_id,
+        &clone.volume_id,
+        &crashed.volume_id,
+    ] {
+        env.delete(id).unwrap();
+    }
+    assert!(subvolumes(&env).is_empty(), "{:?}", subvolumes(&env));
+    assert!(
+        !env.files()
+            .iter()
+            .any(|f| f.ends_with(".img") && !f.contains(legacy)),
+        "{:?}",
+        env.files()
+    );
+    drop(env);
+    drop(fs);
+}

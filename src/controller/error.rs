@@ -116,8 +116,13 @@ pub enum Error {
     /// The request breaks a validation rule; `context` names the call and
     /// volume (empty when the rule speaks for itself).
     Invalid { context: String, reason: Invalid },
-    /// CreateVolume from a snapshot or a volume, which this driver cannot do yet.
-    ContentSourceUnsupported { name: String },
+    /// CreateVolume from a source larger than the requested size.
+    SmallerThanSource {
+        name: String,
+        source: String,
+        source_size: u64,
+        required: i64,
+    },
     /// A capacity range that is malformed or that no size of ours fits.
     Capacity { context: String, source: CapacityError },
     /// Another call on the same volume (or name) is running.
@@ -219,10 +224,16 @@ impl fmt::Display for Error {
         match self {
             Error::Invalid { context, reason } if context.is_empty() => write!(f, "{reason}"),
             Error::Invalid { context, reason } => write!(f, "{context}: {reason}"),
-            Error::ContentSourceUnsupported { name } => write!(
+            Error::SmallerThanSource {
+                name,
+                source,
+                source_size,
+                required,
+            } => write!(
                 f,
-                "CreateVolume {}: volume_content_source is set, but this driver cannot create a volume from a snapshot or another volume yet; no volume was created",
-                echo(name)
+                "CreateVolume {}: capacity_range.required_bytes {required} is smaller than the source {} ({source_size} bytes); volumes never shrink",
+                echo(name),
+                echo(source)
             ),
             Error::Capacity { context, source } => {
                 let (CapacityError::Invalid(m) | CapacityError::OutOfRange(m)) = source;
@@ -378,7 +389,12 @@ impl Error {
                 context: "CreateVolume \"vol-a\"".into(),
                 reason: Invalid::NoCapabilities,
             },
-            Error::ContentSourceUnsupported { name: "vol-a".into() },
+            Error::SmallerThanSource {
+                name: "vol-a".into(),
+                source: "snap-x".into(),
+                source_size: 2,
+                required: 1,
+            },
             Error::Capacity {
                 context: "CreateVolume \"vol-a\"".into(),
                 source: CapacityError::Invalid("capacity_range must not be negative".into()),

@@ -18,6 +18,7 @@ use crate::volume::{NqnPrefix, SizePolicy, VolumeId};
 
 mod access;
 mod attach;
+mod clone;
 mod error;
 mod health;
 mod layout;
@@ -28,6 +29,7 @@ pub mod record;
 mod snapshot;
 
 pub use access::{check_access, Access, AccessMode, AccessType, Capability};
+pub use clone::ContentSource;
 pub use error::{Error, Invalid};
 pub use health::RdsHealth;
 pub use params::VolumeParams;

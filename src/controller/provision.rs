@@ -38,8 +38,8 @@ pub struct CreateRequest<'a> {
     pub capabilities: &'a [Capability],
     pub parameters: &'a HashMap<String, String>,
     pub capacity: CapacityRange,
-    /// A snapshot or volume to copy from was named.
-    pub has_content_source: bool,
+    /// The snapshot or volume the new volume's content comes from.
+    pub content_source: Option<super::ContentSource<'a>>,
 }
 
 /// A created (or found again) volume.
@@ -119,11 +119,6 @@ impl<R: RdsApi> Controller<R> {
             context: format!("CreateVolume {shown}"),
             reason,
         })?;
-        if req.has_content_source {
-            return Err(Error::ContentSourceUnsupported {
-                name: name.to_string(),
-            });
-        }
         let CapacityRange { required, limit } = req.capacity;
         let size = self
             .settings
@@ -154,10 +149,19 @@ impl<R: RdsApi> Controller<R> {
             },
             connection: params.connection,
         };
-        let digest = creation_digest(&file_path, &ctx, access.block);
+        let mut digest = creation_digest(&file_path, &ctx, access.block);
+        // The same name from another source (or none) is another request.
+        if let Some(src) = &req.content_source {
+            digest = super::record::params_digest(&[("volume", digest), ("source", src.key())]);
+        }
         // Set when this call made (or found) the new volume's subvolume.
         let mut btrfs: Option<rds::BtrfsFs> = None;
-        let _guard = self.lock("CreateVolume", &[name, id.as_str()])?;
+        let mut keys = vec![name, id.as_str()];
+        // The source's own lock: a clone and a delete of its source exclude each other.
+        keys.extend(req.content_source.as_ref().map(|s| s.id()));
+        let _guard = self.lock("CreateVolume", &keys)?;
+        // The backing file and source size of a clone made below.
+        let mut cloned: Option<(String, u64)> = None;
 
         // Request 1: what is there. Everything after works from this answer.
         let existing = self.rds.disk(id.slot()).map_err(|source| Error::Rds {
@@ -215,7 +219,14 @@ impl<R: RdsApi> Controller<R> {
                 }
                 // Once per folder per process.
                 self.ensure_folder(&folder)?;
-                btrfs = self.volume_subvolume(&pool, &folder, &id, &shown)?;
+                match req.content_source {
+                    None => btrfs = self.volume_subvolume(&pool, &folder, &id, &shown)?,
+                    Some(src) => {
+                        let (fs, image, src_size) = self.clone_subvolume(&pool, &folder, &id, src, &shown)?;
+                        btrfs = Some(fs);
+                        cloned = Some((image, src_size));
+                    }
+                }
                 new_record(name, digest, &params)
             }
         };
@@ -230,8 +241,35 @@ impl<R: RdsApi> Controller<R> {
                         .is_some_and(|sub| sub == layout::subvolume_path(&folder, &id))
                 })
                 .unwrap_or_else(|| file_path.clone()),
-            None if btrfs.is_some() => layout::nested_file(&folder, &id),
-            None => file_path.clone(),
+            None => match &cloned {
+                Some((image, _)) => image.clone(),
+                None if btrfs.is_some() => layout::nested_file(&folder, &id),
+                None => file_path.clone(),
+            },
+        };
+        // A clone is at least its source's size: smaller is OUT_OF_RANGE;
+        // with no size asked it is the source's; larger grows the image.
+        let size = match &cloned {
+            Some((_, src_size))
+                if (required > 0 && *src_size > size) || (limit > 0 && *src_size > limit as u64) =>
+            {
+                let undo = btrfs
+                    .as_ref()
+                    .map(|fs| (fs, layout::subvolume_path(&folder, &id)));
+                if let Some((fs, sub)) = undo {
+                    if let Err(e) = self.rds.remove_subvolume(fs, &sub) {
+                        warn!("CreateVolume {shown}: could not remove {sub}: {e}");
+                    }
+                }
+                return Err(Error::SmallerThanSource {
+                    name: name.to_string(),
+                    source: req.content_source.map(|s| s.id().to_string()).unwrap_or_default(),
+                    source_size: *src_size,
+                    required,
+                });
+            }
+            Some((_, src_size)) => size.max(*src_size),
+            None => size,
         };
         let new = rds::NewDisk {
             slot: id.to_string(),

@@ -405,7 +405,7 @@ fn create<R: RdsApi>(
             required: required as i64,
             limit: 0,
         },
-        has_content_source: false,
+        content_source: None,
     })
 }
 
@@ -612,7 +612,7 @@ fn shared_block_volumes_go_to_many_nodes_when_allowed() {
             capabilities: &caps,
             parameters: &HashMap::new(),
             capacity: CapacityRange::default(),
-            has_content_source: false,
+            content_source: None,
         })
         .unwrap();
     for node in ["n1", "n2"] {

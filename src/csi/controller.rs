@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use grpcio::RpcStatus;
 
 use crate::controller::{
-    AccessMode, AccessType, Capability, CapacityRange, Condition, Controller, ControllerSettings,
-    CreateRequest, RdsApi, SnapshotInfo, VolumeInfo,
+    AccessMode, AccessType, Capability, CapacityRange, Condition, ContentSource, Controller,
+    ControllerSettings, CreateRequest, RdsApi, SnapshotInfo, VolumeInfo,
 };
 use crate::proto::csi;
 use crate::proto::csi::volume_capability::access_mode::Mode;
@@ -101,6 +101,28 @@ fn int64(value: u64) -> protobuf::MessageField<protobuf::well_known_types::wrapp
     .into()
 }
 
+/// `volume_content_source` as the controller sees it; a set source must
+/// name a snapshot or a volume by a non-empty id.
+fn content_source(src: Option<&csi::VolumeContentSource>) -> Result<Option<ContentSource<'_>>, RpcStatus> {
+    use csi::volume_content_source::Type;
+    let Some(src) = src else {
+        return Ok(None);
+    };
+    match &src.type_ {
+        Some(Type::Snapshot(s)) => {
+            status::require("volume_content_source.snapshot.snapshot_id", &s.snapshot_id)?;
+            Ok(Some(ContentSource::Snapshot(&s.snapshot_id)))
+        }
+        Some(Type::Volume(v)) => {
+            status::require("volume_content_source.volume.volume_id", &v.volume_id)?;
+            Ok(Some(ContentSource::Volume(&v.volume_id)))
+        }
+        None => Err(status::invalid_argument(
+            "volume_content_source: a snapshot or a volume is required",
+        )),
+    }
+}
+
 fn snapshot_message(info: &SnapshotInfo) -> csi::Snapshot {
     let mut m = csi::Snapshot::new();
     m.snapshot_id = info.id.to_string();
@@ -152,7 +174,11 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
             .snapshots_supported()
             .map_err(|e| controller_error(&e))?
         {
-            for t in [Type::CREATE_DELETE_SNAPSHOT, Type::LIST_SNAPSHOTS] {
+            for t in [
+                Type::CREATE_DELETE_SNAPSHOT,
+                Type::LIST_SNAPSHOTS,
+                Type::CLONE_VOLUME,
+            ] {
                 resp.capabilities.push(controller_capability(t));
             }
         }
@@ -222,6 +248,7 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
         req: csi::CreateVolumeRequest,
     ) -> Result<csi::CreateVolumeResponse, RpcStatus> {
         let caps = capabilities(&req.volume_capabilities);
+        let content_source = content_source(req.volume_content_source.as_ref())?;
         let created = self
             .core
             .create(CreateRequest {
@@ -229,16 +256,18 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
                 capabilities: &caps,
                 parameters: &req.parameters,
                 capacity: capacity_range(req.capacity_range.as_ref()),
-                has_content_source: req.volume_content_source.is_some(),
+                content_source,
             })
             .map_err(|e| controller_error(&e))?;
         let mut resp = csi::CreateVolumeResponse::new();
-        resp.volume = Some(volume_message(
+        let mut volume = volume_message(
             created.id.as_str(),
             created.capacity,
             Some(created.context.to_map()),
-        ))
-        .into();
+        );
+        // The CSI spec: the source the volume was made from, echoed.
+        volume.content_source = req.volume_content_source.clone();
+        resp.volume = Some(volume).into();
         Ok(resp)
     }
 

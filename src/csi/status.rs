@@ -15,7 +15,9 @@ pub fn controller_error(e: &Error) -> RpcStatus {
     let code = match e {
         // The RDS's own failure keeps the one mapping of RDS failure kinds.
         Error::Rds { context, source } => return crate::status::from_rds(context, source),
-        Error::Invalid { .. } | Error::ContentSourceUnsupported { .. } => C::INVALID_ARGUMENT,
+        Error::Invalid { .. } => C::INVALID_ARGUMENT,
+        // A size the source does not fit into can never succeed.
+        Error::SmallerThanSource { .. } => C::OUT_OF_RANGE,
         Error::Capacity {
             source: CapacityError::Invalid(_),
             ..
@@ -59,7 +61,7 @@ mod tests {
     fn row(e: &Error) -> usize {
         match e {
             Error::Invalid { .. } => 0,
-            Error::ContentSourceUnsupported { .. } => 1,
+            Error::SmallerThanSource { .. } => 1,
             Error::Capacity { .. } => 2,
             Error::Busy { .. } => 3,
             Error::NoSuchVolume { .. } => 4,
@@ -91,7 +93,7 @@ mod tests {
         // The examples, in order, with the code each must map to.
         let expected = [
             C::INVALID_ARGUMENT,
-            C::INVALID_ARGUMENT,
+            C::OUT_OF_RANGE,
             C::INVALID_ARGUMENT,
             C::OUT_OF_RANGE,
             C::ABORTED,

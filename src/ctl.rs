@@ -33,6 +33,12 @@ Commands:
   create NAME --size SIZE [--param K=V]... [--block] [--fs ext4|xfs] [--access MODE]
                                         CreateVolume; SIZE like 1Gi or bytes
   delete VOLUME_ID                      DeleteVolume
+  create NAME --size SIZE (--from-snapshot SNAPSHOT_ID | --from-volume VOLUME_ID) ...
+                                        CreateVolume restoring a snapshot or cloning a volume
+  snapshot create NAME --volume VOLUME_ID   CreateSnapshot (Btrfs pools)
+  snapshot list [--volume VOLUME_ID] [--max N]
+                                        ListSnapshots (all pages)
+  snapshot delete SNAPSHOT_ID           DeleteSnapshot
   list [--max N]                        ListVolumes (all pages)
   capacity [--param K=V]...             GetCapacity
   publish VOLUME_ID --node NODE_ID [--block] [--access MODE] [--readonly]
@@ -119,6 +125,10 @@ struct Args {
     node_path: Option<String>,
     mount_flags: Vec<String>,
     max: Option<i32>,
+    // Snapshots and clones (issue 13).
+    from_snapshot: Option<String>,
+    from_volume: Option<String>,
+    volume: Option<String>,
 }
 
 struct Global {
@@ -220,7 +230,16 @@ fn access_mode(raw: &str) -> Result<Mode, CtlError> {
 fn allowed(command: &str) -> Option<&'static [&'static str]> {
     Some(match command {
         "info" | "probe" => &[],
-        "create" => &["size", "param", "block", "fs", "access"],
+        "create" => &[
+            "size",
+            "param",
+            "block",
+            "fs",
+            "access",
+            "from-snapshot",
+            "from-volume",
+        ],
+        "snapshot" => &["volume", "max"],
         "delete" => &[],
         "list" => &["max"],
         "capacity" => &["param"],
@@ -294,6 +313,9 @@ fn parse_command_args(command: &str, rest: Vec<OsString>) -> Result<Args, CtlErr
                     "path" => a.path = Some(text(&mut p, "path")?),
                     "node-path" => a.node_path = Some(text(&mut p, "node-path")?),
                     "mount-flag" => a.mount_flags.push(text(&mut p, "mount-flag")?),
+                    "from-snapshot" => a.from_snapshot = Some(text(&mut p, "from-snapshot")?),
+                    "from-volume" => a.from_volume = Some(text(&mut p, "from-volume")?),
+                    "volume" => a.volume = Some(text(&mut p, "volume")?),
                     "max" => {
                         let v = text(&mut p, "max")?;
                         a.max = Some(
@@ -438,6 +460,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
             req.capacity_range = Some(range).into();
             req.volume_capabilities = vec![capability(a)];
             req.parameters = a.params.clone();
+            req.volume_content_source = content_source(a)?.into();
             let r = c
                 .controller
                 .create_volume(&req, c.opt())
@@ -596,6 +619,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
         }
         "stats" => stats(c, a),
         "expand" => expand(c, a),
+        "snapshot" => snapshot(c, a),
         _ => Err(usage(format!("unknown command {command:?}"))),
     }
 }
@@ -820,6 +844,132 @@ fn expand(c: &Ctx, a: &Args) -> Result<Output, CtlError> {
             "node_capacity_bytes": node_bytes,
         }),
     })
+}
+
+// ---- Snapshots, restore and clone (issue 13) -----------------------------
+
+/// `--from-snapshot` / `--from-volume` as a CSI content source.
+fn content_source(a: &Args) -> Result<Option<csi::VolumeContentSource>, CtlError> {
+    let mut src = csi::VolumeContentSource::new();
+    match (&a.from_snapshot, &a.from_volume) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => return Err(usage("--from-snapshot and --from-volume exclude each other")),
+        (Some(id), None) => {
+            let mut s = csi::volume_content_source::SnapshotSource::new();
+            s.snapshot_id = id.clone();
+            src.set_snapshot(s);
+        }
+        (None, Some(id)) => {
+            let mut v = csi::volume_content_source::VolumeSource::new();
+            v.volume_id = id.clone();
+            src.set_volume(v);
+        }
+    }
+    Ok(Some(src))
+}
+
+fn snapshot_json(s: &csi::Snapshot) -> Value {
+    json!({
+        "snapshot_id": s.snapshot_id,
+        "source_volume_id": s.source_volume_id,
+        "size_bytes": s.size_bytes,
+        "creation_time": s.creation_time.as_ref().map(|t| t.seconds),
+        "ready_to_use": s.ready_to_use,
+    })
+}
+
+/// `ctl snapshot create NAME --volume ID | list [--volume ID] [--max N] | delete ID`.
+fn snapshot(c: &Ctx, a: &Args) -> Result<Output, CtlError> {
+    let (sub, rest) = a
+        .positional
+        .split_first()
+        .ok_or_else(|| usage("snapshot: create, list or delete is required"))?;
+    let arg = |what: &str| match rest {
+        [v] => Ok(v.clone()),
+        [] => Err(usage(format!("snapshot {sub}: {what} is required"))),
+        more => Err(usage(format!(
+            "snapshot {sub}: one {what} expected, got {}",
+            more.len()
+        ))),
+    };
+    match sub.as_str() {
+        "create" => {
+            let name = arg("NAME")?;
+            let mut req = csi::CreateSnapshotRequest::new();
+            req.name = name.clone();
+            req.source_volume_id = need(&a.volume, "volume")?.to_string();
+            let r = c
+                .controller
+                .create_snapshot(&req, c.opt())
+                .map_err(|e| call_error("CreateSnapshot", e))?;
+            let s = r.snapshot.unwrap_or_default();
+            Ok(Output {
+                text: format!(
+                    "created snapshot {} of volume {} ({} bytes, {}) for {name}\n",
+                    s.snapshot_id,
+                    s.source_volume_id,
+                    s.size_bytes,
+                    gib(s.size_bytes)
+                ),
+                json: snapshot_json(&s),
+            })
+        }
+        "delete" => {
+            let id = arg("SNAPSHOT_ID")?;
+            let mut req = csi::DeleteSnapshotRequest::new();
+            req.snapshot_id = id.clone();
+            c.controller
+                .delete_snapshot(&req, c.opt())
+                .map_err(|e| call_error("DeleteSnapshot", e))?;
+            Ok(Output {
+                text: format!("deleted snapshot {id}\n"),
+                json: json!({ "snapshot_id": id, "deleted": true }),
+            })
+        }
+        "list" => {
+            if !rest.is_empty() {
+                return Err(usage("snapshot list takes no arguments (--volume filters)"));
+            }
+            let mut token = String::new();
+            let mut rows = Vec::new();
+            loop {
+                let mut req = csi::ListSnapshotsRequest::new();
+                req.max_entries = a.max.unwrap_or(0);
+                req.starting_token = token.clone();
+                req.source_volume_id = a.volume.clone().unwrap_or_default();
+                let r = c
+                    .controller
+                    .list_snapshots(&req, c.opt())
+                    .map_err(|e| call_error("ListSnapshots", e))?;
+                rows.extend(r.entries.into_iter().map(|e| e.snapshot.unwrap_or_default()));
+                if r.next_token.is_empty() {
+                    break;
+                }
+                token = r.next_token;
+            }
+            let mut text = format!(
+                "{:<34} {:<36} {:>14}  created\n",
+                "SNAPSHOT", "SOURCE VOLUME", "BYTES"
+            );
+            for s in &rows {
+                text.push_str(&format!(
+                    "{:<34} {:<36} {:>14}  {}\n",
+                    s.snapshot_id,
+                    s.source_volume_id,
+                    s.size_bytes,
+                    s.creation_time.as_ref().map(|t| t.seconds).unwrap_or(0)
+                ));
+            }
+            text.push_str(&format!("{} snapshot(s)\n", rows.len()));
+            Ok(Output {
+                text,
+                json: json!({ "snapshots": rows.iter().map(snapshot_json).collect::<Vec<_>>() }),
+            })
+        }
+        other => Err(usage(format!(
+            "snapshot {other:?}: expected create, list or delete"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -649,8 +649,13 @@ fn capabilities_advertise_what_is_implemented() {
     ] {
         assert!(types.contains(&t), "{t:?} missing");
     }
-    // The sim's pool is Btrfs: snapshots are offered.
-    for t in [Type::CREATE_DELETE_SNAPSHOT, Type::LIST_SNAPSHOTS] {
+    // The sim's pool is Btrfs: snapshots, clones and GetSnapshot are offered.
+    for t in [
+        Type::CREATE_DELETE_SNAPSHOT,
+        Type::LIST_SNAPSHOTS,
+        Type::CLONE_VOLUME,
+        Type::GET_SNAPSHOT,
+    ] {
         assert!(types.contains(&t), "{t:?} missing on a btrfs pool");
     }
     assert!(
@@ -1530,6 +1535,7 @@ fn an_xfs_pool_offers_no_snapshots() {
         Type::CREATE_DELETE_SNAPSHOT,
         Type::LIST_SNAPSHOTS,
         Type::CLONE_VOLUME,
+        Type::GET_SNAPSHOT,
     ] {
         assert!(!types.contains(&t), "{t:?} advertised on an xfs pool");
     }
@@ -1744,4 +1750,33 @@ fn restore_and_clone_copy_the_data_byte_for_byte_and_leak_nothing() {
     );
     drop(env);
     drop(fs);
+}
+
+#[test]
+fn get_snapshot_finds_one_snapshot_by_id() {
+    let env = ControllerEnv::start(&[]);
+    let a = env
+        .create(&create_request("vol-get-snap", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let s = snapshot(&env, "snapshot-get", &a).unwrap();
+    let get = |id: &str| {
+        let mut req = csi::GetSnapshotRequest::new();
+        req.snapshot_id = id.into();
+        env.controller().get_snapshot(&req, opt(30))
+    };
+    assert_eq!(get(&s.snapshot_id).unwrap().snapshot.unwrap(), s);
+    assert_eq!(
+        code_of(get("snap-0000000000000000000000000000")),
+        RpcStatusCode::NOT_FOUND
+    );
+    assert_eq!(code_of(get("no such\nsnapshot")), RpcStatusCode::NOT_FOUND);
+    let (c, msg) = code(get("").unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("snapshot_id"), "{msg}");
+    delete_snapshot(&env, &s.snapshot_id).unwrap();
+    assert_eq!(code_of(get(&s.snapshot_id)), RpcStatusCode::NOT_FOUND);
+    env.delete(&a).unwrap();
 }

@@ -178,6 +178,7 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
                 Type::CREATE_DELETE_SNAPSHOT,
                 Type::LIST_SNAPSHOTS,
                 Type::CLONE_VOLUME,
+                Type::GET_SNAPSHOT,
             ] {
                 resp.capabilities.push(controller_capability(t));
             }
@@ -211,6 +212,27 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
             .delete_snapshot(&req.snapshot_id)
             .map_err(|e| controller_error(&e))?;
         Ok(csi::DeleteSnapshotResponse::new())
+    }
+
+    fn get_snapshot(
+        &self,
+        _call: &CallInfo,
+        req: csi::GetSnapshotRequest,
+    ) -> Result<csi::GetSnapshotResponse, RpcStatus> {
+        status::require("snapshot_id", &req.snapshot_id)?;
+        let page = self
+            .core
+            .list_snapshots(Some(&req.snapshot_id), None, None, None)
+            .map_err(|e| controller_error(&e))?;
+        let info = page.entries.first().ok_or_else(|| {
+            controller_error(&crate::controller::Error::NoSuchSnapshot {
+                op: "GetSnapshot",
+                snapshot_id: req.snapshot_id.clone(),
+            })
+        })?;
+        let mut resp = csi::GetSnapshotResponse::new();
+        resp.snapshot = Some(snapshot_message(info)).into();
+        Ok(resp)
     }
 
     fn list_snapshots(

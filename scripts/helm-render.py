@@ -42,6 +42,7 @@ MANIFESTS = [
     ("30-controller.yaml", "controller.yaml", DEFAULTS, "default values"),
     ("40-node.yaml", "node.yaml", DEFAULTS, "default values"),
     ("examples/storageclasses.yaml", "storageclasses.yaml", DEFAULTS, "default values"),
+    ("examples/volumesnapshotclass.yaml", "volumesnapshotclass.yaml", DEFAULTS, "default values"),
     ("alternatives/node-registrar.yaml", "node.yaml", HOST_MODE, "node.mode=host"),
 ]
 # Labels only Helm's own bookkeeping needs; kubectl-applied objects do

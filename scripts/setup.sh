@@ -17,12 +17,12 @@ say() { printf 'setup: %s\n' "$*"; }
 
 # --- Debian packages --------------------------------------------------------
 # cmake, g++: gRPC core's build. e2fsprogs, xfsprogs: mkfs/resize for ext4 and
-# xfs. util-linux: losetup, blkid, mount. file, binutils: checking and
+# xfs. btrfs-progs: the Btrfs pool rds-sim snapshots on (issue 13). util-linux: losetup, blkid, mount. file, binutils: checking and
 # stripping the static binary. python3-venv: the tool venv. kmod: modprobe
 # for the node's checks. iproute2, procps: test helpers. systemd: its
 # systemd-analyze verifies deploy/systemd's unit (tests/deploy.rs; nothing is
 # started, the package only brings the tools).
-packages=(cmake build-essential pkg-config e2fsprogs xfsprogs util-linux mount file binutils
+packages=(cmake build-essential pkg-config e2fsprogs xfsprogs btrfs-progs util-linux mount file binutils
 	python3 python3-venv python3-pip kmod procps iproute2 ca-certificates systemd)
 missing=()
 for p in "${packages[@]}"; do

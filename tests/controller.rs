@@ -75,7 +75,11 @@ fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
     // On the RDS: a file disk, exported under the NQN, exact size, our record.
     let disk = env.disk(PVC_SLOT).expect("disk created");
     assert_eq!(disk["type"], "file");
-    assert_eq!(disk["file-path"], format!("/storage-pool/csi/{PVC_SLOT}.img"));
+    // The pool is Btrfs: the image lives in the volume's own subvolume.
+    assert_eq!(
+        disk["file-path"],
+        format!("/storage-pool/csi/{PVC_SLOT}/{PVC_SLOT}.img")
+    );
     assert_eq!(disk["size"], "1073741824");
     assert_eq!(disk["nvme-tcp-export"], "true");
     assert_eq!(disk["nvme-tcp-server-nqn"], nqn);
@@ -87,7 +91,7 @@ fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
         "{comment}"
     );
     assert!(comment.contains("pvc=apps/data"), "{comment}");
-    let file = format!("storage-pool/csi/{PVC_SLOT}.img");
+    let file = format!("storage-pool/csi/{PVC_SLOT}/{PVC_SLOT}.img");
     let host_file = env.sim.backing_path(&file);
     assert_eq!(std::fs::metadata(&host_file).unwrap().len(), 1 << 30);
     assert!(env.sim.exports_file()["exports"]
@@ -648,13 +652,19 @@ fn capabilities_advertise_what_is_implemented() {
     ] {
         assert!(types.contains(&t), "{t:?} missing");
     }
+    // The sim's pool is Btrfs: snapshots, clones and GetSnapshot are offered.
     for t in [
         Type::CREATE_DELETE_SNAPSHOT,
+        Type::LIST_SNAPSHOTS,
         Type::CLONE_VOLUME,
-        Type::MODIFY_VOLUME,
+        Type::GET_SNAPSHOT,
     ] {
-        assert!(!types.contains(&t), "{t:?} advertised but not built");
+        assert!(types.contains(&t), "{t:?} missing on a btrfs pool");
     }
+    assert!(
+        !types.contains(&Type::MODIFY_VOLUME),
+        "MODIFY_VOLUME advertised but not built"
+    );
     // The plugin capabilities name the controller service.
     let plugin = env
         .driver
@@ -662,13 +672,13 @@ fn capabilities_advertise_what_is_implemented() {
         .get_plugin_capabilities(&csi::GetPluginCapabilitiesRequest::new(), opt(10))
         .unwrap();
     assert!(plugin.capabilities.iter().any(|c| c.has_service()));
-    // Snapshots are not built: UNIMPLEMENTED.
+    // A snapshot of a volume that does not exist.
     let mut snap = csi::CreateSnapshotRequest::new();
     snap.source_volume_id = "pvc-x".into();
     snap.name = "snap".into();
     assert_eq!(
         code_of(env.controller().create_snapshot(&snap, opt(10))),
-        RpcStatusCode::UNIMPLEMENTED
+        RpcStatusCode::NOT_FOUND
     );
 }
 
@@ -1097,13 +1107,15 @@ fn each_rpc_makes_few_rest_requests() {
     let (unpublish, _) = requests(&env, || env.unpublish(&id, "node-a").unwrap());
     let (expand, _) = requests(&env, || env.expand(&id, 2 * GIB, false).unwrap());
     let (delete, _) = requests(&env, || env.delete(&id).unwrap());
+    // On this Btrfs pool a create also makes the volume's subvolume (one
+    // PUT) and a delete removes it (look it up, DELETE).
     let counts = [
-        ("CreateVolume", create, 4),
+        ("CreateVolume", create, 5),
         ("CreateVolume again", again, 1),
         ("ControllerPublishVolume", publish, 2),
         ("ControllerUnpublishVolume", unpublish, 2),
         ("ControllerExpandVolume", expand, 3),
-        ("DeleteVolume", delete, 5),
+        ("DeleteVolume", delete, 7),
     ];
     for (rpc, made, most) in counts {
         assert!(
@@ -1146,4 +1158,628 @@ fn a_half_created_volume_is_finished_by_the_retry_in_one_request_more() {
         .unwrap()
         .iter()
         .any(|e| e["slot"] == id.as_str()));
+}
+
+// ---- The layout on Btrfs pools (issue 13) -----------------------------------
+
+/// The sim's subvolume names.
+fn subvolumes(env: &ControllerEnv) -> Vec<String> {
+    let (status, v) = env.sim.request("GET", "/rest/disk/btrfs/subvolume", None);
+    assert_eq!(status, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn on_a_btrfs_pool_each_volume_has_its_own_subvolume_removed_with_it() {
+    let Some(common::btrfs::BtrfsSim { sim, fs }) =
+        common::btrfs::BtrfsSim::start("btrfs_layout", SimOptions::default())
+    else {
+        return;
+    };
+    let env = ControllerEnv::with_sim(sim, &[]);
+    let id = env
+        .create(&create_request("vol-layout", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let disk = env.disk(&id).unwrap();
+    assert_eq!(disk["file-path"], format!("/storage-pool/csi/{id}/{id}.img"));
+    assert_eq!(subvolumes(&env), [format!("csi/{id}")]);
+    // A real subvolume on the real Btrfs filesystem.
+    use std::os::unix::fs::MetadataExt;
+    let dir = env.sim.backing_path(&format!("storage-pool/csi/{id}"));
+    assert_eq!(std::fs::metadata(&dir).unwrap().ino(), 256);
+    env.delete(&id).unwrap();
+    assert!(env.disk(&id).is_none());
+    assert!(subvolumes(&env).is_empty());
+    assert!(!env.files().iter().any(|f| f.contains(&id)), "{:?}", env.files());
+    assert!(!dir.exists());
+    drop(env);
+    drop(fs);
+}
+
+#[test]
+fn btrfs_layout_create_and_delete_resume_after_a_crash_at_any_step() {
+    let env = ControllerEnv::start(&[]);
+    // Crash after the disk went, before its subvolume: the retry removes it.
+    let a = env
+        .create(&create_request("vol-crash-a", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let disk = env.disk(&a).unwrap();
+    let (st, _) = env.sim.request(
+        "DELETE",
+        &format!("/rest/disk/{}", disk[".id"].as_str().unwrap()),
+        None,
+    );
+    assert!(st == 200 || st == 204, "{st}");
+    assert_eq!(subvolumes(&env), [format!("csi/{a}")]);
+    env.delete(&a).unwrap();
+    assert!(subvolumes(&env).is_empty(), "{:?}", subvolumes(&env));
+    assert!(!env.files().iter().any(|f| f.contains(&a)), "{:?}", env.files());
+
+    // Crash after the subvolume, before the disk: the retried create
+    // finishes the volume in it; a delete instead would remove it.
+    let name_b = "vol-crash-b";
+    let expected_b = env
+        .create(&create_request(name_b, GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    env.delete(&expected_b).unwrap();
+    let (st, body) = env.sim.request(
+        "PUT",
+        "/rest/disk/btrfs/subvolume",
+        Some(&json!({"fs": "storage-pool-fs", "name": format!("csi/{expected_b}")})),
+    );
+    assert_eq!(st, 200, "{body}");
+    let again = env
+        .create(&create_request(name_b, GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    assert_eq!(again, expected_b);
+    assert_eq!(
+        env.disk(&again).unwrap()["file-path"],
+        format!("/storage-pool/csi/{again}/{again}.img")
+    );
+    env.delete(&again).unwrap();
+    let (st, _) = env.sim.request(
+        "PUT",
+        "/rest/disk/btrfs/subvolume",
+        Some(&json!({"fs": "storage-pool-fs", "name": format!("csi/{again}")})),
+    );
+    assert_eq!(st, 200);
+    env.delete(&again).unwrap();
+    assert!(subvolumes(&env).is_empty(), "{:?}", subvolumes(&env));
+    assert!(
+        !env.files().iter().any(|f| f.contains(&again)),
+        "{:?}",
+        env.files()
+    );
+}
+
+#[test]
+fn on_an_xfs_pool_volumes_stay_flat() {
+    let env = ControllerEnv::with_sim(
+        Sim::with(SimOptions {
+            extra_args: vec!["--pool-fs".into(), "xfs".into()],
+            ..Default::default()
+        }),
+        &[],
+    );
+    let id = env
+        .create(&create_request("vol-xfs", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    assert_eq!(
+        env.disk(&id).unwrap()["file-path"],
+        format!("/storage-pool/csi/{id}.img")
+    );
+    env.delete(&id).unwrap();
+    assert!(!env.files().iter().any(|f| f.contains(&id)), "{:?}", env.files());
+}
+
+// ---- Snapshots (issue 13) ----------------------------------------------------
+
+fn snapshot(env: &ControllerEnv, name: &str, source: &str) -> grpcio::Result<csi::Snapshot> {
+    let mut req = csi::CreateSnapshotRequest::new();
+    req.name = name.into();
+    req.source_volume_id = source.into();
+    env.controller()
+        .create_snapshot(&req, opt(30))
+        .map(|r| r.snapshot.unwrap_or_default())
+}
+
+fn list_snapshots(
+    env: &ControllerEnv,
+    id: &str,
+    source: &str,
+    token: &str,
+    max: i32,
+) -> grpcio::Result<csi::ListSnapshotsResponse> {
+    let mut req = csi::ListSnapshotsRequest::new();
+    req.snapshot_id = id.into();
+    req.source_volume_id = source.into();
+    req.starting_token = token.into();
+    req.max_entries = max;
+    env.controller().list_snapshots(&req, opt(30))
+}
+
+fn delete_snapshot(env: &ControllerEnv, id: &str) -> grpcio::Result<csi::DeleteSnapshotResponse> {
+    let mut req = csi::DeleteSnapshotRequest::new();
+    req.snapshot_id = id.into();
+    env.controller().delete_snapshot(&req, opt(30))
+}
+
+fn snapshot_ids(resp: &csi::ListSnapshotsResponse) -> Vec<String> {
+    resp.entries
+        .iter()
+        .map(|e| e.snapshot.snapshot_id.clone())
+        .collect()
+}
+
+#[test]
+fn snapshots_are_idempotent_listed_from_the_rds_alone_and_deletable_in_any_order() {
+    let Some(common::btrfs::BtrfsSim { sim, fs }) = common::btrfs::BtrfsSim::start(
+        "snapshots_lifecycle",
+        SimOptions {
+            extra_args: vec!["--max-slot-len".into(), "40".into()],
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    // A volume of the Go driver: the flat layout.
+    let legacy = "pvc-0e7c2a9d-41b3-4c55-9f0e-6a1d2b3c4d5e";
+    sim.client()
+        .create_disk(&rds_csi::rds::NewDisk {
+            slot: legacy.into(),
+            file_path: format!("storage-pool/csi/{legacy}.img"),
+            size_bytes: GIB as u64,
+            comment: String::new(),
+            nqn: Some(format!("nqn.2000-02.com.mikrotik:{legacy}")),
+            port: 4420,
+        })
+        .unwrap();
+    let mut env = ControllerEnv::with_sim(sim, &[]);
+    let a = env
+        .create(&create_request("vol-snap-a", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let b = env
+        .create(&create_request("vol-snap-b", 2 * GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+
+    let s1 = snapshot(&env, "snapshot-1", &a).unwrap();
+    assert!(s1.snapshot_id.starts_with("snap-"), "{s1:?}");
+    assert_eq!(s1.source_volume_id, a);
+    assert_eq!(s1.size_bytes, GIB);
+    assert!(s1.ready_to_use);
+    assert!(s1.creation_time.seconds > 1_600_000_000, "{s1:?}");
+    // Idempotent; the same name for another volume is ALREADY_EXISTS.
+    assert_eq!(snapshot(&env, "snapshot-1", &a).unwrap(), s1);
+    let (c, msg) = code(snapshot(&env, "snapshot-1", &b).unwrap_err());
+    assert_eq!(c, RpcStatusCode::ALREADY_EXISTS, "{msg}");
+    // A flat volume cannot be snapshotted, and the message says what to do.
+    let (c, msg) = code(snapshot(&env, "snapshot-flat", legacy).unwrap_err());
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("flat layout") && msg.contains("new volume"), "{msg}");
+    // Bad input names the field.
+    let (c, msg) = code(snapshot(&env, "", &a).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("name"), "{msg}");
+    let (c, msg) = code(snapshot(&env, "snapshot-x", "").unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("source_volume_id"), "{msg}");
+    let mut req = csi::CreateSnapshotRequest::new();
+    req.name = "snapshot-p".into();
+    req.source_volume_id = a.clone();
+    req.parameters.insert("compress\nforged".into(), "x".into());
+    let (c, msg) = code(env.controller().create_snapshot(&req, opt(30)).unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("parameters[\"compress\\nforged\"]"), "{msg}");
+
+    // The snapshot is real, read-only and stays as it was.
+    let s2 = snapshot(&env, "snapshot-2", &b).unwrap();
+    let s3 = snapshot(&env, "snapshot-3", &a).unwrap();
+    assert_eq!(s2.size_bytes, 2 * GIB);
+    let all = list_snapshots(&env, "", "", "", 0).unwrap();
+    let mut want = vec![
+        s1.snapshot_id.clone(),
+        s2.snapshot_id.clone(),
+        s3.snapshot_id.clone(),
+    ];
+    want.sort();
+    assert_eq!(snapshot_ids(&all), want);
+    assert!(all.next_token.is_empty());
+    assert_eq!(
+        snapshot_ids(&list_snapshots(&env, &s2.snapshot_id, "", "", 0).unwrap()),
+        std::slice::from_ref(&s2.snapshot_id)
+    );
+    let of_a = list_snapshots(&env, "", &a, "", 0).unwrap();
+    assert_eq!(of_a.entries.len(), 2);
+    assert!(of_a.entries.iter().all(|e| e.snapshot.source_volume_id == a));
+    assert!(list_snapshots(&env, "snap-nope", "", "", 0)
+        .unwrap()
+        .entries
+        .is_empty());
+    // Pages with self-checking tokens; a token not given out is ABORTED.
+    let mut token = String::new();
+    let mut paged = Vec::new();
+    loop {
+        let page = list_snapshots(&env, "", "", &token, 1).unwrap();
+        assert_eq!(page.entries.len(), 1);
+        paged.extend(snapshot_ids(&page));
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token.clone();
+    }
+    assert_eq!(paged, want);
+    for bad in ["x", "s1:snap-zz", "v1:pvc-1"] {
+        assert_eq!(
+            code_of(list_snapshots(&env, "", "", bad, 0)),
+            RpcStatusCode::ABORTED,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        code_of(list_snapshots(&env, "", "", "", -1)),
+        RpcStatusCode::INVALID_ARGUMENT
+    );
+
+    // A restarted controller lists exactly the same.
+    env.restart_driver();
+    let again = list_snapshots(&env, "", "", "", 0).unwrap();
+    assert_eq!(again.entries, all.entries);
+
+    // Delete in any order: the source first, then its snapshots.
+    env.delete(&a).unwrap();
+    assert!(env.disk(&a).is_none());
+    let of_a = list_snapshots(&env, "", &a, "", 0).unwrap();
+    assert_eq!(of_a.entries.len(), 2, "snapshots outlive their source");
+    delete_snapshot(&env, &s1.snapshot_id).unwrap();
+    delete_snapshot(&env, &s1.snapshot_id).unwrap();
+    delete_snapshot(&env, "not-a-snapshot-id").unwrap();
+    assert_eq!(
+        code_of(delete_snapshot(&env, "")),
+        RpcStatusCode::INVALID_ARGUMENT
+    );
+    delete_snapshot(&env, &s2.snapshot_id).unwrap();
+    delete_snapshot(&env, &s3.snapshot_id).unwrap();
+    env.delete(&b).unwrap();
+    assert!(list_snapshots(&env, "", "", "", 0).unwrap().entries.is_empty());
+    let (_, subs) = env.sim.request("GET", "/rest/disk/btrfs/subvolume", None);
+    assert_eq!(subs.as_array().unwrap().len(), 0, "{subs}");
+    assert!(
+        !env.files()
+            .iter()
+            .any(|f| f.contains(".img") && !f.contains(legacy)),
+        "{:?}",
+        env.files()
+    );
+    drop(env);
+    drop(fs);
+}
+
+#[test]
+fn a_snapshot_and_a_delete_of_its_source_exclude_each_other() {
+    let env = ControllerEnv::start(&[]);
+    let a = env
+        .create(&create_request("vol-race", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    env.sim.fault(json!({"latency_ms": 300}));
+    let client = env.controller();
+    let a2 = a.clone();
+    let snap = std::thread::spawn(move || {
+        let mut req = csi::CreateSnapshotRequest::new();
+        req.name = "snapshot-race".into();
+        req.source_volume_id = a2;
+        client.create_snapshot(&req, opt(60))
+    });
+    // Wait until the snapshot call holds the volume: a delete is ABORTED.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut saw_aborted = false;
+    while Instant::now() < deadline && !snap.is_finished() {
+        if let Err(e) = env.delete(&a) {
+            assert_eq!(status_of(e).code(), RpcStatusCode::ABORTED);
+            saw_aborted = true;
+            break;
+        }
+    }
+    env.sim.reset_faults();
+    let snapped = snap.join().unwrap();
+    assert!(
+        saw_aborted || snapped.is_err(),
+        "one of the two must have been refused: snapshot {snapped:?}"
+    );
+}
+
+#[test]
+fn an_xfs_pool_offers_no_snapshots() {
+    use csi::controller_service_capability::rpc::Type;
+    let env = ControllerEnv::with_sim(
+        Sim::with(SimOptions {
+            extra_args: vec!["--pool-fs".into(), "xfs".into()],
+            ..Default::default()
+        }),
+        &[],
+    );
+    let caps = env
+        .controller()
+        .controller_get_capabilities(&csi::ControllerGetCapabilitiesRequest::new(), opt(10))
+        .unwrap();
+    let types: Vec<Type> = caps
+        .capabilities
+        .iter()
+        .map(|c| c.rpc().type_.enum_value_or_default())
+        .collect();
+    for t in [
+        Type::CREATE_DELETE_SNAPSHOT,
+        Type::LIST_SNAPSHOTS,
+        Type::CLONE_VOLUME,
+        Type::GET_SNAPSHOT,
+    ] {
+        assert!(!types.contains(&t), "{t:?} advertised on an xfs pool");
+    }
+    let id = env
+        .create(&create_request("vol-xfs-snap", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let (c, msg) = code(snapshot(&env, "snapshot-xfs", &id).unwrap_err());
+    assert_eq!(c, RpcStatusCode::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("xfs") && msg.contains("btrfs"), "{msg}");
+    assert!(list_snapshots(&env, "", "", "", 0).unwrap().entries.is_empty());
+}
+
+// ---- Restore and clone (issue 13) ---------------------------------------------
+
+fn from_snapshot(name: &str, bytes: i64, snapshot_id: &str) -> csi::CreateVolumeRequest {
+    let mut req = create_request(name, bytes, &[]);
+    let mut src = csi::VolumeContentSource::new();
+    let mut snap = csi::volume_content_source::SnapshotSource::new();
+    snap.snapshot_id = snapshot_id.into();
+    src.set_snapshot(snap);
+    req.volume_content_source = Some(src).into();
+    req
+}
+
+fn from_volume(name: &str, bytes: i64, volume_id: &str) -> csi::CreateVolumeRequest {
+    let mut req = create_request(name, bytes, &[]);
+    let mut src = csi::VolumeContentSource::new();
+    let mut vol = csi::volume_content_source::VolumeSource::new();
+    vol.volume_id = volume_id.into();
+    src.set_volume(vol);
+    req.volume_content_source = Some(src).into();
+    req
+}
+
+/// The host path of a volume's backing file, as its disk names it.
+fn image_of(env: &ControllerEnv, id: &str) -> std::path::PathBuf {
+    let disk = env.disk(id).expect("disk");
+    env.sim.backing_path(disk["file-path"].as_str().unwrap())
+}
+
+fn write_at_start(path: &std::path::Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn read_start(path: &std::path::Path, len: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(path).unwrap().read_exact(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn restore_and_clone_copy_the_data_byte_for_byte_and_leak_nothing() {
+    let Some(common::btrfs::BtrfsSim { sim, fs }) = common::btrfs::BtrfsSim::start(
+        "restore_and_clone",
+        SimOptions {
+            extra_args: vec!["--max-slot-len".into(), "40".into()],
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let legacy = "pvc-0e7c2a9d-41b3-4c55-9f0e-6a1d2b3c4d5e";
+    sim.client()
+        .create_disk(&rds_csi::rds::NewDisk {
+            slot: legacy.into(),
+            file_path: format!("storage-pool/csi/{legacy}.img"),
+            size_bytes: GIB as u64,
+            comment: String::new(),
+            nqn: Some(format!("nqn.2000-02.com.mikrotik:{legacy}")),
+            port: 4420,
+        })
+        .unwrap();
+    let env = ControllerEnv::with_sim(sim, &[]);
+    let a = env
+        .create(&create_request("vol-src", 2 * GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let old: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
+    write_at_start(&image_of(&env, &a), &old);
+    let snap = snapshot(&env, "snapshot-src", &a).unwrap();
+    assert_eq!(snap.size_bytes, 2 * GIB);
+    let new = vec![0xEEu8; 4 << 20];
+    write_at_start(&image_of(&env, &a), &new);
+
+    // Restore: the old data, exported, the source echoed.
+    let req = from_snapshot("vol-restored", 2 * GIB, &snap.snapshot_id);
+    let r = env.create(&req).unwrap().volume.unwrap();
+    assert_eq!(r.capacity_bytes, 2 * GIB);
+    assert_eq!(r.content_source.snapshot().snapshot_id, snap.snapshot_id);
+    let disk = env.disk(&r.volume_id).unwrap();
+    assert_eq!(disk["nvme-tcp-export"], "true");
+    assert_eq!(
+        disk["file-path"],
+        format!("/storage-pool/csi/{}/{a}.img", r.volume_id)
+    );
+    assert!(
+        read_start(&image_of(&env, &r.volume_id), old.len()) == old,
+        "restored data differs"
+    );
+    // Idempotent; the same name from another source is ALREADY_EXISTS.
+    assert_eq!(env.create(&req).unwrap().volume.volume_id, r.volume_id);
+    let (c, msg) = code(env.create(&from_volume("vol-restored", 2 * GIB, &a)).unwrap_err());
+    assert_eq!(c, RpcStatusCode::ALREADY_EXISTS, "{msg}");
+    // Larger: the image is grown; smaller: OUT_OF_RANGE, nothing left.
+    let big = env
+        .create(&from_snapshot("vol-bigger", 3 * GIB, &snap.snapshot_id))
+        .unwrap()
+        .volume
+        .unwrap();
+    assert_eq!(big.capacity_bytes, 3 * GIB);
+    let big_image = image_of(&env, &big.volume_id);
+    assert_eq!(std::fs::metadata(&big_image).unwrap().len(), 3 * GIB as u64);
+    assert!(read_start(&big_image, old.len()) == old);
+    let subs_before = subvolumes(&env);
+    let (c, msg) = code(
+        env.create(&from_snapshot("vol-smaller", GIB, &snap.snapshot_id))
+            .unwrap_err(),
+    );
+    assert_eq!(c, RpcStatusCode::OUT_OF_RANGE, "{msg}");
+    assert_eq!(
+        subvolumes(&env),
+        subs_before,
+        "no subvolume left by the refused restore"
+    );
+    // Missing sources, flat sources, empty ids.
+    for (req, want) in [
+        (
+            from_snapshot("vol-m1", GIB, "snap-0000000000000000000000000000"),
+            RpcStatusCode::NOT_FOUND,
+        ),
+        (from_snapshot("vol-m2", GIB, "no such"), RpcStatusCode::NOT_FOUND),
+        (
+            from_volume("vol-m3", GIB, "pvc-00000000000000000000000000aa"),
+            RpcStatusCode::NOT_FOUND,
+        ),
+        (
+            from_volume("vol-m4", GIB, legacy),
+            RpcStatusCode::FAILED_PRECONDITION,
+        ),
+        (from_snapshot("vol-m5", GIB, ""), RpcStatusCode::INVALID_ARGUMENT),
+        (from_volume("vol-m6", GIB, ""), RpcStatusCode::INVALID_ARGUMENT),
+    ] {
+        let (c, msg) = code(env.create(&req).unwrap_err());
+        assert_eq!(c, want, "{msg}");
+        if want == RpcStatusCode::INVALID_ARGUMENT {
+            assert!(msg.contains("volume_content_source."), "{msg}");
+        }
+    }
+    assert_eq!(subvolumes(&env), subs_before, "no subvolume left by the refusals");
+
+    // Clone of the live volume: its current data.
+    let clone = env
+        .create(&from_volume("vol-clone", 2 * GIB, &a))
+        .unwrap()
+        .volume
+        .unwrap();
+    assert_eq!(clone.content_source.volume().volume_id, a);
+    assert!(read_start(&image_of(&env, &clone.volume_id), new.len()) == new);
+    // Independent: writing the clone leaves the source alone.
+    write_at_start(&image_of(&env, &clone.volume_id), &old);
+    assert!(read_start(&image_of(&env, &a), new.len()) == new);
+
+    // A crash after the writable snapshot, before the disk: the retry
+    // finishes the volume in the subvolume already made.
+    let crash_id = rds_csi::volume::VolumeId::for_name("vol-crashed").to_string();
+    let snap_sub = subvolumes(&env)
+        .into_iter()
+        .find(|s| s.contains(&snap.snapshot_id))
+        .unwrap();
+    let (st, body) = env.sim.request(
+        "PUT",
+        "/rest/disk/btrfs/subvolume",
+        Some(&json!({"fs": "storage-pool-fs", "name": format!("csi/{crash_id}"), "parent": snap_sub, "read-only": "false"})),
+    );
+    assert_eq!(st, 200, "{body}");
+    let crashed = env
+        .create(&from_snapshot("vol-crashed", 2 * GIB, &snap.snapshot_id))
+        .unwrap()
+        .volume
+        .unwrap();
+    assert_eq!(crashed.volume_id, crash_id);
+    assert!(read_start(&image_of(&env, &crashed.volume_id), old.len()) == old);
+
+    // The snapshot restored volumes came from can go; they stay.
+    delete_snapshot(&env, &snap.snapshot_id).unwrap();
+    assert!(read_start(&image_of(&env, &r.volume_id), old.len()) == old);
+    for id in [
+        &a,
+        &r.volume_id,
+        &big.volume_id,
+        &clone.volume_id,
+        &crashed.volume_id,
+    ] {
+        env.delete(id).unwrap();
+    }
+    assert!(subvolumes(&env).is_empty(), "{:?}", subvolumes(&env));
+    assert!(
+        !env.files()
+            .iter()
+            .any(|f| f.ends_with(".img") && !f.contains(legacy)),
+        "{:?}",
+        env.files()
+    );
+    drop(env);
+    drop(fs);
+}
+
+#[test]
+fn get_snapshot_finds_one_snapshot_by_id() {
+    let env = ControllerEnv::start(&[]);
+    let a = env
+        .create(&create_request("vol-get-snap", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let s = snapshot(&env, "snapshot-get", &a).unwrap();
+    let get = |id: &str| {
+        let mut req = csi::GetSnapshotRequest::new();
+        req.snapshot_id = id.into();
+        env.controller().get_snapshot(&req, opt(30))
+    };
+    assert_eq!(get(&s.snapshot_id).unwrap().snapshot.unwrap(), s);
+    assert_eq!(
+        code_of(get("snap-0000000000000000000000000000")),
+        RpcStatusCode::NOT_FOUND
+    );
+    assert_eq!(code_of(get("no such\nsnapshot")), RpcStatusCode::NOT_FOUND);
+    let (c, msg) = code(get("").unwrap_err());
+    assert_eq!(c, RpcStatusCode::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("snapshot_id"), "{msg}");
+    delete_snapshot(&env, &s.snapshot_id).unwrap();
+    assert_eq!(code_of(get(&s.snapshot_id)), RpcStatusCode::NOT_FOUND);
+    env.delete(&a).unwrap();
 }

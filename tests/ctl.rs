@@ -126,3 +126,91 @@ fn an_unreachable_socket_is_a_clear_failure() {
         "{err}"
     );
 }
+
+/// `ctl snapshot create|list|delete`, `create --from-snapshot` and
+/// `create --from-volume` against the driver and rds-sim's Btrfs pool.
+#[test]
+fn snapshots_restores_and_clones_through_ctl() {
+    let env = ControllerEnv::start(&[]);
+    let src = ok_json(&env, &["create", "vol-ctl-src", "--size", "1Gi"]);
+    let src_id = src["volume_id"].as_str().unwrap().to_string();
+    let snap = ok_json(&env, &["snapshot", "create", "snap-ctl", "--volume", &src_id]);
+    let snap_id = snap["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(snap["source_volume_id"], src_id.as_str());
+    assert_eq!(snap["size_bytes"], 1 << 30);
+    assert_eq!(snap["ready_to_use"], true);
+    let listed = ok_json(&env, &["snapshot", "list", "--volume", &src_id]);
+    assert_eq!(listed["snapshots"][0]["snapshot_id"], snap_id.as_str());
+    let (code, text, _) = ctl(&env, &["snapshot", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains(&snap_id) && text.contains("1 snapshot(s)"),
+        "{text}"
+    );
+
+    let restored = ok_json(
+        &env,
+        &[
+            "create",
+            "vol-ctl-restored",
+            "--size",
+            "1Gi",
+            "--from-snapshot",
+            &snap_id,
+        ],
+    );
+    let cloned = ok_json(
+        &env,
+        &[
+            "create",
+            "vol-ctl-clone",
+            "--size",
+            "1Gi",
+            "--from-volume",
+            &src_id,
+        ],
+    );
+    for v in [&restored, &cloned] {
+        assert!(env.disk(v["volume_id"].as_str().unwrap()).is_some(), "{v}");
+    }
+    // Usage errors exit 2; a refused call prints its code and exits 1.
+    let (code, _, err) = ctl(
+        &env,
+        &[
+            "create",
+            "x",
+            "--size",
+            "1Gi",
+            "--from-snapshot",
+            "a",
+            "--from-volume",
+            "b",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = ctl(&env, &["snapshot", "frobnicate"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = ctl(
+        &env,
+        &[
+            "create",
+            "vol-ctl-none",
+            "--size",
+            "1Gi",
+            "--from-snapshot",
+            "snap-0000000000000000000000000000",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+
+    let deleted = ok_json(&env, &["snapshot", "delete", &snap_id]);
+    assert_eq!(deleted["deleted"], true);
+    assert!(ok_json(&env, &["snapshot", "list"])["snapshots"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    for v in [&restored, &cloned, &src] {
+        ok_json(&env, &["delete", v["volume_id"].as_str().unwrap()]);
+    }
+}

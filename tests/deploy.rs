@@ -260,7 +260,12 @@ fn every_yaml_document_in_deploy_parses_and_names_itself() {
             }
             let namespaced = !matches!(
                 d.kind(),
-                "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CSIDriver" | "StorageClass"
+                "Namespace"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "CSIDriver"
+                    | "StorageClass"
+                    | "VolumeSnapshotClass"
             );
             if namespaced && d.namespace() != NAMESPACE {
                 problems.push(format!(
@@ -1083,6 +1088,7 @@ fn sidecar_flag_problems(docs: &[Doc]) -> Vec<String> {
         ),
         ("/csi-attacher:", &["--leader-election"]),
         ("/csi-resizer:", &["--leader-election"]),
+        ("/csi-snapshotter:", &["--leader-election"]),
         ("/livenessprobe:", &[]),
     ];
     for (image, flags) in required {
@@ -1132,9 +1138,14 @@ fn sidecar_flag_problems(docs: &[Doc]) -> Vec<String> {
         let has_token = items(c, "volumeMounts")
             .iter()
             .any(|m| m["mountPath"].as_str() == Some("/var/run/secrets/kubernetes.io/serviceaccount"));
-        let needs = ["/csi-provisioner:", "/csi-attacher:", "/csi-resizer:"]
-            .iter()
-            .any(|n| c["image"].as_str().unwrap_or("").contains(n));
+        let needs = [
+            "/csi-provisioner:",
+            "/csi-attacher:",
+            "/csi-resizer:",
+            "/csi-snapshotter:",
+        ]
+        .iter()
+        .any(|n| c["image"].as_str().unwrap_or("").contains(n));
         if has_token != needs {
             problems.push(format!(
                 "{}: {} {} a Kubernetes API token",
@@ -1461,6 +1472,7 @@ const RENDERED: &[&str] = &[
     "30-controller.yaml",
     "40-node.yaml",
     "examples/storageclasses.yaml",
+    "examples/volumesnapshotclass.yaml",
     "alternatives/node-registrar.yaml",
 ];
 const HAND_WRITTEN: &[&str] = &["00-namespace.yaml", "examples/secret.yaml"];

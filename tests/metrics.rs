@@ -289,3 +289,49 @@ fn an_idle_or_dripping_connection_never_delays_a_scrape() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     dripper.join().unwrap();
 }
+
+/// Snapshot calls are counted like every CSI call, and the Btrfs subvolume
+/// requests behind them by operation (issue 13).
+#[test]
+fn snapshot_operations_are_counted() {
+    use rds_csi::proto::csi;
+    let env = ControllerEnv::start(&["--metrics-address", "127.0.0.1:0"]);
+    let url = metrics_url(&env.driver);
+    let id = env
+        .create(&create_request("vol-metrics-snap", GIB, &[]))
+        .unwrap()
+        .volume
+        .volume_id
+        .clone();
+    let before = scrape(&url);
+    let opt = || common::driver::opt(30);
+    let mut create = csi::CreateSnapshotRequest::new();
+    create.name = "snapshot-metrics".into();
+    create.source_volume_id = id.clone();
+    let snap = env
+        .controller()
+        .create_snapshot(&create, opt())
+        .unwrap()
+        .snapshot
+        .unwrap();
+    env.controller()
+        .list_snapshots(&csi::ListSnapshotsRequest::new(), opt())
+        .unwrap();
+    let mut delete = csi::DeleteSnapshotRequest::new();
+    delete.snapshot_id = snap.snapshot_id.clone();
+    env.controller().delete_snapshot(&delete, opt()).unwrap();
+    let after = scrape(&url);
+    for method in ["CreateSnapshot", "ListSnapshots", "DeleteSnapshot"] {
+        let key = format!("rds_csi_rpc_requests_total{{code=OK,method={method}}}");
+        assert_eq!(after.get(&key) - before.get(&key), 1.0, "{key}");
+    }
+    for op in [
+        "snapshot_btrfs_subvolume",
+        "remove_btrfs_subvolume",
+        "list_btrfs_subvolumes",
+    ] {
+        let key = format!("rds_csi_rds_requests_total{{operation={op},outcome=ok}}");
+        assert!(after.get(&key) - before.get(&key) >= 1.0, "{key}");
+    }
+    env.delete(&id).unwrap();
+}

@@ -835,3 +835,226 @@ fn calls_on_a_known_disk_skip_the_lookup() {
         .unwrap()
         .is_empty());
 }
+
+// ---- Btrfs subvolumes (issue 13) -------------------------------------------
+
+/// The pool's Btrfs filesystem as the client reads it from the pool entry.
+fn btrfs_fs(client: &rds::Client) -> rds::BtrfsFs {
+    let pool = client.pool("storage-pool").unwrap();
+    assert_eq!(pool.fs_label.as_deref(), Some("storage-pool-fs"), "{pool:?}");
+    pool.btrfs().expect("a btrfs pool")
+}
+
+#[test]
+fn subvolumes_snapshots_and_clones_share_blocks_and_stay_independent() {
+    let Some(sim) = common::btrfs::BtrfsSim::start("subvolumes_snapshots_and_clones", SimOptions::default())
+    else {
+        return;
+    };
+    let client = sim.client().with_base_path(BASE);
+    let fs = btrfs_fs(&client);
+    client.make_directory(BASE).unwrap();
+    let vol = client.create_subvolume(&fs, "storage-pool/csi/vol-a").unwrap();
+    assert_eq!(
+        (vol.name.as_str(), vol.parent.as_deref(), vol.read_only),
+        ("csi/vol-a", None, false)
+    );
+    // A second create is the same subvolume.
+    assert_eq!(
+        client.create_subvolume(&fs, "storage-pool/csi/vol-a").unwrap(),
+        vol
+    );
+
+    let mut new = new_disk("vol-a", 64 << 20);
+    new.file_path = "storage-pool/csi/vol-a/vol-a.img".into();
+    client.create_disk(&new).unwrap();
+    let image = sim.real("storage-pool/csi/vol-a/vol-a.img");
+    let old: Vec<u8> = (0..(8 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+        f.write_all(&old).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    let snap = client
+        .snapshot_subvolume(&fs, "storage-pool/csi/vol-a", "storage-pool/csi/snap-1", true)
+        .unwrap();
+    assert_eq!(
+        (snap.parent.as_deref(), snap.read_only),
+        (Some("csi/vol-a"), true)
+    );
+    assert_eq!(
+        client
+            .snapshot_subvolume(&fs, "storage-pool/csi/vol-a", "storage-pool/csi/snap-1", true)
+            .unwrap(),
+        snap,
+        "a second snapshot call is the same snapshot"
+    );
+    let e = client
+        .snapshot_subvolume(&fs, "storage-pool/csi/vol-a", "storage-pool/csi/snap-1", false)
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::AlreadyExists, "{e}");
+    assert!(e.to_string().contains("read-only"), "{e}");
+
+    // Real copy-on-write: the snapshot is a read-only btrfs subvolume whose
+    // image shares all its blocks with the source.
+    let snap_dir = sim.real("storage-pool/csi/snap-1");
+    let ro = std::process::Command::new("btrfs")
+        .args(["property", "get", "-ts"])
+        .arg(&snap_dir)
+        .arg("ro")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ro.stdout).trim(), "ro=true");
+    let (total, exclusive, _) = sim.fs.du(&snap_dir);
+    assert!(
+        total >= 8 << 20 && exclusive == 0,
+        "total {total}, exclusive {exclusive}"
+    );
+
+    // Overwriting the source leaves the snapshot as it was.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+        f.write_all(&vec![0xEE; 8 << 20]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let snap_image = sim.real("storage-pool/csi/snap-1/vol-a.img");
+    assert_eq!(std::fs::read(&snap_image).unwrap()[..old.len()], old[..]);
+    // /file lists the image inside the snapshot.
+    let files = client.list_files("storage-pool/csi/snap-1/").unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.name == "storage-pool/csi/snap-1/vol-a.img"),
+        "{files:?}"
+    );
+
+    // A writable clone of the snapshot: the old data, writable, its own.
+    let clone = client
+        .snapshot_subvolume(&fs, "storage-pool/csi/snap-1", "storage-pool/csi/vol-b", false)
+        .unwrap();
+    assert!(!clone.read_only);
+    let mut restored = new_disk("vol-b", 64 << 20);
+    restored.file_path = "storage-pool/csi/vol-b/vol-a.img".into();
+    client.create_disk(&restored).unwrap();
+    assert_eq!(
+        std::fs::read(sim.real("storage-pool/csi/vol-b/vol-a.img")).unwrap()[..old.len()],
+        old[..]
+    );
+
+    // A subvolume holding a disk's file cannot go; without the disk it can,
+    // once, and its snapshot lives on.
+    let e = client
+        .remove_subvolume(&fs, "storage-pool/csi/vol-a")
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::Rejected, "{e}");
+    assert!(e.to_string().contains("in use"), "{e}");
+    client
+        .remove_disk("vol-a", "storage-pool/csi/vol-a/vol-a.img")
+        .unwrap();
+    assert!(client.remove_subvolume(&fs, "storage-pool/csi/vol-a").unwrap());
+    assert!(!client.remove_subvolume(&fs, "storage-pool/csi/vol-a").unwrap());
+    assert!(!image.exists());
+    assert_eq!(std::fs::read(&snap_image).unwrap()[..old.len()], old[..]);
+    let names: Vec<String> = client
+        .list_subvolumes(&fs, "storage-pool/csi/")
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["csi/snap-1", "csi/vol-b"]);
+    // The snapshot a clone came from can be removed; the clone stays.
+    assert!(client.remove_subvolume(&fs, "storage-pool/csi/snap-1").unwrap());
+    assert_eq!(
+        std::fs::read(sim.real("storage-pool/csi/vol-b/vol-a.img")).unwrap()[..old.len()],
+        old[..]
+    );
+}
+
+#[test]
+fn subvolume_errors_are_typed_and_named() {
+    let sim = Sim::start();
+    let client = sim.client().with_base_path(BASE);
+    let fs = btrfs_fs(&client);
+    // A missing source.
+    let e = client
+        .snapshot_subvolume(&fs, "storage-pool/csi/absent", "storage-pool/csi/s", true)
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::NotFound, "{e}");
+    assert!(e.to_string().contains("csi/absent"), "{e}");
+    // A plain folder is not a subvolume: rds-sim refuses as RouterOS would.
+    client.make_directory("storage-pool/csi/plain").unwrap();
+    let (status, body) = sim.request(
+        "PUT",
+        "/rest/disk/btrfs/subvolume",
+        Some(&json!({"fs": "storage-pool-fs", "name": "csi/s", "parent": "csi/plain", "read-only": "true"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("not a subvolume"),
+        "{body}"
+    );
+    // An unknown filesystem label.
+    let wrong = rds::BtrfsFs {
+        label: "storage-pool".into(),
+        mount_point: "storage-pool".into(),
+    };
+    let e = client.create_subvolume(&wrong, "storage-pool/csi/x").unwrap_err();
+    assert_eq!(e.kind(), Kind::InvalidValue, "{e}");
+    // Outside the filesystem, and removal outside the base path.
+    let e = client.create_subvolume(&fs, "other/x").unwrap_err();
+    assert_eq!(e.kind(), Kind::Rejected, "{e}");
+    client.create_subvolume(&fs, "storage-pool/elsewhere").unwrap();
+    let e = client
+        .remove_subvolume(&fs, "storage-pool/elsewhere")
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::Rejected, "{e}");
+    // A read-only snapshot takes no new disk file.
+    client.create_subvolume(&fs, "storage-pool/csi/v").unwrap();
+    client
+        .snapshot_subvolume(&fs, "storage-pool/csi/v", "storage-pool/csi/v-snap", true)
+        .unwrap();
+    let mut new = new_disk("ro-disk", GIB);
+    new.file_path = "storage-pool/csi/v-snap/x.img".into();
+    let e = client.create_disk(&new).unwrap_err();
+    assert_eq!(e.kind(), Kind::Rejected, "{e}");
+    assert!(e.to_string().contains("read-only"), "{e}");
+}
+
+#[test]
+fn subvolumes_need_routeros_7_18_and_a_btrfs_pool() {
+    let sim = Sim::with(SimOptions {
+        version: Some("7.17.2 (stable)".into()),
+        ..SimOptions::default()
+    });
+    let client = sim.client();
+    let fs = btrfs_fs(&client);
+    let e = client.create_subvolume(&fs, "storage-pool/csi/x").unwrap_err();
+    assert_eq!(e.kind(), Kind::TooOld, "{e}");
+    let text = e.to_string();
+    assert!(text.contains("7.18") && text.contains("7.17.2"), "{text}");
+    // The emulator lacks the menu there, as RouterOS would.
+    let (status, body) = sim.request("GET", "/rest/disk/btrfs/subvolume", None);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("no such command"),
+        "{body}"
+    );
+
+    let xfs = Sim::with(SimOptions {
+        extra_args: vec!["--pool-fs".into(), "xfs".into()],
+        ..SimOptions::default()
+    });
+    let pool = xfs.client().pool("storage-pool").unwrap();
+    assert_eq!(pool.fs.as_deref(), Some("xfs"));
+    assert_eq!(pool.btrfs(), None, "an xfs pool has no subvolumes");
+    let (status, body) = xfs.request(
+        "PUT",
+        "/rest/disk/btrfs/subvolume",
+        Some(&json!({"fs": "storage-pool-fs", "name": "csi/x"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("value of fs"), "{body}");
+}

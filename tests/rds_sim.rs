@@ -519,3 +519,77 @@ fn console_commands_behind_the_verbs_work_too() {
         None,
     );
 }
+
+/// `/disk/btrfs/subvolume` the RouterOS way on a real Btrfs data directory:
+/// fields, snapshots with `parent` and `read-only`, refusals, and state that
+/// survives a restart (an RDS reboot).
+#[test]
+fn btrfs_subvolume_menu_fields_refusals_and_restart() {
+    let Some(bsim) = common::btrfs::BtrfsSim::start("btrfs_subvolume_menu", SimOptions::default()) else {
+        return;
+    };
+    let common::btrfs::BtrfsSim { sim, fs } = bsim;
+    let (status, body) = sim.request(
+        "PUT",
+        "/rest/disk/btrfs/subvolume",
+        Some(&json!({"fs": "storage-pool-fs", "name": "csi/v1"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "csi/v1");
+    assert_eq!(body["fs"], "storage-pool-fs");
+    assert_eq!(body["read-only"], "false");
+    // A real subvolume (inode 256 is every subvolume's root directory).
+    let dir = sim.backing_path("storage-pool/csi/v1");
+    assert_eq!(std::fs::metadata(&dir).unwrap().ino(), 256);
+    let (status, body) = sim.request(
+        "POST",
+        "/rest/disk/btrfs/subvolume/add",
+        Some(&json!({"fs": "storage-pool-fs", "name": "csi/s1", "parent": "csi/v1", "read-only": "true"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    // Duplicate name, unknown label, missing parent.
+    for (req, words) in [
+        (
+            json!({"fs": "storage-pool-fs", "name": "csi/v1"}),
+            "already exists",
+        ),
+        (json!({"fs": "storage-pool", "name": "csi/v2"}), "value of fs"),
+        (
+            json!({"fs": "storage-pool-fs", "name": "csi/v2", "parent": "csi/none"}),
+            "not a subvolume",
+        ),
+    ] {
+        let (status, body) = sim.request("PUT", "/rest/disk/btrfs/subvolume", Some(&req));
+        assert_eq!(status, 400, "{req}: {body}");
+        assert!(body["detail"].as_str().unwrap().contains(words), "{req}: {body}");
+    }
+    // Removing a subvolume a disk's file is in is refused.
+    let (status, body) = sim.request(
+        "PUT",
+        "/rest/disk",
+        Some(&json!({"type": "file", "slot": "d1", "file-path": "storage-pool/csi/v1/d1.img", "file-size": "1M"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v1 = sim
+        .request("GET", "/rest/disk/btrfs/subvolume?name=csi/v1", None)
+        .1[0][".id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = sim.request("DELETE", &format!("/rest/disk/btrfs/subvolume/{v1}"), None);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("in use by disk d1"),
+        "{body}"
+    );
+
+    // After a restart everything is listed as before.
+    let before = sim.request("GET", "/rest/disk/btrfs/subvolume", None).1;
+    let sim = sim.restart();
+    let after = sim.request("GET", "/rest/disk/btrfs/subvolume", None).1;
+    assert_eq!(before, after);
+    assert_eq!(after[1]["parent"], "csi/v1");
+    assert_eq!(after[1]["read-only"], "true");
+    drop(sim);
+    drop(fs);
+}

@@ -45,6 +45,8 @@ pub enum Invalid {
     FsTypeContradicts { parameter: FsType, capability: FsType },
     /// `volumePath` outside the base path; `value` is shown when known.
     VolumePath { value: Option<String>, rule: String },
+    /// A CreateSnapshot parameter this driver does not take.
+    SnapshotParameter { key: String },
 }
 
 impl fmt::Display for Invalid {
@@ -97,6 +99,11 @@ impl fmt::Display for Invalid {
                 write!(f, "parameter \"volumePath\" = {}: {rule}", echo(v))
             }
             Invalid::VolumePath { value: None, rule } => write!(f, "parameter \"volumePath\": {rule}"),
+            Invalid::SnapshotParameter { key } => write!(
+                f,
+                "parameters[{}]: snapshots take no parameters (only the snapshotter's own csi.storage.k8s.io/ metadata)",
+                echo(key)
+            ),
         }
     }
 }
@@ -109,8 +116,13 @@ pub enum Error {
     /// The request breaks a validation rule; `context` names the call and
     /// volume (empty when the rule speaks for itself).
     Invalid { context: String, reason: Invalid },
-    /// CreateVolume from a snapshot or a volume, which this driver cannot do yet.
-    ContentSourceUnsupported { name: String },
+    /// CreateVolume from a source larger than the requested size.
+    SmallerThanSource {
+        name: String,
+        source: String,
+        source_size: u64,
+        required: i64,
+    },
     /// A capacity range that is malformed or that no size of ours fits.
     Capacity { context: String, source: CapacityError },
     /// Another call on the same volume (or name) is running.
@@ -181,6 +193,24 @@ pub enum Error {
     },
     /// A ListVolumes token this driver did not give out.
     BadToken { token: String },
+    /// Snapshots or clones asked of a pool that is not Btrfs.
+    SnapshotsUnsupported {
+        op: &'static str,
+        pool: String,
+        fs: Option<String>,
+    },
+    /// A snapshot or clone of a volume in the flat layout (no subvolume of
+    /// its own: made before snapshots, or by the Go driver).
+    FlatVolume { op: &'static str, id: VolumeId },
+    /// The snapshot name is taken by a snapshot of another volume.
+    SnapshotNameTaken {
+        name: String,
+        id: crate::controller::SnapshotId,
+        source: String,
+        asked: String,
+    },
+    /// No snapshot of ours has this id.
+    NoSuchSnapshot { op: &'static str, snapshot_id: String },
     /// The RDS refused or did not answer; `context` says which call on
     /// which volume, the source which REST operation and why.
     Rds {
@@ -194,10 +224,16 @@ impl fmt::Display for Error {
         match self {
             Error::Invalid { context, reason } if context.is_empty() => write!(f, "{reason}"),
             Error::Invalid { context, reason } => write!(f, "{context}: {reason}"),
-            Error::ContentSourceUnsupported { name } => write!(
+            Error::SmallerThanSource {
+                name,
+                source,
+                source_size,
+                required,
+            } => write!(
                 f,
-                "CreateVolume {}: volume_content_source is set, but this driver cannot create a volume from a snapshot or another volume yet; no volume was created",
-                echo(name)
+                "CreateVolume {}: capacity_range.required_bytes {required} is smaller than the source {} ({source_size} bytes); volumes never shrink",
+                echo(name),
+                echo(source)
             ),
             Error::Capacity { context, source } => {
                 let (CapacityError::Invalid(m) | CapacityError::OutOfRange(m)) = source;
@@ -300,6 +336,25 @@ impl fmt::Display for Error {
                 "starting_token {} is not one this driver gave out",
                 echo(token)
             ),
+            Error::SnapshotsUnsupported { op, pool, fs } => write!(
+                f,
+                "{op}: pool {pool} is {}, not btrfs: snapshots and clones need a btrfs pool (RouterOS 7.18+), where each volume has its own subvolume",
+                fs.as_deref().map(|f| echo(f).to_string()).unwrap_or_else(|| "of unknown filesystem".into())
+            ),
+            Error::FlatVolume { op, id } => write!(
+                f,
+                "{op}: volume {id} has the flat layout (its image is not in a subvolume of its own: made before snapshots were supported, or by the Go driver), and btrfs can only snapshot a subvolume; copy its data into a new volume (new volumes on this btrfs pool get their own subvolume) and snapshot or clone that one"
+            ),
+            Error::SnapshotNameTaken { name, id, source, asked } => write!(
+                f,
+                "CreateSnapshot {}: snapshot {id} of that name already exists for volume {}, not for volume {}",
+                echo(name),
+                echo(source),
+                echo(asked)
+            ),
+            Error::NoSuchSnapshot { op, snapshot_id } => {
+                write!(f, "{op}: snapshot {} does not exist", echo(snapshot_id))
+            }
             Error::Rds { context, .. } => f.write_str(context),
         }
     }
@@ -334,7 +389,12 @@ impl Error {
                 context: "CreateVolume \"vol-a\"".into(),
                 reason: Invalid::NoCapabilities,
             },
-            Error::ContentSourceUnsupported { name: "vol-a".into() },
+            Error::SmallerThanSource {
+                name: "vol-a".into(),
+                source: "snap-x".into(),
+                source_size: 2,
+                required: 1,
+            },
             Error::Capacity {
                 context: "CreateVolume \"vol-a\"".into(),
                 source: CapacityError::Invalid("capacity_range must not be negative".into()),
@@ -414,6 +474,25 @@ impl Error {
                 comment: "other".into(),
             },
             Error::BadToken { token: "x".into() },
+            Error::SnapshotsUnsupported {
+                op: "CreateSnapshot",
+                pool: "storage-pool".into(),
+                fs: Some("xfs".into()),
+            },
+            Error::FlatVolume {
+                op: "CreateSnapshot",
+                id: VolumeId::for_name("vol-a"),
+            },
+            Error::SnapshotNameTaken {
+                name: "snap-a".into(),
+                id: crate::controller::SnapshotId::for_name("snap-a"),
+                source: "pvc-1".into(),
+                asked: "pvc-2".into(),
+            },
+            Error::NoSuchSnapshot {
+                op: "CreateVolume",
+                snapshot_id: "snap-x".into(),
+            },
             Error::Rds {
                 context: "DeleteVolume pvc-1".into(),
                 source: Box::new(rds_error(rds::Kind::NotEnoughSpace)),

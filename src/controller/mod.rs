@@ -18,14 +18,18 @@ use crate::volume::{NqnPrefix, SizePolicy, VolumeId};
 
 mod access;
 mod attach;
+mod clone;
 mod error;
 mod health;
+mod layout;
 pub mod params;
 mod provision;
 mod rds_api;
 pub mod record;
+mod snapshot;
 
 pub use access::{check_access, Access, AccessMode, AccessType, Capability};
+pub use clone::ContentSource;
 pub use error::{Error, Invalid};
 pub use health::RdsHealth;
 pub use params::VolumeParams;
@@ -34,6 +38,7 @@ pub use provision::{
 };
 pub use rds_api::RdsApi;
 pub use record::Ownership;
+pub use snapshot::{SnapshotId, SnapshotInfo, SnapshotPage, SNAPSHOT_PREFIX};
 
 use record::owned;
 
@@ -64,6 +69,9 @@ pub struct Controller<R: RdsApi = rds::Client> {
     /// Volume folders made on the RDS by this process, so `make_directory`
     /// is asked once per folder, not once per volume.
     folders: Mutex<HashSet<String>>,
+    /// The pool's Btrfs filesystem as last read (`None`: not Btrfs, or not
+    /// read yet); refreshed by every pool read.
+    btrfs: Mutex<Option<Option<rds::BtrfsFs>>>,
 }
 
 /// What a volume id names on the RDS.
@@ -93,6 +101,7 @@ impl<R: RdsApi> Controller<R> {
             settings,
             locks: VolumeLocks::new(),
             folders: Mutex::new(HashSet::new()),
+            btrfs: Mutex::new(None),
         }
     }
 
@@ -123,10 +132,21 @@ impl<R: RdsApi> Controller<R> {
 
     /// The pool's capacity as the RDS reports it now.
     fn pool(&self) -> Result<rds::Pool, Error> {
-        self.rds.pool(&self.settings.pool).map_err(|source| Error::Rds {
+        let pool = self.rds.pool(&self.settings.pool).map_err(|source| Error::Rds {
             context: format!("read pool {}", self.settings.pool),
             source: Box::new(source),
-        })
+        })?;
+        *self.btrfs.lock().unwrap_or_else(|p| p.into_inner()) = Some(pool.btrfs());
+        Ok(pool)
+    }
+
+    /// The pool's Btrfs filesystem (`None` on any other pool): as last
+    /// read, else read now.
+    fn btrfs_fs(&self) -> Result<Option<rds::BtrfsFs>, Error> {
+        if let Some(known) = self.btrfs.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(known);
+        }
+        Ok(self.pool()?.btrfs())
     }
 
     /// Pool bytes available to new volumes: free minus the reserve.

@@ -14,6 +14,7 @@ use crate::volume::{self, resolve_volume_path, FsType, Nqn, VolumeContext, Volum
 
 use super::access::{check_access, Capability};
 use super::error::{Error, Invalid};
+use super::layout;
 use super::params::{check_name, plan, Plan, VolumeParams};
 use super::record::{creation_digest, Ownership};
 use super::{Controller, Lookup, RdsApi};
@@ -37,8 +38,8 @@ pub struct CreateRequest<'a> {
     pub capabilities: &'a [Capability],
     pub parameters: &'a HashMap<String, String>,
     pub capacity: CapacityRange,
-    /// A snapshot or volume to copy from was named.
-    pub has_content_source: bool,
+    /// The snapshot or volume the new volume's content comes from.
+    pub content_source: Option<super::ContentSource<'a>>,
 }
 
 /// A created (or found again) volume.
@@ -118,11 +119,6 @@ impl<R: RdsApi> Controller<R> {
             context: format!("CreateVolume {shown}"),
             reason,
         })?;
-        if req.has_content_source {
-            return Err(Error::ContentSourceUnsupported {
-                name: name.to_string(),
-            });
-        }
         let CapacityRange { required, limit } = req.capacity;
         let size = self
             .settings
@@ -135,6 +131,8 @@ impl<R: RdsApi> Controller<R> {
 
         let id = VolumeId::for_name(name);
         let nqn = Nqn::for_volume(&self.settings.nqn_prefix, &id);
+        // The flat path names the volume in the digest whatever the layout,
+        // so a retry is the same request on either layout.
         let file_path = volume::backing_file(&folder, &id);
         let ctx = VolumeContext {
             nqn: nqn.clone(),
@@ -151,8 +149,19 @@ impl<R: RdsApi> Controller<R> {
             },
             connection: params.connection,
         };
-        let digest = creation_digest(&file_path, &ctx, access.block);
-        let _guard = self.lock("CreateVolume", &[name, id.as_str()])?;
+        let mut digest = creation_digest(&file_path, &ctx, access.block);
+        // The same name from another source (or none) is another request.
+        if let Some(src) = &req.content_source {
+            digest = super::record::params_digest(&[("volume", digest), ("source", src.key())]);
+        }
+        // Set when this call made (or found) the new volume's subvolume.
+        let mut btrfs: Option<rds::BtrfsFs> = None;
+        let mut keys = vec![name, id.as_str()];
+        // The source's own lock: a clone and a delete of its source exclude each other.
+        keys.extend(req.content_source.as_ref().map(|s| s.id()));
+        let _guard = self.lock("CreateVolume", &keys)?;
+        // The backing file and source size of a clone made below.
+        let mut cloned: Option<(String, u64)> = None;
 
         // Request 1: what is there. Everything after works from this answer.
         let existing = self.rds.disk(id.slot()).map_err(|source| Error::Rds {
@@ -196,8 +205,9 @@ impl<R: RdsApi> Controller<R> {
                 own
             }
             None => {
-                // Request 2: room on the pool.
-                let available = self.available()?;
+                // Request 2: room on the pool (and its filesystem).
+                let pool = self.pool()?;
+                let available = self.available_in(&pool)?;
                 if size > available {
                     return Err(Error::NoSpaceToCreate {
                         name: name.to_string(),
@@ -209,12 +219,61 @@ impl<R: RdsApi> Controller<R> {
                 }
                 // Once per folder per process.
                 self.ensure_folder(&folder)?;
+                match req.content_source {
+                    None => btrfs = self.volume_subvolume(&pool, &folder, &id, &shown)?,
+                    Some(src) => {
+                        let (fs, image, src_size) = self.clone_subvolume(&pool, &folder, &id, src, &shown)?;
+                        btrfs = Some(fs);
+                        cloned = Some((image, src_size));
+                    }
+                }
                 new_record(name, digest, &params)
             }
         };
+        // The backing file: where an existing disk has it (either layout),
+        // else in the new volume's own subvolume on a Btrfs pool.
+        let disk_file = match &existing {
+            Some(disk) => disk
+                .file_path
+                .clone()
+                .filter(|f| {
+                    layout::subvolume_of(f, &id)
+                        .is_some_and(|sub| sub == layout::subvolume_path(&folder, &id))
+                })
+                .unwrap_or_else(|| file_path.clone()),
+            None => match &cloned {
+                Some((image, _)) => image.clone(),
+                None if btrfs.is_some() => layout::nested_file(&folder, &id),
+                None => file_path.clone(),
+            },
+        };
+        // A clone is at least its source's size: smaller is OUT_OF_RANGE;
+        // with no size asked it is the source's; larger grows the image.
+        let size = match &cloned {
+            Some((_, src_size))
+                if (required > 0 && *src_size > size) || (limit > 0 && *src_size > limit as u64) =>
+            {
+                let undo = btrfs
+                    .as_ref()
+                    .map(|fs| (fs, layout::subvolume_path(&folder, &id)));
+                if let Some((fs, sub)) = undo {
+                    if let Err(e) = self.rds.remove_subvolume(fs, &sub) {
+                        warn!("CreateVolume {shown}: could not remove {sub}: {e}");
+                    }
+                }
+                return Err(Error::SmallerThanSource {
+                    name: name.to_string(),
+                    source: req.content_source.map(|s| s.id().to_string()).unwrap_or_default(),
+                    source_size: *src_size,
+                    required,
+                });
+            }
+            Some((_, src_size)) => size.max(*src_size),
+            None => size,
+        };
         let new = rds::NewDisk {
             slot: id.to_string(),
-            file_path: file_path.clone(),
+            file_path: disk_file.clone(),
             // An existing volume may have been expanded since; keep its size.
             size_bytes: existing
                 .as_ref()
@@ -235,8 +294,13 @@ impl<R: RdsApi> Controller<R> {
                 // A definite failure after the disk entry was made would leave
                 // half a volume behind; a transient one is finished by the retry.
                 if existing.is_none() && !e.is_transient() {
-                    if let Err(undo) = self.rds.remove_disk(id.slot(), &file_path) {
+                    if let Err(undo) = self.rds.remove_disk(id.slot(), &disk_file) {
                         warn!("CreateVolume {shown}: could not undo the failed create of {id}: {undo}");
+                    } else if let Some(fs) = &btrfs {
+                        let sub = layout::subvolume_path(&folder, &id);
+                        if let Err(undo) = self.rds.remove_subvolume(fs, &sub) {
+                            warn!("CreateVolume {shown}: could not remove the subvolume {sub} of the failed create: {undo}");
+                        }
                     }
                 }
                 return Err(Error::Rds {
@@ -247,7 +311,7 @@ impl<R: RdsApi> Controller<R> {
         };
         if existing.is_none() {
             info!(
-                "CreateVolume {shown}: created volume {id} ({} bytes, {file_path}, {nqn})",
+                "CreateVolume {shown}: created volume {id} ({} bytes, {disk_file}, {nqn})",
                 new.size_bytes
             );
         }
@@ -283,6 +347,15 @@ impl<R: RdsApi> Controller<R> {
                     "DeleteVolume {id}: removed disk and {}",
                     disk.file_path.as_deref().unwrap_or_default()
                 );
+                // Then the volume's own subvolume (nested layout), which a
+                // retry after a crash here finds as a leftover below.
+                if let Some(sub) = disk
+                    .file_path
+                    .as_deref()
+                    .and_then(|f| layout::subvolume_of(f, &id))
+                {
+                    self.remove_leftover_subvolumes(&id, &[sub])?;
+                }
             }
             Lookup::Foreign(disk) => {
                 // To the CO this is a volume that does not exist; to the
@@ -306,12 +379,24 @@ impl<R: RdsApi> Controller<R> {
                         context: format!("DeleteVolume {id}: list backing files"),
                         source: Box::new(source),
                     })?;
-                for file in files.iter().filter(|f| f.name.ends_with(&suffix)) {
+                let own = |name: &str| name.ends_with(&suffix) && layout::is_own_leftover(name, &id);
+                for file in files.iter().filter(|f| own(&f.name)) {
                     self.rds.remove_file(&file.name).map_err(|source| Error::Rds {
                         context: format!("DeleteVolume {id}: remove {}", file.name),
                         source: Box::new(source),
                     })?;
                     info!("DeleteVolume {id}: removed leftover backing file {}", file.name);
+                }
+                // A subvolume `<folder>/<slot>` left by a crash after the
+                // disk went (or before it was made).
+                let dir_suffix = format!("/{}", id.slot());
+                let dirs: Vec<String> = files
+                    .iter()
+                    .filter(|f| f.is_folder() && f.name.ends_with(&dir_suffix))
+                    .map(|f| f.name.clone())
+                    .collect();
+                if !dirs.is_empty() {
+                    self.remove_leftover_subvolumes(&id, &dirs)?;
                 }
             }
             Lookup::Missing => {}

@@ -2,7 +2,7 @@
 //! implements it, and the controller's unit tests use an in-memory stand-in,
 //! so the provisioning rules are tested without a network.
 
-use crate::rds::{self, Disk, Error, File, NewDisk, Pool, Removed};
+use crate::rds::{self, BtrfsFs, Disk, Error, File, NewDisk, Pool, Removed, Subvolume};
 
 /// The RDS operations the controller's rules use. Each has the meaning of
 /// the `rds::Client` method of the same name.
@@ -30,6 +30,20 @@ pub trait RdsApi: Send + Sync {
     fn remove_file(&self, name: &str) -> Result<bool, Error>;
     /// Makes a folder (and its parents) unless it exists.
     fn make_directory(&self, path: &str) -> Result<(), Error>;
+    /// Btrfs subvolumes whose `/file` path starts with `path_prefix`.
+    fn list_subvolumes(&self, fs: &BtrfsFs, path_prefix: &str) -> Result<Vec<Subvolume>, Error>;
+    /// Makes an empty writable subvolume unless it exists.
+    fn create_subvolume(&self, fs: &BtrfsFs, path: &str) -> Result<Subvolume, Error>;
+    /// Snapshots the subvolume at `source` to `path` unless done already.
+    fn snapshot_subvolume(
+        &self,
+        fs: &BtrfsFs,
+        source: &str,
+        path: &str,
+        read_only: bool,
+    ) -> Result<Subvolume, Error>;
+    /// Removes a subvolume; `false` when it was already gone.
+    fn remove_subvolume(&self, fs: &BtrfsFs, path: &str) -> Result<bool, Error>;
 }
 
 impl RdsApi for rds::Client {
@@ -65,5 +79,23 @@ impl RdsApi for rds::Client {
     }
     fn make_directory(&self, path: &str) -> Result<(), Error> {
         rds::Client::make_directory(self, path)
+    }
+    fn list_subvolumes(&self, fs: &BtrfsFs, path_prefix: &str) -> Result<Vec<Subvolume>, Error> {
+        rds::Client::list_subvolumes(self, fs, path_prefix)
+    }
+    fn create_subvolume(&self, fs: &BtrfsFs, path: &str) -> Result<Subvolume, Error> {
+        rds::Client::create_subvolume(self, fs, path)
+    }
+    fn snapshot_subvolume(
+        &self,
+        fs: &BtrfsFs,
+        source: &str,
+        path: &str,
+        read_only: bool,
+    ) -> Result<Subvolume, Error> {
+        rds::Client::snapshot_subvolume(self, fs, source, path, read_only)
+    }
+    fn remove_subvolume(&self, fs: &BtrfsFs, path: &str) -> Result<bool, Error> {
+        rds::Client::remove_subvolume(self, fs, path)
     }
 }

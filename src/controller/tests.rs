@@ -238,6 +238,7 @@ impl RdsApi for FakeRds {
             slot: slot.into(),
             mount_point: None,
             fs: Some("btrfs".into()),
+            fs_label: None,
             size: s.pool_size,
             free: s.pool_free,
             state: None,
@@ -345,6 +346,27 @@ impl RdsApi for FakeRds {
         self.state().changes.push(format!("mkdir {path}"));
         Ok(())
     }
+    // The fake pool is not Btrfs (no mount point, no label): the
+    // controller never asks for subvolumes here; rds-sim on a real Btrfs
+    // filesystem covers them (tests/controller.rs).
+    fn list_subvolumes(&self, _: &rds::BtrfsFs, prefix: &str) -> Result<Vec<rds::Subvolume>, rds::Error> {
+        Err(not_found(rds::Op::ListSubvolumes, prefix))
+    }
+    fn create_subvolume(&self, _: &rds::BtrfsFs, path: &str) -> Result<rds::Subvolume, rds::Error> {
+        Err(not_found(rds::Op::CreateSubvolume, path))
+    }
+    fn snapshot_subvolume(
+        &self,
+        _: &rds::BtrfsFs,
+        _: &str,
+        path: &str,
+        _: bool,
+    ) -> Result<rds::Subvolume, rds::Error> {
+        Err(not_found(rds::Op::SnapshotSubvolume, path))
+    }
+    fn remove_subvolume(&self, _: &rds::BtrfsFs, path: &str) -> Result<bool, rds::Error> {
+        Err(not_found(rds::Op::RemoveSubvolume, path))
+    }
 }
 
 fn controller(pool: u64) -> Controller<FakeRds> {
@@ -383,7 +405,7 @@ fn create<R: RdsApi>(
             required: required as i64,
             limit: 0,
         },
-        has_content_source: false,
+        content_source: None,
     })
 }
 
@@ -590,7 +612,7 @@ fn shared_block_volumes_go_to_many_nodes_when_allowed() {
             capabilities: &caps,
             parameters: &HashMap::new(),
             capacity: CapacityRange::default(),
-            has_content_source: false,
+            content_source: None,
         })
         .unwrap();
     for node in ["n1", "n2"] {

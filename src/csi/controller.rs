@@ -13,8 +13,8 @@ use super::proto::grpc;
 use super::server::CallInfo;
 use super::status;
 use crate::controller::{
-    AccessMode, AccessType, Capability, CapacityRange, Condition, Controller, ControllerSettings,
-    CreateRequest, RdsApi, VolumeInfo,
+    AccessMode, AccessType, Capability, CapacityRange, Condition, ContentSource, Controller,
+    ControllerSettings, CreateRequest, RdsApi, SnapshotInfo, VolumeInfo,
 };
 use crate::rds;
 
@@ -101,6 +101,42 @@ fn int64(value: u64) -> protobuf::MessageField<protobuf::well_known_types::wrapp
     .into()
 }
 
+/// `volume_content_source` as the controller sees it; a set source must
+/// name a snapshot or a volume by a non-empty id.
+fn content_source(src: Option<&csi::VolumeContentSource>) -> Result<Option<ContentSource<'_>>, RpcStatus> {
+    use csi::volume_content_source::Type;
+    let Some(src) = src else {
+        return Ok(None);
+    };
+    match &src.type_ {
+        Some(Type::Snapshot(s)) => {
+            status::require("volume_content_source.snapshot.snapshot_id", &s.snapshot_id)?;
+            Ok(Some(ContentSource::Snapshot(&s.snapshot_id)))
+        }
+        Some(Type::Volume(v)) => {
+            status::require("volume_content_source.volume.volume_id", &v.volume_id)?;
+            Ok(Some(ContentSource::Volume(&v.volume_id)))
+        }
+        None => Err(status::invalid_argument(
+            "volume_content_source: a snapshot or a volume is required",
+        )),
+    }
+}
+
+fn snapshot_message(info: &SnapshotInfo) -> csi::Snapshot {
+    let mut m = csi::Snapshot::new();
+    m.snapshot_id = info.id.to_string();
+    m.source_volume_id = info.source_volume_id.to_string();
+    m.size_bytes = info.size_bytes as i64;
+    m.ready_to_use = info.ready_to_use;
+    m.creation_time = Some(protobuf::well_known_types::timestamp::Timestamp {
+        seconds: info.creation_time as i64,
+        ..Default::default()
+    })
+    .into();
+    m
+}
+
 fn controller_capability(
     t: csi::controller_service_capability::rpc::Type,
 ) -> csi::ControllerServiceCapability {
@@ -132,6 +168,99 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
         ] {
             resp.capabilities.push(controller_capability(t));
         }
+        // Snapshots and clones only on a Btrfs pool (issue 13), read now.
+        if self
+            .core
+            .snapshots_supported()
+            .map_err(|e| controller_error(&e))?
+        {
+            for t in [
+                Type::CREATE_DELETE_SNAPSHOT,
+                Type::LIST_SNAPSHOTS,
+                Type::CLONE_VOLUME,
+                Type::GET_SNAPSHOT,
+            ] {
+                resp.capabilities.push(controller_capability(t));
+            }
+        }
+        Ok(resp)
+    }
+
+    fn create_snapshot(
+        &self,
+        _call: &CallInfo,
+        req: csi::CreateSnapshotRequest,
+    ) -> Result<csi::CreateSnapshotResponse, RpcStatus> {
+        status::require("name", &req.name)?;
+        status::require("source_volume_id", &req.source_volume_id)?;
+        let info = self
+            .core
+            .create_snapshot(&req.name, &req.source_volume_id, &req.parameters)
+            .map_err(|e| controller_error(&e))?;
+        let mut resp = csi::CreateSnapshotResponse::new();
+        resp.snapshot = Some(snapshot_message(&info)).into();
+        Ok(resp)
+    }
+
+    fn delete_snapshot(
+        &self,
+        _call: &CallInfo,
+        req: csi::DeleteSnapshotRequest,
+    ) -> Result<csi::DeleteSnapshotResponse, RpcStatus> {
+        status::require("snapshot_id", &req.snapshot_id)?;
+        self.core
+            .delete_snapshot(&req.snapshot_id)
+            .map_err(|e| controller_error(&e))?;
+        Ok(csi::DeleteSnapshotResponse::new())
+    }
+
+    fn get_snapshot(
+        &self,
+        _call: &CallInfo,
+        req: csi::GetSnapshotRequest,
+    ) -> Result<csi::GetSnapshotResponse, RpcStatus> {
+        status::require("snapshot_id", &req.snapshot_id)?;
+        let page = self
+            .core
+            .list_snapshots(Some(&req.snapshot_id), None, None, None)
+            .map_err(|e| controller_error(&e))?;
+        let info = page.entries.first().ok_or_else(|| {
+            controller_error(&crate::controller::Error::NoSuchSnapshot {
+                op: "GetSnapshot",
+                snapshot_id: req.snapshot_id.clone(),
+            })
+        })?;
+        let mut resp = csi::GetSnapshotResponse::new();
+        resp.snapshot = Some(snapshot_message(info)).into();
+        Ok(resp)
+    }
+
+    fn list_snapshots(
+        &self,
+        _call: &CallInfo,
+        req: csi::ListSnapshotsRequest,
+    ) -> Result<csi::ListSnapshotsResponse, RpcStatus> {
+        if req.max_entries < 0 {
+            return Err(status::invalid_argument("max_entries must not be negative"));
+        }
+        let max = (req.max_entries > 0).then_some(req.max_entries as usize);
+        let some = |s: &str| (!s.is_empty()).then_some(s.to_string());
+        let (snapshot_id, source, token) = (
+            some(&req.snapshot_id),
+            some(&req.source_volume_id),
+            some(&req.starting_token),
+        );
+        let page = self
+            .core
+            .list_snapshots(snapshot_id.as_deref(), source.as_deref(), token.as_deref(), max)
+            .map_err(|e| controller_error(&e))?;
+        let mut resp = csi::ListSnapshotsResponse::new();
+        for info in &page.entries {
+            let mut entry = csi::list_snapshots_response::Entry::new();
+            entry.snapshot = Some(snapshot_message(info)).into();
+            resp.entries.push(entry);
+        }
+        resp.next_token = page.next_token.unwrap_or_default();
         Ok(resp)
     }
 
@@ -141,6 +270,7 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
         req: csi::CreateVolumeRequest,
     ) -> Result<csi::CreateVolumeResponse, RpcStatus> {
         let caps = capabilities(&req.volume_capabilities);
+        let content_source = content_source(req.volume_content_source.as_ref())?;
         let created = self
             .core
             .create(CreateRequest {
@@ -148,16 +278,18 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
                 capabilities: &caps,
                 parameters: &req.parameters,
                 capacity: capacity_range(req.capacity_range.as_ref()),
-                has_content_source: req.volume_content_source.is_some(),
+                content_source,
             })
             .map_err(|e| controller_error(&e))?;
         let mut resp = csi::CreateVolumeResponse::new();
-        resp.volume = Some(volume_message(
+        let mut volume = volume_message(
             created.id.as_str(),
             created.capacity,
             Some(created.context.to_map()),
-        ))
-        .into();
+        );
+        // The CSI spec: the source the volume was made from, echoed.
+        volume.content_source = req.volume_content_source.clone();
+        resp.volume = Some(volume).into();
         Ok(resp)
     }
 

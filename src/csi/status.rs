@@ -105,9 +105,9 @@ pub fn controller_error(e: &ControllerError) -> RpcStatus {
     let code = match e {
         // The RDS's own failure keeps the one mapping of RDS failure kinds.
         ControllerError::Rds { context, source } => return from_rds(context, source),
-        ControllerError::Invalid { .. } | ControllerError::ContentSourceUnsupported { .. } => {
-            C::INVALID_ARGUMENT
-        }
+        ControllerError::Invalid { .. } => C::INVALID_ARGUMENT,
+        // A size the source does not fit into can never succeed.
+        ControllerError::SmallerThanSource { .. } => C::OUT_OF_RANGE,
         ControllerError::Capacity {
             source: CapacityError::Invalid(_),
             ..
@@ -137,6 +137,12 @@ pub fn controller_error(e: &ControllerError) -> RpcStatus {
             C::FAILED_PRECONDITION
         }
         ControllerError::RecordNotKept { .. } => C::INTERNAL,
+        // Not on this pool, not of this volume: the CO must not retry as is.
+        ControllerError::SnapshotsUnsupported { .. } | ControllerError::FlatVolume { .. } => {
+            C::FAILED_PRECONDITION
+        }
+        ControllerError::SnapshotNameTaken { .. } => C::ALREADY_EXISTS,
+        ControllerError::NoSuchSnapshot { .. } => C::NOT_FOUND,
     };
     RpcStatus::with_message(code, crate::error_chain(e))
 }
@@ -292,7 +298,7 @@ mod tests {
     fn row(e: &ControllerError) -> usize {
         match e {
             ControllerError::Invalid { .. } => 0,
-            ControllerError::ContentSourceUnsupported { .. } => 1,
+            ControllerError::SmallerThanSource { .. } => 1,
             ControllerError::Capacity { .. } => 2,
             ControllerError::Busy { .. } => 3,
             ControllerError::NoSuchVolume { .. } => 4,
@@ -310,9 +316,13 @@ mod tests {
             ControllerError::RecordNotKept { .. } => 16,
             ControllerError::BadToken { .. } => 17,
             ControllerError::Rds { .. } => 18,
+            ControllerError::SnapshotsUnsupported { .. } => 19,
+            ControllerError::FlatVolume { .. } => 20,
+            ControllerError::SnapshotNameTaken { .. } => 21,
+            ControllerError::NoSuchSnapshot { .. } => 22,
         }
     }
-    const ROWS: usize = 19;
+    const ROWS: usize = 23;
 
     #[test]
     fn every_controller_error_has_its_code() {
@@ -320,7 +330,7 @@ mod tests {
         // The examples, in order, with the code each must map to.
         let expected = [
             C::INVALID_ARGUMENT,
-            C::INVALID_ARGUMENT,
+            C::OUT_OF_RANGE,
             C::INVALID_ARGUMENT,
             C::OUT_OF_RANGE,
             C::ABORTED,
@@ -338,6 +348,10 @@ mod tests {
             C::FAILED_PRECONDITION,
             C::INTERNAL,
             C::ABORTED,
+            C::FAILED_PRECONDITION,
+            C::FAILED_PRECONDITION,
+            C::ALREADY_EXISTS,
+            C::NOT_FOUND,
             C::RESOURCE_EXHAUSTED,
             C::UNAVAILABLE,
         ];

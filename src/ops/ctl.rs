@@ -17,6 +17,7 @@ use crate::csi::proto::grpc::{ControllerClient, IdentityClient, NodeClient};
 use crate::csi::status::code_name;
 
 mod args;
+mod snapshot;
 
 pub use args::CtlError;
 use args::{parse_command, parse_global, usage, Access, Args, Command, HELP};
@@ -162,6 +163,7 @@ fn execute(c: &Ctx, command: Command, a: &Args) -> Result<Output, CtlError> {
             req.capacity_range = Some(range).into();
             req.volume_capabilities = vec![capability(a)];
             req.parameters = a.params.clone();
+            req.volume_content_source = snapshot::content_source(a)?.into();
             let r = c
                 .controller
                 .create_volume(&req, c.opt())
@@ -320,6 +322,7 @@ fn execute(c: &Ctx, command: Command, a: &Args) -> Result<Output, CtlError> {
         }
         Command::Stats => stats(c, a),
         Command::Expand => expand(c, a),
+        Command::Snapshot => snapshot::run(c, a),
     }
 }
 

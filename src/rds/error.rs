@@ -27,6 +27,10 @@ pub enum Op {
     ListFiles,
     RemoveFile,
     MakeDirectory,
+    ListSubvolumes,
+    CreateSubvolume,
+    SnapshotSubvolume,
+    RemoveSubvolume,
 }
 
 impl fmt::Display for Op {
@@ -45,6 +49,10 @@ impl fmt::Display for Op {
             Op::ListFiles => "list files",
             Op::RemoveFile => "remove file",
             Op::MakeDirectory => "make directory",
+            Op::ListSubvolumes => "list btrfs subvolumes",
+            Op::CreateSubvolume => "create btrfs subvolume",
+            Op::SnapshotSubvolume => "snapshot btrfs subvolume",
+            Op::RemoveSubvolume => "remove btrfs subvolume",
         })
     }
 }
@@ -164,6 +172,24 @@ pub enum Error {
     },
     /// Something other than a folder has the name a folder should have.
     NotAFolder { op: Op, path: String, kind: String },
+    /// A subvolume with this name exists but is not the one asked for
+    /// (another parent, or read-only where writable was asked).
+    SubvolumeExists {
+        op: Op,
+        name: String,
+        field: &'static str,
+        expected: String,
+        found: String,
+    },
+    /// The subvolume a snapshot is to be taken of does not exist.
+    NoSubvolume { op: Op, name: String },
+    /// The path is not inside the Btrfs filesystem's mount point, so it
+    /// cannot be a subvolume there.
+    OutsideFilesystem {
+        op: Op,
+        path: String,
+        mount_point: String,
+    },
     /// The RouterOS version lacks a feature the operation needs.
     TooOld {
         op: Op,
@@ -397,6 +423,28 @@ impl fmt::Display for Error {
                 shown(path),
                 echo(kind)
             ),
+            Error::SubvolumeExists {
+                op,
+                name,
+                field,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{op} {}: a different subvolume with this name already exists ({field} is {}, expected {})",
+                shown(name),
+                echo(found),
+                echo(expected)
+            ),
+            Error::NoSubvolume { op, name } => {
+                write!(f, "{op} {}: no such btrfs subvolume on the rds", shown(name))
+            }
+            Error::OutsideFilesystem { op, path, mount_point } => write!(
+                f,
+                "{op} {}: not inside the btrfs filesystem mounted at {}; refusing it",
+                shown(path),
+                shown(mount_point)
+            ),
             Error::TooOld {
                 op,
                 target,
@@ -454,8 +502,9 @@ impl Error {
             Error::Connect { .. } | Error::Busy { .. } => Kind::Unavailable,
             Error::Tls { .. } => Kind::Tls,
             Error::Decode { .. } | Error::Verify { .. } => Kind::Protocol,
-            Error::Exists { .. } => Kind::AlreadyExists,
-            Error::NoDisk { .. } => Kind::NotFound,
+            Error::Exists { .. } | Error::SubvolumeExists { .. } => Kind::AlreadyExists,
+            Error::NoDisk { .. } | Error::NoSubvolume { .. } => Kind::NotFound,
+            Error::OutsideFilesystem { .. } => Kind::Rejected,
             Error::FilePathMismatch { .. } | Error::NotAFileDisk { .. } | Error::NotAFolder { .. } => {
                 Kind::Rejected
             }

@@ -1,14 +1,16 @@
-//! The RouterOS REST client for the RDS: disks, files, the pool and the system resource, each operation idempotent and documented for a second call.
+//! The RouterOS REST client for the RDS: disks, files, Btrfs subvolumes, the pool and the system resource, each operation idempotent and documented for a second call.
 //!
 //! `Client` is cheap to clone and safe to share between threads; clones share
 //! one connection pool, one in-flight cap and one credentials cache.
 //!
 //! Layout: `config` (what the client is told), `tls` (trust), `transport`
 //! (one REST call with auth, cap, deadline and retries), `types` (typed
-//! records), `error` (the one error type).
+//! records), `subvolume` (Btrfs subvolumes and snapshots), `error` (the one
+//! error type).
 
 mod config;
 mod error;
+mod subvolume;
 mod tls;
 mod transport;
 mod types;
@@ -22,7 +24,7 @@ pub use config::{format_fingerprint, parse_fingerprint, Address, ClientConfig, S
 pub use error::REQUIRED_POLICIES;
 pub use error::{Error, Kind, Op};
 pub use tls::certificate_fingerprint;
-pub use types::{Disk, File, Pool, SystemResource, Version};
+pub use types::{BtrfsFs, Disk, File, Pool, Subvolume, SystemResource, Version};
 
 use transport::{escape_segment, Method, Transport};
 use types::{as_record, as_records, strip_leading_slash, DecodeError};
@@ -214,23 +216,30 @@ impl Client {
         }
     }
 
-    /// The storage pool's capacity: the `/disk` entry whose slot, or else
-    /// whose mount point, is `slot_or_mount_point`. Read-only.
+    /// The storage pool's capacity and filesystem (`fs`, `fs-label`): the
+    /// `/disk` entry whose slot, or else whose mount point, is
+    /// `slot_or_mount_point`. One request. Read-only.
     pub fn pool(&self, slot_or_mount_point: &str) -> Result<Pool, Error> {
         let op = Op::ReadPool;
         let name = strip_leading_slash(slot_or_mount_point);
-        let disk = match self.find_disk(op, &name)? {
-            Some(disk) => disk,
-            None => self
-                .all_disks(op, &name)?
-                .into_iter()
-                .find(|d| d.mount_point.as_deref().map(strip_leading_slash).as_deref() == Some(&name))
-                .ok_or_else(|| Error::NoDisk {
-                    op,
-                    slot: name.clone(),
-                })?,
+        let answer = self.call(op, &name, Method::Get, "/rest/disk", &[], None)?;
+        let records = as_records(&answer).map_err(Self::decode_err(op, &name))?;
+        let field = |rec: &serde_json::Map<String, Value>, key: &str| {
+            rec.get(key).and_then(Value::as_str).map(strip_leading_slash)
         };
-        Pool::from_disk(&disk).map_err(Self::decode_err(op, &name))
+        let rec = records
+            .iter()
+            .find(|r| field(r, "slot").as_deref() == Some(&name))
+            .or_else(|| {
+                records
+                    .iter()
+                    .find(|r| field(r, "mount-point").as_deref() == Some(&name))
+            })
+            .ok_or_else(|| Error::NoDisk {
+                op,
+                slot: name.clone(),
+            })?;
+        Pool::from_record(rec).map_err(Self::decode_err(op, &name))
     }
 
     /// The disk with this slot, or `None`. Read-only.

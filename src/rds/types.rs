@@ -253,6 +253,8 @@ pub struct Pool {
     pub mount_point: Option<String>,
     /// `btrfs`, `xfs`, ...
     pub fs: Option<String>,
+    /// `fs-label`: the label Btrfs menus name the filesystem by.
+    pub fs_label: Option<String>,
     /// Bytes.
     pub size: u64,
     /// Bytes free; `None` when RouterOS does not report it (not mounted).
@@ -262,7 +264,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The pool view of a `/disk` record; `size` is required.
+    /// The pool view of its `/disk` record; `size` is required.
+    pub(crate) fn from_record(rec: &Record) -> Result<Pool, DecodeError> {
+        let mut pool = Pool::from_disk(&Disk::from_record(rec)?)?;
+        pool.fs_label = optional(rec, "fs-label").filter(|s| !s.is_empty());
+        Ok(pool)
+    }
+
+    /// The pool view of a decoded `/disk` entry (no `fs-label`).
     pub(crate) fn from_disk(disk: &Disk) -> Result<Pool, DecodeError> {
         let size = disk
             .size
@@ -272,10 +281,82 @@ impl Pool {
             slot: disk.slot.clone(),
             mount_point: disk.mount_point.as_deref().map(strip_leading_slash),
             fs: disk.fs.clone(),
+            fs_label: None,
             size,
             free: disk.free,
             state: disk.state.clone(),
             mounted: disk.mounted || disk.mount_point.is_some() && disk.free.is_some(),
+        })
+    }
+}
+
+impl Pool {
+    /// The pool's Btrfs filesystem, for `/disk/btrfs/subvolume`: `None`
+    /// unless the pool is Btrfs, mounted, and names its label and mount
+    /// point (the label is read, never assumed).
+    pub fn btrfs(&self) -> Option<BtrfsFs> {
+        if self.fs.as_deref() != Some("btrfs") {
+            return None;
+        }
+        Some(BtrfsFs {
+            label: self.fs_label.clone()?,
+            mount_point: self.mount_point.clone()?,
+        })
+    }
+}
+
+/// A Btrfs filesystem on the RDS: its label (what `fs` of a subvolume
+/// names) and where it is mounted in `/file` (what subvolume names are
+/// relative to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BtrfsFs {
+    pub label: String,
+    /// Without a leading `/`: `storage-pool`.
+    pub mount_point: String,
+}
+
+impl BtrfsFs {
+    /// The subvolume name (relative to the filesystem root) of a `/file`
+    /// path, or `None` when the path is not strictly inside the mount point.
+    pub fn name_of(&self, path: &str) -> Option<String> {
+        let path = strip_leading_slash(path);
+        let rest = path.strip_prefix(&self.mount_point)?.strip_prefix('/')?;
+        let rest = rest.trim_end_matches('/');
+        (!rest.is_empty()).then(|| rest.to_string())
+    }
+
+    /// The `/file` path of a subvolume name.
+    pub fn path_of(&self, name: &str) -> String {
+        format!("{}/{}", self.mount_point, strip_leading_slash(name))
+    }
+}
+
+/// A `/disk/btrfs/subvolume` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subvolume {
+    /// RouterOS `.id`.
+    pub id: String,
+    /// The filesystem label.
+    pub fs: String,
+    /// Relative to the filesystem root: `csi/pvc-1`.
+    pub name: String,
+    /// The subvolume this one is a snapshot of, by name; `None` for one
+    /// made from nothing.
+    pub parent: Option<String>,
+    pub read_only: bool,
+}
+
+impl Subvolume {
+    /// Decodes a subvolume record; `.id` and `name` are required.
+    pub(crate) fn from_record(rec: &Record) -> Result<Subvolume, DecodeError> {
+        Ok(Subvolume {
+            id: required(rec, ".id")?,
+            fs: optional(rec, "fs").unwrap_or_default(),
+            name: strip_leading_slash(&required(rec, "name")?),
+            parent: optional(rec, "parent")
+                .filter(|s| !s.is_empty())
+                .map(|p| strip_leading_slash(&p)),
+            read_only: boolean(rec, "read-only")?.unwrap_or(false),
         })
     }
 }

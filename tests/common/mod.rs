@@ -4,6 +4,7 @@
 //! helper.
 #![allow(dead_code)]
 
+pub mod btrfs;
 pub mod csi;
 pub mod driver;
 pub mod fabric;
@@ -117,6 +118,16 @@ impl Sim {
         let password = format!("pw-{}", fastrand::u64(..));
         std::fs::write(&password_file, format!("{password}\n")).expect("write password");
         let data_dir = root.join("data");
+        Sim::launch(options, root, data_dir, username_file, password_file)
+    }
+
+    /// `rds-sim` keeping its state in `data_dir` (e.g. on a Btrfs mount).
+    pub fn with_data_dir(options: SimOptions, data_dir: PathBuf) -> Sim {
+        let root = Arc::new(TempDir::new("sim"));
+        let username_file = root.join("username");
+        let password_file = root.join("password");
+        std::fs::write(&username_file, "admin\n").expect("write username");
+        std::fs::write(&password_file, format!("pw-{}\n", fastrand::u64(..))).expect("write password");
         Sim::launch(options, root, data_dir, username_file, password_file)
     }
 

@@ -152,6 +152,18 @@ impl App {
             Err(e) => state_error(e),
         };
         match (method, parts.as_slice()) {
+            // `/disk/btrfs/subvolume` (7.18+; older boxes lack the menu).
+            (_, ["disk", "btrfs", ..]) if !self.store().has_btrfs_menu() => no_such_command("btrfs"),
+            ("GET", ["disk", "btrfs", "subvolume"]) => list(self.store().list_subvolumes()),
+            ("GET", ["disk", "btrfs", "subvolume", id]) => one(self.store().get_subvolume(id)),
+            ("PUT", ["disk", "btrfs", "subvolume"]) => one(self.store().add_subvolume(&body)),
+            ("POST", ["disk", "btrfs", "subvolume", "add"]) => added(self.store().add_subvolume(&body)),
+            ("DELETE", ["disk", "btrfs", "subvolume", id]) => done(self.store().remove_subvolume(id)),
+            ("POST", ["disk", "btrfs", "subvolume", "remove"]) => match item_id(&body) {
+                Some(id) => listed(self.store().remove_subvolume(&id)),
+                None => ros_error(400, Some("missing value(s) of argument(s) .id")),
+            },
+            ("POST", ["disk", "btrfs", "subvolume", "print"]) => print(self.store().list_subvolumes(), &body),
             ("GET", ["system", "resource"]) => Response::json(200, &self.store().system_resource()),
             ("GET", ["disk"]) => list(cli_all(self.store().list_disks())),
             ("GET", ["disk", id]) => one(self.store().get_disk(id).map(cli)),

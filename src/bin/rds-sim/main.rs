@@ -72,7 +72,9 @@ one of:
 options:
   --tls-san NAME          extra DNS name or IP for the self-signed certificate (repeatable)
   --pool-slot NAME        slot and mount point of the pool disk (default storage-pool)
-  --pool-fs btrfs|xfs     filesystem the pool reports (default btrfs)
+  --pool-fs btrfs|xfs     filesystem the pool reports (default btrfs); a btrfs pool has
+                          /disk/btrfs/subvolume (7.18+), with real subvolumes and snapshots
+                          when --data-dir is on a btrfs filesystem (btrfs-progs)
   --pool-fs-label NAME    the pool filesystem's fs-label (default <pool-slot>-fs, as RouterOS)
   --version-string TEXT   what /rest/system/resource reports (default \"7.24.4 (stable)\");
                           below 7.17 file-path/file-size and below 7.21

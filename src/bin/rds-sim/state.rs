@@ -38,6 +38,10 @@ use serde_json::{json, Map, Value};
 
 use crate::faults::FileSizeMode;
 
+mod subvolume;
+
+use subvolume::SubvolRec;
+
 /// What the emulated box is; fixed for a run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -90,6 +94,26 @@ pub enum Error {
     UnsupportedQuery {
         word: String,
     },
+    /// A value that names nothing there is (`fs` of an unknown label).
+    NoSuchValue {
+        argument: String,
+    },
+    /// A subvolume or file of that name exists.
+    SubvolumeExists,
+    /// A snapshot's `parent` is not a subvolume.
+    NotASubvolume {
+        name: String,
+    },
+    /// A disk's backing file is inside the subvolume.
+    SubvolumeInUse {
+        slot: String,
+    },
+    /// Writing into a read-only subvolume (snapshot).
+    ReadOnlySubvolume {
+        name: String,
+    },
+    /// A subvolume's directory is removed under `/disk/btrfs/subvolume`.
+    IsSubvolume,
     /// The emulator's own storage failed.
     Storage {
         op: &'static str,
@@ -121,6 +145,16 @@ impl fmt::Display for Error {
             Error::UnsupportedQuery { word } => {
                 write!(f, "failure: rds-sim does not support the query {word:?}")
             }
+            Error::NoSuchValue { argument } => write!(f, "input does not match any value of {argument}"),
+            Error::SubvolumeExists => f.write_str("failure: subvolume already exists"),
+            Error::NotASubvolume { name } => write!(f, "failure: {name} is not a subvolume"),
+            Error::SubvolumeInUse { slot } => {
+                write!(f, "failure: subvolume is in use by disk {slot}")
+            }
+            Error::ReadOnlySubvolume { name } => {
+                write!(f, "failure: subvolume {name} is read-only")
+            }
+            Error::IsSubvolume => f.write_str("failure: is a subvolume, remove it in /disk btrfs subvolume"),
             Error::Storage { op, path, source } => {
                 write!(f, "failure: {op} {}: {source}", path.display())
             }
@@ -232,6 +266,10 @@ pub struct Store {
     next_file: u32,
     disks: Vec<DiskRec>,
     files: Vec<FileRec>,
+    next_subvol: u32,
+    subvolumes: Vec<SubvolRec>,
+    /// Subvolumes are real Btrfs ones (`files/` is on Btrfs).
+    btrfs_real: bool,
     /// With `--nvmet`: the kernel target, told the exports on every save.
     nvmet: Option<RefCell<crate::nvmet::Nvmet>>,
 }
@@ -407,8 +445,15 @@ impl Store {
             next_file: FIRST_ID,
             disks: Vec::new(),
             files: Vec::new(),
+            next_subvol: FIRST_ID,
+            subvolumes: Vec::new(),
+            btrfs_real: false,
             nvmet: None,
         };
+        store.btrfs_real = store.cfg.pool_fs == "btrfs" && subvolume::on_btrfs(&files_dir);
+        if store.btrfs_real {
+            log::info!("{} is on btrfs: subvolumes are real", files_dir.display());
+        }
         let path = store.state_path();
         match fs::read(&path) {
             Ok(bytes) => store.load(&bytes).map_err(|reason| Error::Storage {
@@ -477,6 +522,23 @@ impl Store {
                 modified: num(f, "modified")?,
             });
         }
+        self.next_subvol = v
+            .get("next_subvol")
+            .and_then(Value::as_u64)
+            .unwrap_or(FIRST_ID as u64) as u32;
+        for s in v
+            .get("subvolumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            self.subvolumes.push(SubvolRec {
+                id: num(s, "id")? as u32,
+                name: text(s, "name"),
+                parent: s.get("parent").and_then(Value::as_str).map(str::to_string),
+                read_only: flag(s, "read_only"),
+            });
+        }
         Ok(())
     }
 
@@ -493,6 +555,10 @@ impl Store {
             })).collect::<Vec<_>>(),
             "files": self.files.iter().map(|f| json!({
                 "id": f.id, "name": f.name, "dir": f.dir, "modified": f.modified,
+            })).collect::<Vec<_>>(),
+            "next_subvol": self.next_subvol,
+            "subvolumes": self.subvolumes.iter().map(|s| json!({
+                "id": s.id, "name": s.name, "parent": s.parent, "read_only": s.read_only,
             })).collect::<Vec<_>>(),
         })
     }
@@ -806,6 +872,11 @@ impl Store {
             .filter(|s| !s.is_empty())
             .map(str::to_string);
 
+        if let Some(ro) = self.read_only_subvolume_of(&file_path) {
+            return Err(Error::ReadOnlySubvolume {
+                name: ro.name.clone(),
+            });
+        }
         if let Some(user) = self.disks.iter().find(|d| d.file_path == file_path) {
             return Err(Error::FileInUse {
                 slot: user.slot.clone(),
@@ -953,6 +1024,13 @@ impl Store {
                 new_size = None;
             }
         }
+        if new_size.is_some_and(|s| s > have) {
+            if let Some(ro) = self.read_only_subvolume_of(&disk.file_path) {
+                return Err(Error::ReadOnlySubvolume {
+                    name: ro.name.clone(),
+                });
+            }
+        }
         if let Some(size) = new_size {
             if size < have {
                 return Err(Error::ShrinkDisk);
@@ -1076,6 +1154,11 @@ impl Store {
         if self.files.iter().any(|f| f.name == name) {
             return Err(Error::FileExists);
         }
+        if let Some(ro) = self.read_only_subvolume_of(&name) {
+            return Err(Error::ReadOnlySubvolume {
+                name: ro.name.clone(),
+            });
+        }
         let contents = p.text("contents")?.unwrap_or("").to_string();
         if !dir && self.used() + contents.len() as u64 > self.cfg.pool_size {
             return Err(Error::NotEnoughSpace);
@@ -1117,6 +1200,14 @@ impl Store {
         let file = self.files[index].clone();
         if let Some(d) = self.disks.iter().find(|d| d.file_path == file.name) {
             return Err(Error::FileInUse { slot: d.slot.clone() });
+        }
+        if self.is_subvolume_dir(&file.name) {
+            return Err(Error::IsSubvolume);
+        }
+        if let Some(ro) = self.read_only_subvolume_of(&file.name) {
+            return Err(Error::ReadOnlySubvolume {
+                name: ro.name.clone(),
+            });
         }
         let real = self.real_path(&file.name);
         if file.dir {

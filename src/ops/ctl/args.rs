@@ -26,7 +26,13 @@ Commands:
   probe                                 is the plugin ready?
   create NAME --size SIZE [--param K=V]... [--block] [--fs ext4|xfs] [--access MODE]
                                         CreateVolume; SIZE like 1Gi or bytes
+  create NAME --size SIZE (--from-snapshot SNAPSHOT_ID | --from-volume VOLUME_ID) ...
+                                        CreateVolume restoring a snapshot or cloning a volume
   delete VOLUME_ID                      DeleteVolume
+  snapshot create NAME --volume VOLUME_ID   CreateSnapshot (Btrfs pools)
+  snapshot list [--volume VOLUME_ID] [--max N]
+                                        ListSnapshots (all pages)
+  snapshot delete SNAPSHOT_ID           DeleteSnapshot
   list [--max N]                        ListVolumes (all pages)
   capacity [--param K=V]...             GetCapacity
   publish VOLUME_ID --node NODE_ID [--block] [--access MODE] [--readonly]
@@ -112,10 +118,11 @@ pub(super) enum Command {
     Unstage,
     Stats,
     Expand,
+    Snapshot,
 }
 
 impl Command {
-    pub(super) const ALL: [Command; 14] = [
+    pub(super) const ALL: [Command; 15] = [
         Command::Info,
         Command::Probe,
         Command::Create,
@@ -130,6 +137,7 @@ impl Command {
         Command::Unstage,
         Command::Stats,
         Command::Expand,
+        Command::Snapshot,
     ];
 
     /// The name on the command line.
@@ -149,6 +157,7 @@ impl Command {
             Command::Unstage => "unstage",
             Command::Stats => "stats",
             Command::Expand => "expand",
+            Command::Snapshot => "snapshot",
         }
     }
 
@@ -164,7 +173,7 @@ impl Command {
         use Opt::*;
         match self {
             Command::Info | Command::Probe | Command::Delete => &[],
-            Command::Create => &[Size, Param, Block, Fs, Access],
+            Command::Create => &[Size, Param, Block, Fs, Access, FromSnapshot, FromVolume],
             Command::List => &[Max],
             Command::Capacity => &[Param],
             Command::Publish => &[Node, Block, Access, Readonly],
@@ -185,6 +194,7 @@ impl Command {
             Command::Unstage => &[StagingPath],
             Command::Stats => &[Path, StagingPath],
             Command::Expand => &[Size, Block, NodePath, StagingPath],
+            Command::Snapshot => &[Volume, Max],
         }
     }
 }
@@ -207,6 +217,9 @@ enum Opt {
     NodePath,
     MountFlag,
     Max,
+    FromSnapshot,
+    FromVolume,
+    Volume,
 }
 
 impl Opt {
@@ -228,6 +241,9 @@ impl Opt {
             Opt::NodePath => "node-path",
             Opt::MountFlag => "mount-flag",
             Opt::Max => "max",
+            Opt::FromSnapshot => "from-snapshot",
+            Opt::FromVolume => "from-volume",
+            Opt::Volume => "volume",
         }
     }
 }
@@ -263,6 +279,9 @@ pub(super) struct Args {
     pub(super) node_path: Option<String>,
     pub(super) mount_flags: Vec<String>,
     pub(super) max: Option<i32>,
+    pub(super) from_snapshot: Option<String>,
+    pub(super) from_volume: Option<String>,
+    pub(super) volume: Option<String>,
 }
 
 pub(super) struct Global {
@@ -380,6 +399,9 @@ pub(super) fn parse_command(name: &str, rest: Vec<OsString>) -> Result<(Command,
                     Opt::Path => a.path = Some(text(&mut p, flag)?),
                     Opt::NodePath => a.node_path = Some(text(&mut p, flag)?),
                     Opt::MountFlag => a.mount_flags.push(text(&mut p, flag)?),
+                    Opt::FromSnapshot => a.from_snapshot = Some(text(&mut p, flag)?),
+                    Opt::FromVolume => a.from_volume = Some(text(&mut p, flag)?),
+                    Opt::Volume => a.volume = Some(text(&mut p, flag)?),
                     Opt::Max => {
                         let v = text(&mut p, flag)?;
                         a.max = Some(

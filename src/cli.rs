@@ -265,6 +265,14 @@ pub const FLAGS: &[Flag] = &[
         help: "allow multi-node access modes for raw block volumes (the application must coordinate writers)",
         fallback_env: &[],
     },
+    Flag {
+        name: "export-always",
+        metavar: None,
+        subs: SERVE,
+        default: None,
+        help: "keep every volume exported over NVMe/TCP from creation to deletion (default: exported only while published to a node)",
+        fallback_env: &[],
+    },
     // --- node plugin: NVMe/TCP attach, format, mount (--nqn-prefix is above) ---
     Flag {
         name: "nvme-bin",

@@ -121,6 +121,8 @@ pub struct ControllerConfig {
     pub sizes: SizePolicy,
     /// Multi-node access modes for block volumes (`--allow-multi-node-block`).
     pub allow_multi_node_block: bool,
+    /// Export only while published (off with `--export-always`).
+    pub export_on_publish: bool,
     /// How often the background readiness check asks the RDS.
     pub check_interval: Duration,
 }
@@ -166,6 +168,7 @@ impl ControllerConfig {
             capacity_reserve,
             sizes: SizePolicy::default(),
             allow_multi_node_block: flag_bool(v, "allow-multi-node-block")?,
+            export_on_publish: !flag_bool(v, "export-always")?,
             check_interval: Duration::from_secs(number(v, "rds-check-interval", 1, 3600)?),
         })
     }

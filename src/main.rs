@@ -142,6 +142,7 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             capacity_reserve: cc.capacity_reserve,
             sizes: cc.sizes,
             allow_multi_node_block: cc.allow_multi_node_block,
+            export_on_publish: cc.export_on_publish,
         };
         let controller = ControllerService::new(rds, settings);
         services.push(grpc::controller_service(Arc::new(controller), &dispatcher));

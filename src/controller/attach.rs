@@ -48,8 +48,14 @@ impl<R: RdsApi> Controller<R> {
                 }
             }
             own.nodes.push(node.to_string());
+            // Recorded first, exported second: a crash in between leaves a
+            // record the retry (or the last unpublish) finishes, never an
+            // export no record accounts for.
             self.write_record("ControllerPublishVolume", &id, &disk, &own)?;
             info!("ControllerPublishVolume {id}: published to node {}", echo(node));
+        }
+        if self.settings.export_on_publish {
+            self.set_export("ControllerPublishVolume", &id, &disk, true)?;
         }
         Ok(publish_context(&self.settings, &id, &disk, volume_context))
     }
@@ -75,6 +81,13 @@ impl<R: RdsApi> Controller<R> {
         };
         let before = own.nodes.len();
         own.nodes.retain(|n| node.is_some_and(|node| n != node));
+        // The last node gone: off the network before the record says the
+        // volume is free. A retry after a crash between the two, and a Go
+        // driver volume (always exported) at its next unpublish, find no
+        // node and an export, and turn it off here.
+        if self.settings.export_on_publish && own.nodes.is_empty() {
+            self.set_export("ControllerUnpublishVolume", &id, &disk, false)?;
+        }
         if own.nodes.len() != before {
             self.write_record("ControllerUnpublishVolume", &id, &disk, &own)?;
             info!(
@@ -82,6 +95,23 @@ impl<R: RdsApi> Controller<R> {
                 echo(node.unwrap_or_default())
             );
         }
+        Ok(())
+    }
+}
+
+impl<R: RdsApi> Controller<R> {
+    /// Turns the export of `disk` (just looked up) on or off and checks
+    /// RouterOS read it back so; no request when it already is.
+    fn set_export(&self, op: &'static str, id: &VolumeId, disk: &rds::Disk, on: bool) -> Result<(), Error> {
+        if disk.nvme_tcp_export == on {
+            return Ok(());
+        }
+        let what = if on { "export" } else { "unexport" };
+        self.rds.set_export_known(disk, on).map_err(|source| Error::Rds {
+            context: format!("{op} {id}: {what} over NVMe/TCP"),
+            source: Box::new(source),
+        })?;
+        info!("{op} {id}: {what}ed over NVMe/TCP");
         Ok(())
     }
 }

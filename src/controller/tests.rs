@@ -37,6 +37,7 @@ fn settings() -> ControllerSettings {
         capacity_reserve: 0,
         sizes: SizePolicy::default(),
         allow_multi_node_block: false,
+        export_on_publish: true,
     }
 }
 
@@ -186,6 +187,8 @@ struct FakeState {
     pool_free: Option<u64>,
     /// The changing requests made, in order (`create`, `export`, ...).
     changes: Vec<String>,
+    /// Export changes to fail (as a controller killed before making them).
+    fail_exports: usize,
 }
 
 impl FakeRds {
@@ -256,6 +259,7 @@ impl RdsApi for FakeRds {
         &self,
         new: &rds::NewDisk,
         existing: Option<&rds::Disk>,
+        export: bool,
     ) -> Result<rds::Disk, rds::Error> {
         let mut s = self.state();
         if existing.is_none() {
@@ -280,13 +284,38 @@ impl RdsApi for FakeRds {
             .disks
             .get_mut(&new.slot)
             .ok_or_else(|| not_found(rds::Op::ExportDisk, &new.slot))?;
-        if !disk.nvme_tcp_export {
+        if export && !disk.nvme_tcp_export {
             disk.nvme_tcp_export = true;
             let d = disk.clone();
             s.changes.push(format!("export {}", new.slot));
             return Ok(d);
         }
         Ok(disk.clone())
+    }
+    fn set_export_known(&self, disk: &rds::Disk, on: bool) -> Result<rds::Disk, rds::Error> {
+        let mut s = self.state();
+        if s.fail_exports > 0 {
+            s.fail_exports -= 1;
+            return Err(rds::Error::Answer {
+                op: rds::Op::ExportDisk,
+                target: disk.slot.clone(),
+                status: 500,
+                message: "injected".into(),
+                detail: None,
+                kind: rds::Kind::Unavailable,
+            });
+        }
+        s.changes.push(format!(
+            "{} {}",
+            if on { "export" } else { "unexport" },
+            disk.slot
+        ));
+        let d = s
+            .disks
+            .get_mut(&disk.slot)
+            .ok_or_else(|| not_found(rds::Op::ExportDisk, &disk.slot))?;
+        d.nvme_tcp_export = on;
+        Ok(d.clone())
     }
     fn set_comment_known(&self, disk: &rds::Disk, comment: &str) -> Result<rds::Disk, rds::Error> {
         let mut s = self.state();
@@ -351,6 +380,17 @@ fn controller(pool: u64) -> Controller<FakeRds> {
     Controller::new(FakeRds::with_pool(pool), settings())
 }
 
+/// A controller with `--export-always`: volumes exported from creation on.
+fn controller_always(pool: u64) -> Controller<FakeRds> {
+    Controller::new(
+        FakeRds::with_pool(pool),
+        ControllerSettings {
+            export_on_publish: false,
+            ..settings()
+        },
+    )
+}
+
 fn mount_cap(mode: AccessMode) -> Capability {
     Capability {
         access_type: Some(AccessType::Mount {
@@ -389,7 +429,7 @@ fn create<R: RdsApi>(
 
 #[test]
 fn create_is_idempotent_by_name() {
-    let c = controller(10 * GIB);
+    let c = controller_always(10 * GIB);
     let none = HashMap::new();
     let first = create(&c, "vol-a", &none, GIB).unwrap();
     assert_eq!(first.id, VolumeId::for_name("vol-a"));
@@ -411,7 +451,7 @@ fn create_is_idempotent_by_name() {
 
 #[test]
 fn create_finishes_a_volume_left_unexported() {
-    let c = controller(10 * GIB);
+    let c = controller_always(10 * GIB);
     let first = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
     c.rds
         .state()
@@ -698,4 +738,112 @@ fn two_provisioner_names_on_one_slot_collide() {
         other => panic!("{other}"),
     }
     assert_eq!(c.rds.changes(), changes);
+}
+
+fn exported(c: &Controller<FakeRds>, id: &VolumeId) -> bool {
+    c.rds.state().disks[id.slot()].nvme_tcp_export
+}
+
+#[test]
+fn volumes_are_exported_only_while_published() {
+    let c = controller(10 * GIB);
+    let cap = mount_cap(AccessMode::SingleNodeWriter);
+    let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+    // Made with its export off: port and NQN set, nothing on the network.
+    assert!(!exported(&c, &v.id));
+    assert!(
+        !c.rds.changes().iter().any(|x| x.starts_with("export")),
+        "{:?}",
+        c.rds.changes()
+    );
+    assert!(!c.get(v.id.as_str()).unwrap().condition.abnormal);
+    c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    assert!(exported(&c, &v.id));
+    assert_eq!(c.rds.changes().last().unwrap(), &format!("export {}", v.id));
+    // A repeat makes no request.
+    let changes = c.rds.changes();
+    c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    assert_eq!(c.rds.changes(), changes);
+    // Unpublished from a node it is not published to: still exported.
+    c.unpublish(v.id.as_str(), Some("node-z")).unwrap();
+    assert!(exported(&c, &v.id));
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(!exported(&c, &v.id));
+    let changes = c.rds.changes();
+    assert_eq!(
+        changes[changes.len() - 2],
+        format!("unexport {}", v.id),
+        "off before the record: {changes:?}"
+    );
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert_eq!(c.rds.changes(), changes);
+}
+
+#[test]
+fn a_shared_volume_stays_exported_until_its_last_node_goes() {
+    let c = Controller::new(
+        FakeRds::with_pool(10 * GIB),
+        ControllerSettings {
+            allow_multi_node_block: true,
+            ..settings()
+        },
+    );
+    let cap = block_cap(AccessMode::MultiNodeMultiWriter);
+    let v = c
+        .create(CreateRequest {
+            name: "vol-s",
+            parameters: &HashMap::new(),
+            capabilities: std::slice::from_ref(&cap),
+            capacity: CapacityRange {
+                required: GIB as i64,
+                limit: 0,
+            },
+            has_content_source: false,
+        })
+        .unwrap();
+    c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(exported(&c, &v.id));
+    c.unpublish(v.id.as_str(), None).unwrap();
+    assert!(!exported(&c, &v.id));
+    assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
+}
+
+#[test]
+fn a_crash_between_recording_and_exporting_is_finished_by_the_retry() {
+    let c = controller(10 * GIB);
+    let cap = mount_cap(AccessMode::SingleNodeWriter);
+    let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+    c.rds.state().fail_exports = 1;
+    assert!(c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).is_err());
+    // Recorded, not exported: the node is fenced in, nothing is on the network.
+    assert_eq!(c.get(v.id.as_str()).unwrap().nodes, vec!["node-a".to_string()]);
+    assert!(!exported(&c, &v.id));
+    assert!(c.get(v.id.as_str()).unwrap().condition.abnormal);
+    c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    assert!(exported(&c, &v.id));
+    // The unpublish fails before its record: the retry finishes both.
+    c.rds.state().fail_exports = 1;
+    assert!(c.unpublish(v.id.as_str(), Some("node-a")).is_err());
+    assert!(exported(&c, &v.id));
+    assert_eq!(c.get(v.id.as_str()).unwrap().nodes, vec!["node-a".to_string()]);
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(!exported(&c, &v.id));
+    assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
+}
+
+#[test]
+fn an_always_exported_volume_follows_the_rule_from_its_next_unpublish() {
+    // As a Go driver volume or one made with --export-always: exported, no node.
+    let always = controller_always(10 * GIB);
+    let v = create(&always, "vol-a", &HashMap::new(), GIB).unwrap();
+    assert!(exported(&always, &v.id));
+    let c = controller(10 * GIB);
+    c.rds.insert(always.rds.state().disks[v.id.slot()].clone());
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(!exported(&c, &v.id));
+    // With --export-always an unpublish leaves the export alone.
+    always.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(exported(&always, &v.id));
 }

@@ -273,6 +273,14 @@ pub const FLAGS: &[Flag] = &[
         help: "keep every volume exported over NVMe/TCP from creation to deletion (default: exported only while published to a node)",
         fallback_env: &[],
     },
+    Flag {
+        name: "nvme-host-acl",
+        metavar: None,
+        subs: SERVE,
+        default: None,
+        help: "per-node host access control: a published volume allows only the host NQNs of its nodes (derived from the node id; see the README)",
+        fallback_env: &[],
+    },
     // --- node plugin: NVMe/TCP attach, format, mount (--nqn-prefix is above) ---
     Flag {
         name: "nvme-bin",

@@ -123,6 +123,8 @@ pub struct ControllerConfig {
     pub allow_multi_node_block: bool,
     /// Export only while published (off with `--export-always`).
     pub export_on_publish: bool,
+    /// Per-node host allow lists (`--nvme-host-acl`).
+    pub host_acl: bool,
     /// How often the background readiness check asks the RDS.
     pub check_interval: Duration,
 }
@@ -156,6 +158,15 @@ impl ControllerConfig {
                 })?
             }
         };
+        let export_on_publish = !flag_bool(v, "export-always")?;
+        let host_acl = flag_bool(v, "nvme-host-acl")?;
+        if host_acl && !export_on_publish {
+            // An always-exported disk would be on the network with an empty
+            // allow list (which may mean "anyone") whenever no node has it.
+            return Err(ConfigError(
+                "--nvme-host-acl needs export on publish: it cannot be combined with --export-always".into(),
+            ));
+        }
         let reserve_raw = required(v, "capacity-reserve")?;
         let capacity_reserve = volume::parse_bytes(reserve_raw)
             .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe("capacity-reserve"))))?;
@@ -168,7 +179,8 @@ impl ControllerConfig {
             capacity_reserve,
             sizes: SizePolicy::default(),
             allow_multi_node_block: flag_bool(v, "allow-multi-node-block")?,
-            export_on_publish: !flag_bool(v, "export-always")?,
+            export_on_publish,
+            host_acl,
             check_interval: Duration::from_secs(number(v, "rds-check-interval", 1, 3600)?),
         })
     }

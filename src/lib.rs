@@ -8,6 +8,7 @@ pub mod controller;
 pub mod csi;
 pub mod ctl;
 pub mod echo;
+pub mod fence;
 pub mod host;
 pub mod identity;
 pub mod locks;

@@ -57,6 +57,9 @@ pub struct ControllerSettings {
     /// `--export-always`): made with its export off, exported by
     /// ControllerPublishVolume, unexported by the last unpublish.
     pub export_on_publish: bool,
+    /// Per-node host access control (`--nvme-host-acl`): each published
+    /// node's host NQN (see `fence`) in the disk's allow list.
+    pub host_acl: bool,
 }
 
 /// The controller: its RDS, its settings, and the per-volume guards that

@@ -563,6 +563,7 @@ mod unit {
             nvme_tcp_export: export,
             nvme_tcp_port: Some(4420),
             nvme_tcp_nqn: Some("nqn.2000-02.com.mikrotik:pvc-1".into()),
+            nvme_tcp_allow_host: String::new(),
             mount_filesystem: Some(false),
             mount_point: None,
             mounted: false,

@@ -20,6 +20,9 @@ pub trait RdsApi: Send + Sync {
     /// Turns the export of a disk just looked up on or off; the answer is
     /// the disk as RouterOS read it back.
     fn set_export_known(&self, disk: &Disk, on: bool) -> Result<Disk, Error>;
+    /// Sets the host allow list of a disk just looked up; the answer is the
+    /// disk as RouterOS now has it, for the caller to check.
+    fn set_allowed_hosts_known(&self, disk: &Disk, value: &str) -> Result<Disk, Error>;
     /// Sets the comment of a disk just looked up; the answer is the disk.
     fn set_comment_known(&self, disk: &Disk, comment: &str) -> Result<Disk, Error>;
     /// Grows a disk just looked up to `new_size` bytes.
@@ -51,6 +54,9 @@ impl RdsApi for rds::Client {
     }
     fn set_export_known(&self, disk: &Disk, on: bool) -> Result<Disk, Error> {
         rds::Client::set_export_known(self, disk, on)
+    }
+    fn set_allowed_hosts_known(&self, disk: &Disk, value: &str) -> Result<Disk, Error> {
+        rds::Client::set_allowed_hosts_known(self, disk, value)
     }
     fn set_comment_known(&self, disk: &Disk, comment: &str) -> Result<Disk, Error> {
         rds::Client::set_comment_known(self, disk, comment)

@@ -4,6 +4,7 @@
 
 use super::record::{creation_digest, owned};
 use super::*;
+use crate::fence::{self, HostIdentity};
 use crate::volume::{FsType, Nqn, VolumeContext};
 use crate::volume::{NqnPrefix, SizePolicy};
 
@@ -20,6 +21,7 @@ fn disk(comment: &str, export: bool) -> rds::Disk {
         nvme_tcp_export: export,
         nvme_tcp_port: Some(4420),
         nvme_tcp_nqn: Some("nqn.2000-02.com.mikrotik:pvc-1".into()),
+        nvme_tcp_allow_host: String::new(),
         mount_filesystem: Some(false),
         mount_point: None,
         mounted: false,
@@ -38,6 +40,7 @@ fn settings() -> ControllerSettings {
         sizes: SizePolicy::default(),
         allow_multi_node_block: false,
         export_on_publish: true,
+        host_acl: false,
     }
 }
 
@@ -189,6 +192,8 @@ struct FakeState {
     changes: Vec<String>,
     /// Export changes to fail (as a controller killed before making them).
     fail_exports: usize,
+    /// What the allow list reads back as, whatever was written.
+    allow_mangle: Option<String>,
 }
 
 impl FakeRds {
@@ -291,6 +296,21 @@ impl RdsApi for FakeRds {
             return Ok(d);
         }
         Ok(disk.clone())
+    }
+    fn set_allowed_hosts_known(&self, disk: &rds::Disk, value: &str) -> Result<rds::Disk, rds::Error> {
+        let mut s = self.state();
+        s.changes.push(format!("allow {} {value}", disk.slot));
+        // As a RouterOS that keeps only what it likes of the value.
+        let stored = match &s.allow_mangle {
+            Some(keep) => keep.clone(),
+            None => value.to_string(),
+        };
+        let d = s
+            .disks
+            .get_mut(&disk.slot)
+            .ok_or_else(|| not_found(rds::Op::SetAllowedHosts, &disk.slot))?;
+        d.nvme_tcp_allow_host = stored;
+        Ok(d.clone())
     }
     fn set_export_known(&self, disk: &rds::Disk, on: bool) -> Result<rds::Disk, rds::Error> {
         let mut s = self.state();
@@ -846,4 +866,100 @@ fn an_always_exported_volume_follows_the_rule_from_its_next_unpublish() {
     // With --export-always an unpublish leaves the export alone.
     always.unpublish(v.id.as_str(), Some("node-a")).unwrap();
     assert!(exported(&always, &v.id));
+}
+
+fn acl_controller() -> Controller<FakeRds> {
+    Controller::new(
+        FakeRds::with_pool(10 * GIB),
+        ControllerSettings {
+            allow_multi_node_block: true,
+            host_acl: true,
+            ..settings()
+        },
+    )
+}
+
+fn allow_list(c: &Controller<FakeRds>, id: &VolumeId) -> String {
+    c.rds.state().disks[id.slot()].nvme_tcp_allow_host.clone()
+}
+
+#[test]
+fn host_acls_allow_exactly_the_published_nodes_and_never_export_an_empty_list() {
+    let c = acl_controller();
+    let cap = block_cap(AccessMode::MultiNodeMultiWriter);
+    let v = c
+        .create(CreateRequest {
+            name: "vol-acl",
+            parameters: &HashMap::new(),
+            capabilities: std::slice::from_ref(&cap),
+            capacity: CapacityRange {
+                required: GIB as i64,
+                limit: 0,
+            },
+            has_content_source: false,
+        })
+        .unwrap();
+    assert_eq!(allow_list(&c, &v.id), "");
+    let a = HostIdentity::for_node("node-a").unwrap();
+    let b = HostIdentity::for_node("node-b").unwrap();
+    let ctx = c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    assert_eq!(ctx[fence::KEY_HOST_NQN], a.nqn);
+    assert_eq!(ctx[fence::KEY_HOST_ID], a.id);
+    assert_eq!(allow_list(&c, &v.id), a.nqn);
+    assert!(exported(&c, &v.id));
+    // The allow list is written before the export goes on.
+    let changes = c.rds.changes();
+    let allow_at = changes.iter().position(|x| x.starts_with("allow ")).unwrap();
+    let export_at = changes.iter().position(|x| x.starts_with("export ")).unwrap();
+    assert!(allow_at < export_at, "{changes:?}");
+    let ctx = c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+    assert_eq!(ctx[fence::KEY_HOST_NQN], b.nqn);
+    assert_eq!(
+        allow_list(&c, &v.id),
+        fence::format_allow_list(&[a.nqn.clone(), b.nqn.clone()])
+    );
+    // A repeat changes nothing.
+    let changes = c.rds.changes();
+    c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+    assert_eq!(c.rds.changes(), changes);
+    // Unpublishing one cuts off only that one.
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert_eq!(allow_list(&c, &v.id), b.nqn);
+    assert!(exported(&c, &v.id));
+    // The last one: the export goes off before the list empties.
+    c.unpublish(v.id.as_str(), Some("node-b")).unwrap();
+    assert_eq!(allow_list(&c, &v.id), "");
+    assert!(!exported(&c, &v.id));
+    let changes = c.rds.changes();
+    let unexport_at = changes.iter().rposition(|x| x.starts_with("unexport ")).unwrap();
+    let emptied_at = changes.iter().rposition(|x| x.starts_with("allow ")).unwrap();
+    assert!(unexport_at < emptied_at, "{changes:?}");
+}
+
+#[test]
+fn an_allow_list_the_rds_did_not_keep_fails_naming_what_it_stored() {
+    let c = acl_controller();
+    let v = create(&c, "vol-acl", &HashMap::new(), GIB).unwrap();
+    c.rds.state().allow_mangle = Some("somebody-else".into());
+    let cap = mount_cap(AccessMode::SingleNodeWriter);
+    let err = c
+        .publish(v.id.as_str(), "node-a", &cap, &HashMap::new())
+        .unwrap_err();
+    assert!(matches!(err, Error::AllowListNotKept { .. }), "{err}");
+    assert!(err.to_string().contains("\"somebody-else\""), "{err}");
+    // Never exported with a list it did not mean.
+    assert!(!exported(&c, &v.id));
+}
+
+#[test]
+fn a_node_id_that_cannot_form_a_host_nqn_is_a_bad_argument() {
+    let c = acl_controller();
+    let v = create(&c, "vol-acl", &HashMap::new(), GIB).unwrap();
+    let cap = mount_cap(AccessMode::SingleNodeWriter);
+    let err = c
+        .publish(v.id.as_str(), "node a", &cap, &HashMap::new())
+        .unwrap_err();
+    assert!(matches!(err, Error::HostNqnRule { .. }), "{err}");
+    assert!(err.to_string().contains("may only contain"), "{err}");
+    assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
 }

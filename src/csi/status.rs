@@ -40,7 +40,8 @@ pub fn controller_error(e: &Error) -> RpcStatus {
         // An unmounted pool may come back: retry later.
         Error::PoolNotMounted { .. } => C::UNAVAILABLE,
         Error::StillPublished { .. } | Error::PublishedElsewhere { .. } => C::FAILED_PRECONDITION,
-        Error::RecordNotKept { .. } => C::INTERNAL,
+        Error::RecordNotKept { .. } | Error::AllowListNotKept { .. } => C::INTERNAL,
+        Error::HostNqnRule { .. } => C::INVALID_ARGUMENT,
     };
     RpcStatus::with_message(code, crate::error_chain(e))
 }
@@ -73,9 +74,11 @@ mod tests {
             Error::RecordNotKept { .. } => 16,
             Error::BadToken { .. } => 17,
             Error::Rds { .. } => 18,
+            Error::HostNqnRule { .. } => 19,
+            Error::AllowListNotKept { .. } => 20,
         }
     }
-    const ROWS: usize = 19;
+    const ROWS: usize = 21;
 
     #[test]
     fn every_controller_error_has_its_code() {
@@ -99,6 +102,8 @@ mod tests {
             C::UNAVAILABLE,
             C::FAILED_PRECONDITION,
             C::FAILED_PRECONDITION,
+            C::INTERNAL,
+            C::INVALID_ARGUMENT,
             C::INTERNAL,
             C::ABORTED,
             C::RESOURCE_EXHAUSTED,

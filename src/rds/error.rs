@@ -27,6 +27,7 @@ pub enum Op {
     ListFiles,
     RemoveFile,
     MakeDirectory,
+    SetAllowedHosts,
 }
 
 impl fmt::Display for Op {
@@ -45,6 +46,7 @@ impl fmt::Display for Op {
             Op::ListFiles => "list files",
             Op::RemoveFile => "remove file",
             Op::MakeDirectory => "make directory",
+            Op::SetAllowedHosts => "set allowed hosts of disk",
         })
     }
 }

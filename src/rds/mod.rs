@@ -412,6 +412,22 @@ impl Client {
         Ok(disk)
     }
 
+    /// Sets `nvme-tcp-server-allow-host-name` of a disk just looked up: one
+    /// `PATCH` (none when it already reads so), whose answer is returned
+    /// for the caller to check (what RouterOS makes of a list is
+    /// unverified).
+    pub fn set_allowed_hosts_known(&self, disk: &Disk, value: &str) -> Result<Disk, Error> {
+        if disk.nvme_tcp_allow_host == value {
+            return Ok(disk.clone());
+        }
+        self.patch_disk(
+            Op::SetAllowedHosts,
+            &disk.slot,
+            &disk.id,
+            &json!({ "nvme-tcp-server-allow-host-name": value }),
+        )
+    }
+
     /// Turns the NVMe/TCP export of a disk just looked up on or off: one
     /// `PATCH` (none when it already is), whose answer is the read-back; an
     /// answer with the export otherwise is `Error::Verify`.

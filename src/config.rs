@@ -424,6 +424,28 @@ mod tests {
     }
 
     #[test]
+    fn fencing_modes() {
+        let base = ["--controller", "--rds-address", "https://rds.lan"];
+        let cc = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            serve(&a, &[]).map(|c| c.controller_config.expect("controller config"))
+        };
+        let c = cc(&[]).unwrap();
+        assert!(c.export_on_publish && !c.host_acl);
+        let c = cc(&["--export-always"]).unwrap();
+        assert!(!c.export_on_publish);
+        let c = cc(&["--nvme-host-acl"]).unwrap();
+        assert!(c.export_on_publish && c.host_acl);
+        let e = cc(&["--nvme-host-acl", "--export-always"]).unwrap_err();
+        assert!(
+            e.0.contains("--nvme-host-acl") && e.0.contains("--export-always"),
+            "{}",
+            e.0
+        );
+    }
+
+    #[test]
     fn both_services_in_one_process() {
         let c = serve(
             &[

@@ -1340,3 +1340,83 @@ fn a_go_driver_volume_leaves_the_network_at_its_next_unpublish() {
     env.unpublish(&id, "node-a").unwrap();
     assert!(!in_exports(&env, &nqn));
 }
+
+/// As `try_connect`, with `-q HOSTNQN -I HOSTID` when given.
+fn try_connect_as(fabric: &common::fabric::Fabric, nqn: &str, host: Option<(&str, &str)>) -> (i32, String) {
+    let port = common::fabric::PORT.to_string();
+    let mut args = vec!["connect", "-t", "tcp", "-a", "127.0.0.1", "-s", &port, "-n", nqn];
+    if let Some((q, i)) = host {
+        args.extend_from_slice(&["-q", q, "-I", i]);
+    }
+    let (code, _, err) = fabric.run(&args);
+    if code == 0 {
+        let (c, _, e) = fabric.run(&["disconnect", "-n", nqn]);
+        assert_eq!(c, 0, "disconnect {nqn}: {e}");
+    }
+    (code, err)
+}
+
+#[test]
+fn host_acls_admit_only_the_published_nodes_hosts() {
+    let env = ControllerEnv::start(&["--nvme-host-acl", "--allow-multi-node-block"]);
+    let fabric = common::fabric::Fabric::new(&env.sim, false);
+    let shared = block_cap(Mode::MULTI_NODE_MULTI_WRITER);
+    let mut req = create_request("vol-acl", GIB, &[]);
+    req.volume_capabilities = vec![shared.clone()];
+    let vol = env.create(&req).unwrap().volume.unwrap();
+    let (id, nqn) = (vol.volume_id.clone(), vol.volume_context["nqn"].clone());
+    let ctx_a = env
+        .publish(&id, "node-a", shared.clone())
+        .unwrap()
+        .publish_context;
+    let ctx_b = env
+        .publish(&id, "node-b", shared.clone())
+        .unwrap()
+        .publish_context;
+    let a = (ctx_a["hostNqn"].as_str(), ctx_a["hostId"].as_str());
+    let b = (ctx_b["hostNqn"].as_str(), ctx_b["hostId"].as_str());
+    assert!(a.0.starts_with("nqn.2014-08.org.nvmexpress:uuid:"), "{ctx_a:?}");
+    assert_ne!(a.0, b.0);
+    // The disk's allow list holds both, read back from the sim.
+    let allow = env.disk(&id).unwrap()["nvme-tcp-server-allow-host-name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(allow.contains(a.0) && allow.contains(b.0), "{allow}");
+    let eio = |who: &str, r: (i32, String)| {
+        assert_ne!(r.0, 0, "{who} connected to {nqn}");
+        assert!(r.1.contains("Input/output error"), "{who}: {}", r.1);
+    };
+    assert_eq!(try_connect_as(&fabric, &nqn, Some(a)).0, 0, "node-a");
+    assert_eq!(try_connect_as(&fabric, &nqn, Some(b)).0, 0, "node-b");
+    eio(
+        "a host not published",
+        try_connect_as(
+            &fabric,
+            &nqn,
+            Some((
+                "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-5000-8000-000000000000",
+                "00000000-0000-5000-8000-000000000000",
+            )),
+        ),
+    );
+    eio("no host NQN", try_connect_as(&fabric, &nqn, None));
+    // Unpublishing node-a cuts off node-a only.
+    env.unpublish(&id, "node-a").unwrap();
+    eio(
+        "node-a after its unpublish",
+        try_connect_as(&fabric, &nqn, Some(a)),
+    );
+    assert_eq!(try_connect_as(&fabric, &nqn, Some(b)).0, 0, "node-b still");
+    // The last one: off the network, the allow list empty.
+    env.unpublish(&id, "node-b").unwrap();
+    assert!(!in_exports(&env, &nqn));
+    let disk = env.disk(&id).unwrap();
+    assert_eq!(disk["nvme-tcp-export"], "false");
+    assert_eq!(disk["nvme-tcp-server-allow-host-name"], "");
+    // A node id no host NQN can be formed from: INVALID_ARGUMENT naming the rule.
+    let err = status_of(env.publish(&id, "node a", shared).unwrap_err());
+    assert_eq!(err.code(), RpcStatusCode::INVALID_ARGUMENT);
+    assert!(err.message().contains("may only contain"), "{}", err.message());
+    env.delete(&id).unwrap();
+}

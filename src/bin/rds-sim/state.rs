@@ -1168,6 +1168,17 @@ fn write_atomic(path: &Path, value: &Value) -> Result<(), Error> {
     Ok(())
 }
 
+/// The host NQNs of an allow-host value: comma-separated, blanks dropped.
+fn allowed_hosts(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1206,15 +1217,4 @@ mod tests {
         assert_eq!(clean_name("pool/x/"), None);
         assert_eq!(clean_name(""), None);
     }
-}
-
-/// The host NQNs of an allow-host value: comma-separated, blanks dropped.
-fn allowed_hosts(value: Option<&str>) -> Vec<String> {
-    value
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .map(str::to_string)
-        .collect()
 }

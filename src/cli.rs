@@ -30,6 +30,63 @@ impl Sub {
     }
 }
 
+/// Every flag's name, one constant each: settings are looked up by these,
+/// so a misspelt name does not compile. `ALL` lists them for the test that
+/// ties them one-to-one to the rows of [`FLAGS`].
+pub mod flag {
+    macro_rules! names {
+        ($($name:ident = $text:literal,)+) => {
+            $(
+                #[doc = concat!("`--", $text, "`")]
+                pub const $name: &str = $text;
+            )+
+            /// Every name above.
+            pub const ALL: &[&str] = &[$($name),+];
+        };
+    }
+
+    names! {
+        CONTROLLER = "controller",
+        NODE = "node",
+        ENDPOINT = "endpoint",
+        NODE_ID = "node-id",
+        DRIVER_NAME = "driver-name",
+        LOG_LEVEL = "log-level",
+        MAX_IN_FLIGHT = "max-in-flight",
+        SHUTDOWN_GRACE = "shutdown-grace",
+        CHECK_CONFIG = "check-config",
+        METRICS_ADDRESS = "metrics-address",
+        KUBELET_DIR = "kubelet-dir",
+        RDS_ADDRESS = "rds-address",
+        RDS_USERNAME_FILE = "rds-username-file",
+        RDS_PASSWORD_FILE = "rds-password-file",
+        RDS_CA_FILE = "rds-ca-file",
+        RDS_TLS_FINGERPRINT = "rds-tls-fingerprint",
+        RDS_INSECURE_SKIP_VERIFY = "rds-insecure-skip-verify",
+        RDS_TIMEOUT = "rds-timeout",
+        RDS_RETRY_FOR = "rds-retry-for",
+        RDS_MAX_IN_FLIGHT = "rds-max-in-flight",
+        RDS_CHECK_INTERVAL = "rds-check-interval",
+        RDS_POOL = "rds-pool",
+        VOLUME_BASE_PATH = "volume-base-path",
+        NQN_PREFIX = "nqn-prefix",
+        NVME_ADDRESS = "nvme-address",
+        CAPACITY_RESERVE = "capacity-reserve",
+        ALLOW_MULTI_NODE_BLOCK = "allow-multi-node-block",
+        EXPORT_ALWAYS = "export-always",
+        NVME_HOST_ACL = "nvme-host-acl",
+        NVME_BIN = "nvme-bin",
+        SYS_ROOT = "sys-root",
+        DEV_ROOT = "dev-root",
+        PROC_ROOT = "proc-root",
+        ETC_ROOT = "etc-root",
+        HOST_NQN = "host-nqn",
+        MAX_VOLUMES_PER_NODE = "max-volumes-per-node",
+        DEVICE_WAIT = "device-wait",
+        CONNECT_ATTEMPTS = "connect-attempts",
+    }
+}
+
 /// One flag: its long name, metavar (None for a switch), which subcommands
 /// take it, its default as shown in `--help`, and what it does.
 pub struct Flag {
@@ -49,7 +106,7 @@ const SERVE_DOCTOR: &[Sub] = &[Sub::Serve, Sub::Doctor];
 /// generated from this table, so a flag cannot exist undocumented.
 pub const FLAGS: &[Flag] = &[
     Flag {
-        name: "controller",
+        name: flag::CONTROLLER,
         metavar: None,
         subs: SERVE_DOCTOR,
         default: None,
@@ -57,7 +114,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "node",
+        name: flag::NODE,
         metavar: None,
         subs: SERVE_DOCTOR,
         default: None,
@@ -65,7 +122,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "endpoint",
+        name: flag::ENDPOINT,
         metavar: Some("URL"),
         subs: SERVE,
         default: Some("unix:///csi/csi.sock"),
@@ -73,7 +130,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &["CSI_ENDPOINT"],
     },
     Flag {
-        name: "node-id",
+        name: flag::NODE_ID,
         metavar: Some("ID"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -81,7 +138,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &["NODE_ID", "NODE_NAME"],
     },
     Flag {
-        name: "driver-name",
+        name: flag::DRIVER_NAME,
         metavar: Some("NAME"),
         subs: SERVE,
         default: Some(crate::DEFAULT_DRIVER_NAME),
@@ -89,7 +146,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "log-level",
+        name: flag::LOG_LEVEL,
         metavar: Some("LEVEL"),
         subs: SERVE_DOCTOR,
         default: Some("info"),
@@ -97,7 +154,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "max-in-flight",
+        name: flag::MAX_IN_FLIGHT,
         metavar: Some("N"),
         subs: SERVE,
         default: Some("128"),
@@ -105,7 +162,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "shutdown-grace",
+        name: flag::SHUTDOWN_GRACE,
         metavar: Some("SECONDS"),
         subs: SERVE,
         default: Some("25"),
@@ -113,7 +170,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "check-config",
+        name: flag::CHECK_CONFIG,
         metavar: None,
         subs: SERVE,
         default: None,
@@ -121,7 +178,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "metrics-address",
+        name: flag::METRICS_ADDRESS,
         metavar: Some("ADDR:PORT"),
         subs: SERVE,
         default: None,
@@ -129,7 +186,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "kubelet-dir",
+        name: flag::KUBELET_DIR,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: Some("/var/lib/kubelet"),
@@ -138,7 +195,7 @@ pub const FLAGS: &[Flag] = &[
     },
     // --- controller: the RDS and how volumes are laid out on it ---------
     Flag {
-        name: "rds-address",
+        name: flag::RDS_ADDRESS,
         metavar: Some("URL"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -146,7 +203,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-username-file",
+        name: flag::RDS_USERNAME_FILE,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: Some("/etc/rds-csi/rds/username"),
@@ -154,7 +211,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-password-file",
+        name: flag::RDS_PASSWORD_FILE,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: Some("/etc/rds-csi/rds/password"),
@@ -162,7 +219,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-ca-file",
+        name: flag::RDS_CA_FILE,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -170,7 +227,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-tls-fingerprint",
+        name: flag::RDS_TLS_FINGERPRINT,
         metavar: Some("SHA256"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -178,7 +235,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-insecure-skip-verify",
+        name: flag::RDS_INSECURE_SKIP_VERIFY,
         metavar: None,
         subs: SERVE_DOCTOR,
         default: None,
@@ -186,7 +243,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-timeout",
+        name: flag::RDS_TIMEOUT,
         metavar: Some("SECONDS"),
         subs: SERVE_DOCTOR,
         default: Some("30"),
@@ -194,7 +251,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-retry-for",
+        name: flag::RDS_RETRY_FOR,
         metavar: Some("SECONDS"),
         subs: SERVE,
         default: Some("30"),
@@ -202,7 +259,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-max-in-flight",
+        name: flag::RDS_MAX_IN_FLIGHT,
         metavar: Some("N"),
         subs: SERVE,
         default: Some("4"),
@@ -210,7 +267,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-check-interval",
+        name: flag::RDS_CHECK_INTERVAL,
         metavar: Some("SECONDS"),
         subs: SERVE,
         default: Some("30"),
@@ -218,7 +275,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "rds-pool",
+        name: flag::RDS_POOL,
         metavar: Some("SLOT"),
         subs: SERVE_DOCTOR,
         default: Some("storage-pool"),
@@ -226,7 +283,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "volume-base-path",
+        name: flag::VOLUME_BASE_PATH,
         metavar: Some("PATH"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -234,7 +291,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "nqn-prefix",
+        name: flag::NQN_PREFIX,
         metavar: Some("NQN"),
         subs: SERVE_DOCTOR,
         default: Some(crate::volume::DEFAULT_NQN_PREFIX),
@@ -242,7 +299,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "nvme-address",
+        name: flag::NVME_ADDRESS,
         metavar: Some("HOST"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -250,7 +307,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "capacity-reserve",
+        name: flag::CAPACITY_RESERVE,
         metavar: Some("BYTES"),
         subs: SERVE_DOCTOR,
         default: Some("0"),
@@ -258,7 +315,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "allow-multi-node-block",
+        name: flag::ALLOW_MULTI_NODE_BLOCK,
         metavar: None,
         subs: SERVE,
         default: None,
@@ -266,7 +323,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "export-always",
+        name: flag::EXPORT_ALWAYS,
         metavar: None,
         subs: SERVE,
         default: None,
@@ -274,7 +331,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "nvme-host-acl",
+        name: flag::NVME_HOST_ACL,
         metavar: None,
         subs: SERVE,
         default: None,
@@ -283,7 +340,7 @@ pub const FLAGS: &[Flag] = &[
     },
     // --- node plugin: NVMe/TCP attach, format, mount (--nqn-prefix is above) ---
     Flag {
-        name: "nvme-bin",
+        name: flag::NVME_BIN,
         metavar: Some("PROGRAM"),
         subs: SERVE_DOCTOR,
         default: Some("nvme"),
@@ -291,7 +348,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "sys-root",
+        name: flag::SYS_ROOT,
         metavar: Some("DIR"),
         subs: SERVE_DOCTOR,
         default: Some("/sys"),
@@ -299,7 +356,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "dev-root",
+        name: flag::DEV_ROOT,
         metavar: Some("DIR"),
         subs: SERVE_DOCTOR,
         default: Some("/dev"),
@@ -307,7 +364,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "proc-root",
+        name: flag::PROC_ROOT,
         metavar: Some("DIR"),
         subs: SERVE_DOCTOR,
         default: Some("/proc"),
@@ -315,7 +372,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "etc-root",
+        name: flag::ETC_ROOT,
         metavar: Some("DIR"),
         subs: SERVE_DOCTOR,
         default: Some("/etc"),
@@ -323,7 +380,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "host-nqn",
+        name: flag::HOST_NQN,
         metavar: Some("NQN"),
         subs: SERVE_DOCTOR,
         default: None,
@@ -331,7 +388,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "max-volumes-per-node",
+        name: flag::MAX_VOLUMES_PER_NODE,
         metavar: Some("N"),
         subs: SERVE,
         default: Some("0"),
@@ -339,7 +396,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "device-wait",
+        name: flag::DEVICE_WAIT,
         metavar: Some("SECONDS"),
         subs: SERVE,
         default: Some("30"),
@@ -347,7 +404,7 @@ pub const FLAGS: &[Flag] = &[
         fallback_env: &[],
     },
     Flag {
-        name: "connect-attempts",
+        name: flag::CONNECT_ATTEMPTS,
         metavar: Some("N"),
         subs: SERVE,
         default: Some("5"),
@@ -409,7 +466,7 @@ pub enum Command {
     Help(String),
     Version,
     Run(Sub, Values),
-    /// `ctl` parses its own arguments (see `crate::ctl`).
+    /// `ctl` parses its own arguments (see `crate::ops::ctl`).
     Ctl(Vec<OsString>),
 }
 
@@ -612,6 +669,21 @@ mod tests {
         match run(args, env).unwrap() {
             Command::Run(_, v) => v,
             other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_flag_name_constant_has_exactly_one_row() {
+        for name in flag::ALL {
+            let rows = FLAGS.iter().filter(|f| f.name == *name).count();
+            assert_eq!(rows, 1, "--{name} has {rows} rows in FLAGS");
+        }
+        for f in FLAGS {
+            assert!(
+                flag::ALL.contains(&f.name),
+                "--{} has no constant in cli::flag",
+                f.name
+            );
         }
     }
 

@@ -5,9 +5,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::cli::Values;
+use crate::cli::{flag, Values};
+use crate::csi::server::Endpoint;
 use crate::rds;
-use crate::server::Endpoint;
 use crate::volume::{self, NqnPrefix, SizePolicy};
 
 /// Everything `rds-csi serve` needs.
@@ -45,17 +45,17 @@ impl std::error::Error for ConfigError {}
 
 impl ServeConfig {
     pub fn from_values(v: &Values) -> Result<Self, ConfigError> {
-        let controller = flag_bool(v, "controller")?;
-        let node = flag_bool(v, "node")?;
+        let controller = flag_bool(v, flag::CONTROLLER)?;
+        let node = flag_bool(v, flag::NODE)?;
         if !controller && !node {
             return Err(ConfigError(
                 "nothing to serve: give --controller, --node or both (or RDS_CSI_CONTROLLER/RDS_CSI_NODE=true)".into(),
             ));
         }
-        let endpoint_raw = required(v, "endpoint")?;
+        let endpoint_raw = required(v, flag::ENDPOINT)?;
         let endpoint = Endpoint::parse(endpoint_raw)
-            .map_err(|e| ConfigError(format!("{}: {e}", v.describe("endpoint"))))?;
-        let node_id = v.get("node-id").map(|s| s.value.clone());
+            .map_err(|e| ConfigError(format!("{}: {e}", v.describe(flag::ENDPOINT))))?;
+        let node_id = v.get(flag::NODE_ID).map(|s| s.value.clone());
         if node && node_id.is_none() {
             return Err(ConfigError(
                 "--node needs the node's id: give --node-id, or set RDS_CSI_NODE_ID, NODE_ID or NODE_NAME"
@@ -63,16 +63,20 @@ impl ServeConfig {
             ));
         }
         if let Some(id) = &node_id {
-            check_node_id(id)
-                .map_err(|rule| ConfigError(format!("{} {id:?}: {rule}", v.describe("node-id"))))?;
+            volume::check_node_id(id)
+                .map_err(|rule| ConfigError(format!("{} {id:?}: {rule}", v.describe(flag::NODE_ID))))?;
         }
         let node_settings = match (&node_id, node) {
             (Some(id), true) => Some(node_settings(v, id)?),
             _ => None,
         };
-        let driver_name = required(v, "driver-name")?.to_string();
-        check_driver_name(&driver_name)
-            .map_err(|rule| ConfigError(format!("{} {driver_name:?}: {rule}", v.describe("driver-name"))))?;
+        let driver_name = required(v, flag::DRIVER_NAME)?.to_string();
+        check_driver_name(&driver_name).map_err(|rule| {
+            ConfigError(format!(
+                "{} {driver_name:?}: {rule}",
+                v.describe(flag::DRIVER_NAME)
+            ))
+        })?;
         Ok(ServeConfig {
             controller,
             node,
@@ -80,20 +84,20 @@ impl ServeConfig {
             node_id,
             driver_name,
             log_level: log_level(v)?,
-            max_in_flight: number(v, "max-in-flight", 1, 100_000)? as usize,
-            shutdown_grace: Duration::from_secs(number(v, "shutdown-grace", 0, 3600)?),
+            max_in_flight: number(v, flag::MAX_IN_FLIGHT, 1, 100_000)? as usize,
+            shutdown_grace: Duration::from_secs(number(v, flag::SHUTDOWN_GRACE, 0, 3600)?),
             controller_config: if controller {
                 Some(ControllerConfig::from_values(v)?)
             } else {
                 None
             },
-            check_only: flag_bool(v, "check-config")?,
-            metrics_address: match v.get("metrics-address") {
+            check_only: flag_bool(v, flag::CHECK_CONFIG)?,
+            metrics_address: match v.get(flag::METRICS_ADDRESS) {
                 None => None,
                 Some(s) => Some(s.value.parse().map_err(|_| {
                     ConfigError(format!(
                         "{} {:?}: expected ADDR:PORT, e.g. 0.0.0.0:9808 or [::]:9808",
-                        v.describe("metrics-address"),
+                        v.describe(flag::METRICS_ADDRESS),
                         s.value
                     ))
                 })?),
@@ -132,25 +136,32 @@ pub struct ControllerConfig {
 impl ControllerConfig {
     pub fn from_values(v: &Values) -> Result<Self, ConfigError> {
         let mut rds = rds_client_config(v)?;
-        rds.retry.deadline = Duration::from_secs(number(v, "rds-retry-for", 0, 3600)?);
-        rds.max_in_flight = number(v, "rds-max-in-flight", 1, 64)? as usize;
-        let pool = required(v, "rds-pool")?.to_string();
+        rds.retry.deadline = Duration::from_secs(number(v, flag::RDS_RETRY_FOR, 0, 3600)?);
+        rds.max_in_flight = number(v, flag::RDS_MAX_IN_FLIGHT, 1, 64)? as usize;
+        let pool = required(v, flag::RDS_POOL)?.to_string();
         let base_raw = v
-            .get("volume-base-path")
+            .get(flag::VOLUME_BASE_PATH)
             .map(|s| s.value.clone())
             .unwrap_or_else(|| format!("{pool}/csi"));
         let base_path = volume::resolve_volume_path(&base_raw, None).map_err(|rule| {
-            ConfigError(format!("{} {base_raw:?}: {rule}", v.describe("volume-base-path")))
+            ConfigError(format!(
+                "{} {base_raw:?}: {rule}",
+                v.describe(flag::VOLUME_BASE_PATH)
+            ))
         })?;
-        let nvme_address = match v.get("nvme-address") {
+        let nvme_address = match v.get(flag::NVME_ADDRESS) {
             Some(s) => volume::check_address(&s.value).map_err(|rule| {
-                ConfigError(format!("{} {:?}: {rule}", v.describe("nvme-address"), s.value))
+                ConfigError(format!(
+                    "{} {:?}: {rule}",
+                    v.describe(flag::NVME_ADDRESS),
+                    s.value
+                ))
             })?,
             // The RDS usually serves REST and NVMe/TCP on one address.
             None => {
                 let host = rds::Address::parse(&rds.address)
                     .map(|a| a.host)
-                    .map_err(|e| ConfigError(format!("{}: {e}", v.describe("rds-address"))))?;
+                    .map_err(|e| ConfigError(format!("{}: {e}", v.describe(flag::RDS_ADDRESS))))?;
                 volume::check_address(&host).map_err(|rule| {
                     ConfigError(format!(
                         "--nvme-address: the host of --rds-address {host:?} {rule}; give --nvme-address"
@@ -158,8 +169,8 @@ impl ControllerConfig {
                 })?
             }
         };
-        let export_on_publish = !flag_bool(v, "export-always")?;
-        let host_acl = flag_bool(v, "nvme-host-acl")?;
+        let export_on_publish = !flag_bool(v, flag::EXPORT_ALWAYS)?;
+        let host_acl = flag_bool(v, flag::NVME_HOST_ACL)?;
         if host_acl && !export_on_publish {
             // An always-exported disk would be on the network with an empty
             // allow list (which may mean "anyone") whenever no node has it.
@@ -167,9 +178,9 @@ impl ControllerConfig {
                 "--nvme-host-acl needs export on publish: it cannot be combined with --export-always".into(),
             ));
         }
-        let reserve_raw = required(v, "capacity-reserve")?;
+        let reserve_raw = required(v, flag::CAPACITY_RESERVE)?;
         let capacity_reserve = volume::parse_bytes(reserve_raw)
-            .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe("capacity-reserve"))))?;
+            .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe(flag::CAPACITY_RESERVE))))?;
         Ok(ControllerConfig {
             rds,
             pool,
@@ -178,10 +189,10 @@ impl ControllerConfig {
             nvme_address,
             capacity_reserve,
             sizes: SizePolicy::default(),
-            allow_multi_node_block: flag_bool(v, "allow-multi-node-block")?,
+            allow_multi_node_block: flag_bool(v, flag::ALLOW_MULTI_NODE_BLOCK)?,
             export_on_publish,
             host_acl,
-            check_interval: Duration::from_secs(number(v, "rds-check-interval", 1, 3600)?),
+            check_interval: Duration::from_secs(number(v, flag::RDS_CHECK_INTERVAL, 1, 3600)?),
         })
     }
 }
@@ -189,27 +200,28 @@ impl ControllerConfig {
 /// How to reach the RDS: address, trust, credentials files, timeouts.
 /// Shared by `serve --controller` and `doctor`.
 pub fn rds_client_config(v: &Values) -> Result<rds::ClientConfig, ConfigError> {
-    let address = v.get("rds-address").map(|s| s.value.clone()).ok_or_else(|| {
+    let address = v.get(flag::RDS_ADDRESS).map(|s| s.value.clone()).ok_or_else(|| {
         ConfigError(
             "--controller needs the RDS: give --rds-address https://<rds>[:port] (or RDS_CSI_RDS_ADDRESS)"
                 .into(),
         )
     })?;
-    rds::Address::parse(&address).map_err(|e| ConfigError(format!("{}: {e}", v.describe("rds-address"))))?;
+    rds::Address::parse(&address)
+        .map_err(|e| ConfigError(format!("{}: {e}", v.describe(flag::RDS_ADDRESS))))?;
     let mut cfg = rds::ClientConfig::new(
         address,
-        required(v, "rds-username-file")?,
-        required(v, "rds-password-file")?,
+        required(v, flag::RDS_USERNAME_FILE)?,
+        required(v, flag::RDS_PASSWORD_FILE)?,
     );
-    let ca = v.get("rds-ca-file").map(|s| s.value.clone());
-    let fingerprint = v.get("rds-tls-fingerprint").map(|s| s.value.clone());
-    let insecure = flag_bool(v, "rds-insecure-skip-verify")?;
+    let ca = v.get(flag::RDS_CA_FILE).map(|s| s.value.clone());
+    let fingerprint = v.get(flag::RDS_TLS_FINGERPRINT).map(|s| s.value.clone());
+    let insecure = flag_bool(v, flag::RDS_INSECURE_SKIP_VERIFY)?;
     cfg.trust = match (ca, fingerprint, insecure) {
         (None, None, false) => rds::Trust::System,
         (Some(path), None, false) => rds::Trust::CaFile(path.into()),
         (None, Some(fp), false) => rds::Trust::Fingerprint(
             rds::parse_fingerprint(&fp)
-                .map_err(|e| ConfigError(format!("{}: {e}", v.describe("rds-tls-fingerprint"))))?,
+                .map_err(|e| ConfigError(format!("{}: {e}", v.describe(flag::RDS_TLS_FINGERPRINT))))?,
         ),
         (None, None, true) => rds::Trust::InsecureSkipVerify,
         _ => {
@@ -219,7 +231,7 @@ pub fn rds_client_config(v: &Values) -> Result<rds::ClientConfig, ConfigError> {
             ))
         }
     };
-    let timeout = Duration::from_secs(number(v, "rds-timeout", 1, 600)?);
+    let timeout = Duration::from_secs(number(v, flag::RDS_TIMEOUT, 1, 600)?);
     cfg.request_timeout = timeout;
     cfg.connect_timeout = cfg.connect_timeout.min(timeout);
     Ok(cfg)
@@ -227,8 +239,9 @@ pub fn rds_client_config(v: &Values) -> Result<rds::ClientConfig, ConfigError> {
 
 /// The managed NQN prefix (`--nqn-prefix`).
 pub fn nqn_prefix(v: &Values) -> Result<NqnPrefix, ConfigError> {
-    let raw = required(v, "nqn-prefix")?;
-    NqnPrefix::parse(raw).map_err(|rule| ConfigError(format!("{} {raw:?}: {rule}", v.describe("nqn-prefix"))))
+    let raw = required(v, flag::NQN_PREFIX)?;
+    NqnPrefix::parse(raw)
+        .map_err(|rule| ConfigError(format!("{} {raw:?}: {rule}", v.describe(flag::NQN_PREFIX))))
 }
 
 // ---------------------------------------------------------------------------
@@ -250,57 +263,57 @@ fn root_dir(v: &Values, flag: &str) -> Result<std::path::PathBuf, ConfigError> {
 /// The node plugin's settings from its flags, each error naming the flag.
 pub fn node_settings(v: &Values, node_id: &str) -> Result<crate::node::Settings, ConfigError> {
     use crate::volume::Nqn;
-    let bin = required(v, "nvme-bin")?.to_string();
+    let bin = required(v, flag::NVME_BIN)?.to_string();
     if bin.contains('/') && !bin.starts_with('/') {
         return Err(ConfigError(format!(
             "{} {bin:?}: give a program name or an absolute path",
-            v.describe("nvme-bin")
+            v.describe(flag::NVME_BIN)
         )));
     }
     let prefix = nqn_prefix(v)?;
-    let host_nqn = match v.get("host-nqn") {
+    let host_nqn = match v.get(flag::HOST_NQN) {
         None => None,
         Some(s) => Some(
             Nqn::parse(&s.value)
-                .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe("host-nqn"))))?
+                .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe(flag::HOST_NQN))))?
                 .to_string(),
         ),
     };
     let roots = crate::host::Roots {
-        sys: root_dir(v, "sys-root")?,
-        dev: root_dir(v, "dev-root")?,
-        proc: root_dir(v, "proc-root")?,
-        etc: root_dir(v, "etc-root")?,
+        sys: root_dir(v, flag::SYS_ROOT)?,
+        dev: root_dir(v, flag::DEV_ROOT)?,
+        proc: root_dir(v, flag::PROC_ROOT)?,
+        etc: root_dir(v, flag::ETC_ROOT)?,
     };
-    let attempts = number(v, "connect-attempts", 1, 20)? as u32;
+    let attempts = number(v, flag::CONNECT_ATTEMPTS, 1, 20)? as u32;
     // Every staging and publish path must lie strictly under it; `/` would
     // confine nothing.
-    let kubelet_dir = root_dir(v, "kubelet-dir")?;
+    let kubelet_dir = root_dir(v, flag::KUBELET_DIR)?;
     if kubelet_dir.parent().is_none() {
         return Err(ConfigError(format!(
             "{} {:?}: must not be / (paths are confined under it)",
-            v.describe("kubelet-dir"),
+            v.describe(flag::KUBELET_DIR),
             kubelet_dir.display()
         )));
     }
     Ok(crate::node::Settings {
         node_id: node_id.to_string(),
-        max_volumes_per_node: number(v, "max-volumes-per-node", 0, 100_000)? as i64,
+        max_volumes_per_node: number(v, flag::MAX_VOLUMES_PER_NODE, 0, 100_000)? as i64,
         kubelet_dir,
         roots,
-        nvme: crate::nvme::Settings {
+        nvme: crate::host::nvme::Settings {
             bin,
             host_nqn,
             prefix,
-            device_wait: Duration::from_secs(number(v, "device-wait", 1, 600)?),
-            policy: crate::nvme::Settings::connect_policy(attempts),
+            device_wait: Duration::from_secs(number(v, flag::DEVICE_WAIT, 1, 600)?),
+            policy: crate::host::nvme::Settings::connect_policy(attempts),
         },
     })
 }
 
 /// The log level flag, shared by every subcommand.
 pub fn log_level(v: &Values) -> Result<log::LevelFilter, ConfigError> {
-    let raw = v.value_or_default("log-level").unwrap_or("info");
+    let raw = v.value_or_default(flag::LOG_LEVEL).unwrap_or("info");
     match raw.to_ascii_lowercase().as_str() {
         "off" => Ok(log::LevelFilter::Off),
         "error" => Ok(log::LevelFilter::Error),
@@ -310,7 +323,7 @@ pub fn log_level(v: &Values) -> Result<log::LevelFilter, ConfigError> {
         "trace" => Ok(log::LevelFilter::Trace),
         _ => Err(ConfigError(format!(
             "{} {raw:?}: expected one of error, warn, info, debug, trace, off",
-            v.describe("log-level")
+            v.describe(flag::LOG_LEVEL)
         ))),
     }
 }
@@ -373,21 +386,6 @@ pub fn check_driver_name(name: &str) -> Result<(), &'static str> {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if !alnum(name.as_bytes()[0]) || !alnum(name.as_bytes()[name.len() - 1]) {
         return Err("must start and end with a letter or digit");
-    }
-    Ok(())
-}
-
-/// Node ids end up in the RDS disk comment as the attachment record, so
-/// keep them to the characters a Kubernetes node name can have.
-pub fn check_node_id(id: &str) -> Result<(), &'static str> {
-    if id.is_empty() || id.len() > 253 {
-        return Err("must be 1 to 253 characters");
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-    {
-        return Err("may only contain letters, digits, '-', '.' and '_'");
     }
     Ok(())
 }

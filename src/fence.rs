@@ -33,7 +33,7 @@ impl HostIdentity {
     /// The identity of `node_id`; `Err` names the rule a node id must meet
     /// to form a host NQN (the node id rule of the CSI node plugin).
     pub fn for_node(node_id: &str) -> Result<HostIdentity, &'static str> {
-        crate::config::check_node_id(node_id)?;
+        crate::volume::check_node_id(node_id)?;
         let mut input = DOMAIN.as_bytes().to_vec();
         input.extend_from_slice(node_id.as_bytes());
         let d = ring::digest::digest(&ring::digest::SHA256, &input);

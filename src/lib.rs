@@ -6,29 +6,22 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod csi;
-pub mod ctl;
 pub mod echo;
 pub mod fence;
+pub mod health;
 pub mod host;
-pub mod identity;
 pub mod locks;
 pub mod metrics;
-pub mod proto;
+/// The node plugin's rules (attach over NVMe/TCP, format, mount, publish).
+pub mod node;
+pub mod ops;
 pub mod rds;
 pub mod retry;
-pub mod server;
-pub mod status;
 pub mod volume;
 
-// The node plugin (attach over NVMe/TCP, format, mount).
-pub mod device;
-pub mod doctor;
-pub mod exec;
-pub mod mount;
-pub mod node;
-pub mod nvme;
-pub mod orphan;
-pub mod paths;
+/// The generated CSI messages and gRPC clients, for the binaries and the
+/// integration tests (which talk to the driver as kubelet would).
+pub use csi::proto;
 
 /// The CSI driver name unless `--driver-name` says otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "rds.csi.srvlab.io";

@@ -3,6 +3,7 @@
 //! retries) instead of racing the first or queueing behind it.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
 /// The keys (volume ids, CSI names) that have a call in flight.
@@ -10,6 +11,20 @@ use std::sync::{Arc, Mutex};
 pub struct VolumeLocks {
     held: Arc<Mutex<HashSet<String>>>,
 }
+
+/// A key that already has a call in flight: the second call is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub key: String,
+}
+
+impl fmt::Display for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an operation on {} is already in progress", self.key)
+    }
+}
+
+impl std::error::Error for InFlight {}
 
 /// Holds its keys until dropped.
 pub struct VolumeGuard {
@@ -25,10 +40,12 @@ impl VolumeLocks {
     /// Takes every key in `keys`, or none of them. `Err` names the first key
     /// that is busy. Calling it again while the guard lives fails with that
     /// key: the guard is not re-entrant, by design.
-    pub fn try_lock(&self, keys: &[&str]) -> Result<VolumeGuard, String> {
+    pub fn try_lock(&self, keys: &[&str]) -> Result<VolumeGuard, InFlight> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(busy) = keys.iter().find(|k| held.contains(**k)) {
-            return Err(busy.to_string());
+            return Err(InFlight {
+                key: busy.to_string(),
+            });
         }
         let mut owned = Vec::with_capacity(keys.len());
         for k in keys {
@@ -61,10 +78,22 @@ mod tests {
     fn second_lock_on_a_key_fails_until_the_first_is_dropped() {
         let locks = VolumeLocks::new();
         let g = locks.try_lock(&["pvc-1"]).unwrap();
-        assert_eq!(locks.try_lock(&["pvc-1"]).err().as_deref(), Some("pvc-1"));
+        assert_eq!(
+            locks.try_lock(&["pvc-1"]).err().map(|e| e.key).as_deref(),
+            Some("pvc-1")
+        );
         assert!(locks.try_lock(&["pvc-2"]).is_ok());
         drop(g);
         assert!(locks.try_lock(&["pvc-1"]).is_ok());
+    }
+
+    #[test]
+    fn the_refusal_names_the_busy_key() {
+        let locks = VolumeLocks::new();
+        let _g = locks.try_lock(&["pvc-1"]).unwrap();
+        let e = locks.try_lock(&["pvc-2", "pvc-1"]).err().unwrap();
+        assert_eq!(e, InFlight { key: "pvc-1".into() });
+        assert_eq!(e.to_string(), "an operation on pvc-1 is already in progress");
     }
 
     #[test]
@@ -72,7 +101,11 @@ mod tests {
         let locks = VolumeLocks::new();
         let _a = locks.try_lock(&["name-a"]).unwrap();
         assert_eq!(
-            locks.try_lock(&["id-a", "name-a"]).err().as_deref(),
+            locks
+                .try_lock(&["id-a", "name-a"])
+                .err()
+                .map(|e| e.key)
+                .as_deref(),
             Some("name-a")
         );
         // id-a was not left locked by the failed attempt.

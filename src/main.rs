@@ -10,13 +10,14 @@ use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
 use rds_csi::controller::{ControllerSettings, RdsHealth};
 use rds_csi::csi::controller::ControllerService;
-use rds_csi::host::TerminationSignals;
-use rds_csi::identity::{IdentityService, Readiness};
+use rds_csi::csi::identity::IdentityService;
+use rds_csi::csi::server::Dispatcher;
+use rds_csi::csi::Services;
+use rds_csi::health::Readiness;
+use rds_csi::host::sys::TerminationSignals;
 use rds_csi::metrics;
 use rds_csi::node::NodeService;
-use rds_csi::proto::grpc;
 use rds_csi::rds;
-use rds_csi::server::{self, Dispatcher};
 use rds_csi::{error_chain, version};
 
 /// The start-up orphan clean-up may delay serving by about this much at most.
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
             Ok(cfg) => run(serve(cfg)),
             Err(e) => usage_error(&e),
         },
-        Command::Ctl(args) => match rds_csi::ctl::run(args, &|k| std::env::var(k).ok()) {
+        Command::Ctl(args) => match rds_csi::ops::ctl::run(args, &|k| std::env::var(k).ok()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rds-csi ctl: {e}");
@@ -55,8 +56,8 @@ fn main() -> ExitCode {
             // Only problems are logged; the report itself goes to stdout.
             let level = rds_csi::config::log_level(&values).unwrap_or(log::LevelFilter::Warn);
             init_logging(level.min(log::LevelFilter::Warn));
-            match rds_csi::doctor::run(&values) {
-                Ok(checks) if rds_csi::doctor::report(&checks) => ExitCode::SUCCESS,
+            match rds_csi::ops::doctor::run(&values) {
+                Ok(checks) if rds_csi::ops::doctor::report(&checks) => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::FAILURE,
                 Err(e) => usage_error(&e),
             }
@@ -121,7 +122,7 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     let mut readiness: Vec<Arc<dyn Readiness>> = Vec::new();
-    let mut services = Vec::new();
+    let mut services = Services::new(&dispatcher);
     // The node plugin cleans up its orphaned connections before serving.
     let node = cfg.node_settings.clone().map(|s| Arc::new(NodeService::new(s)));
     if let Some(node) = &node {
@@ -146,18 +147,18 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             host_acl: cc.host_acl,
         };
         let controller = ControllerService::new(rds, settings);
-        services.push(grpc::controller_service(Arc::new(controller), &dispatcher));
+        services.add_controller(Arc::new(controller));
     }
     if let Some(node) = node {
-        services.push(grpc::node_service(node, &dispatcher));
+        services.add_node(node);
     }
     let identity = Arc::new(IdentityService::new(
         cfg.driver_name.clone(),
         cfg.controller,
         readiness,
     ));
-    services.push(grpc::identity_service(identity, &dispatcher));
-    let running = server::start(&cfg.endpoint, dispatcher, services)?;
+    services.add_identity(identity);
+    let running = services.start(&cfg.endpoint)?;
     let signal = signals.wait()?;
     info!("{signal} received");
     running.shutdown(cfg.shutdown_grace);

@@ -543,6 +543,23 @@ pub fn check_mount_flags(flags: &[String]) -> Result<(), MountFlagError> {
     Ok(())
 }
 
+/// Node ids end up in the RDS disk comment as the attachment record, so
+/// keep them to the characters a Kubernetes node name can have. Shared by
+/// `config` (the node's own `--node-id`) and the controller (the node a
+/// publish names).
+pub fn check_node_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > 253 {
+        return Err("must be 1 to 253 characters");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err("may only contain letters, digits, '-', '.' and '_'");
+    }
+    Ok(())
+}
+
 /// An IP address (v4, or v6 with or without brackets) or a DNS host name.
 /// Returns the address as `nvme connect -a` wants it (no brackets).
 pub fn check_address(value: &str) -> Result<String, String> {
@@ -694,6 +711,16 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn node_ids_are_kubernetes_node_names() {
+        for good in ["worker-1", "n1.lan", "node_a", &"a".repeat(253)] {
+            assert_eq!(check_node_id(good), Ok(()), "{good}");
+        }
+        for bad in ["", "a b", "n/1", "n1\n", &"a".repeat(254)] {
+            assert!(check_node_id(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

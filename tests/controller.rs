@@ -3,6 +3,9 @@
 //! step, idempotency, concurrency, validation, full pools, outages and
 //! crashes between steps.
 
+// Test helpers may unwrap: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::{Arc, Barrier};

@@ -2,6 +2,9 @@
 //! (prometheus_client, installed by scripts/setup.sh), checked to move
 //! after calls.
 
+// Test helpers may unwrap: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

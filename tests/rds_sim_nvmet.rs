@@ -1,5 +1,8 @@
 //! `rds-sim --nvmet` through its REST surface, with a plain directory standing in for the kernel target's configfs tree: exports appear and go at the moment the REST call changes them, a grown file is revalidated, an outage unlinks, a killed emulator restores (and adopts) its exports, and nothing it did not make is touched. The VM lane (scripts/vm-test.sh) runs the same against the real kernel.
 
+// Test helpers may unwrap: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, Environment};
 use rds_csi::controller::Ownership;
-use rds_csi::device::Sysfs;
+use rds_csi::host::device::Sysfs;
+use rds_csi::host::nvme::{connect_args, Target};
 use rds_csi::host::Roots;
-use rds_csi::nvme::{connect_args, Target};
 use rds_csi::proto::csi;
 use rds_csi::proto::csi::volume_capability::access_mode::Mode;
 use rds_csi::proto::grpc::{ControllerClient, IdentityClient, NodeClient};

@@ -42,7 +42,7 @@ impl<R: RdsApi> Controller<R> {
         } else {
             None
         };
-        crate::config::check_node_id(node).map_err(|rule| Error::UnknownNode {
+        crate::volume::check_node_id(node).map_err(|rule| Error::UnknownNode {
             node: node.to_string(),
             rule,
         })?;

@@ -63,7 +63,7 @@ impl RdsHealth {
     }
 }
 
-impl crate::identity::Readiness for RdsHealth {
+impl crate::health::Readiness for RdsHealth {
     fn check(&self) -> Result<(), String> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

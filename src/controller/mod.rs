@@ -104,7 +104,9 @@ impl<R: RdsApi> Controller<R> {
     }
 
     fn lock(&self, op: &'static str, keys: &[&str]) -> Result<VolumeGuard, Error> {
-        self.locks.try_lock(keys).map_err(|key| Error::Busy { op, key })
+        self.locks
+            .try_lock(keys)
+            .map_err(|busy| Error::Busy { op, key: busy.key })
     }
 
     /// Makes sure the volume folder exists (once per folder per process).

@@ -7,16 +7,16 @@ use std::collections::HashMap;
 
 use grpcio::RpcStatus;
 
+use super::proto::csi;
+use super::proto::csi::volume_capability::access_mode::Mode;
+use super::proto::grpc;
+use super::server::CallInfo;
+use super::status;
 use crate::controller::{
     AccessMode, AccessType, Capability, CapacityRange, Condition, Controller, ControllerSettings,
     CreateRequest, RdsApi, VolumeInfo,
 };
-use crate::proto::csi;
-use crate::proto::csi::volume_capability::access_mode::Mode;
-use crate::proto::grpc;
 use crate::rds;
-use crate::server::CallInfo;
-use crate::status;
 
 use super::status::controller_error;
 

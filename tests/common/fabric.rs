@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use protobuf::MessageField;
-use rds_csi::nvme::{parse_list_subsys, ListedSubsystem};
+use rds_csi::host::nvme::{parse_list_subsys, ListedSubsystem};
 use rds_csi::proto::csi;
 use rds_csi::rds::NewDisk;
 use serde_json::Value;
@@ -102,7 +102,7 @@ impl Fabric {
         let out = Command::new(&self.nvme)
             .args(args)
             .env_clear()
-            .env("PATH", rds_csi::exec::PATH)
+            .env("PATH", rds_csi::host::exec::PATH)
             .output()
             .expect("run fake-nvme");
         (
@@ -169,14 +169,14 @@ impl Fabric {
 
     /// The block device node of a connected NQN.
     pub fn device_of(&self, nqn: &str) -> PathBuf {
-        let sysfs = rds_csi::device::Sysfs::new(rds_csi::host::Roots {
+        let sysfs = rds_csi::host::device::Sysfs::new(rds_csi::host::Roots {
             sys: self.sys.clone(),
             dev: self.dev.clone(),
             proc: PathBuf::from("/proc"),
             etc: self.etc.clone(),
         });
         match sysfs.lookup(nqn).expect("sysfs") {
-            rds_csi::device::Lookup::Ready(_, dev) => dev.path,
+            rds_csi::host::device::Lookup::Ready(_, dev) => dev.path,
             other => panic!("{nqn} has no device: {other:?}"),
         }
     }
@@ -185,11 +185,11 @@ impl Fabric {
     pub fn unmount_all(&self) {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let root = std::fs::canonicalize(&self.root.path).unwrap_or_else(|_| self.root.path.clone());
-        let mut entries = rds_csi::mount::parse_mountinfo(&text);
+        let mut entries = rds_csi::host::mount::parse_mountinfo(&text);
         entries.reverse();
         for e in entries {
             if e.mount_point.starts_with(&root) {
-                let _ = rds_csi::host::umount(&e.mount_point, libc::MNT_DETACH);
+                let _ = rds_csi::host::sys::umount(&e.mount_point, libc::MNT_DETACH);
             }
         }
     }
@@ -308,10 +308,10 @@ pub fn stats_request(vol: &Volume, path: &Path) -> csi::NodeGetVolumeStatsReques
 }
 
 /// What mountinfo says is mounted at exactly `path` (fstype, options).
-pub fn mounted_at(path: &Path) -> Option<rds_csi::mount::MountEntry> {
+pub fn mounted_at(path: &Path) -> Option<rds_csi::host::mount::MountEntry> {
     let path = std::fs::canonicalize(path).ok()?;
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    rds_csi::mount::parse_mountinfo(&text)
+    rds_csi::host::mount::parse_mountinfo(&text)
         .into_iter()
         .rev()
         .find(|e| e.mount_point == path)

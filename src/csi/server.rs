@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 use log::{debug, info, warn};
 
+use super::status;
 use crate::echo::{cap_message, echo};
-use crate::status;
 
 /// The longest status message sent back. gRPC carries the message in a
 /// header, and a header over gRPC's hard metadata limit turns any answer
@@ -695,11 +695,9 @@ pub fn start(
         .map_err(|e| ServerError::Bind(endpoint.to_string(), e))?;
     // Create the socket without world access from the first instant; the
     // chmod afterwards makes the mode exact whatever umask we inherited.
-    // SAFETY: umask only swaps the process file-mode mask; no memory involved.
-    let old_mask = unsafe { libc::umask(0o117) };
+    let old_mask = crate::host::sys::umask(0o117);
     let bound = server.add_listening_port(endpoint.grpc_address(), grpcio::ServerCredentials::insecure());
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old_mask) };
+    crate::host::sys::umask(old_mask);
     bound.map_err(|e| ServerError::Bind(endpoint.to_string(), e))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))
         .map_err(|e| ServerError::SetSocketMode(path.to_path_buf(), e))?;
@@ -804,7 +802,7 @@ mod tests {
 
     #[test]
     fn oversized_fields_are_found_anywhere_and_named() {
-        use crate::proto::csi;
+        use crate::csi::proto::csi;
         let mut req = csi::NodePublishVolumeRequest::new();
         req.volume_id = "pvc-1".into();
         req.target_path = "/var/lib/kubelet/x".into();

@@ -7,9 +7,11 @@ use std::fmt;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::cli::Values;
+use crate::cli::{flag, Values};
 use crate::config::{self, ConfigError};
-use crate::exec;
+use crate::host::device::Sysfs;
+use crate::host::exec;
+use crate::host::nvme;
 use crate::rds;
 use crate::volume;
 
@@ -65,9 +67,9 @@ fn skipped(name: &'static str, why: &str) -> Check {
 
 /// Runs every check the flags ask for; returns them in order.
 pub fn run(v: &Values) -> Result<Vec<Check>, ConfigError> {
-    let controller = config::flag_bool(v, "controller")?;
-    let node = config::flag_bool(v, "node")?;
-    let rds_given = v.get("rds-address").is_some();
+    let controller = config::flag_bool(v, flag::CONTROLLER)?;
+    let node = config::flag_bool(v, flag::NODE)?;
+    let rds_given = v.get(flag::RDS_ADDRESS).is_some();
     if !controller && !node && !rds_given {
         return Err(ConfigError(
             "nothing to check: give --controller (with --rds-address ...), --node, or both".into(),
@@ -302,7 +304,7 @@ fn node_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
     let mut checks = Vec::new();
 
     let module = roots.sys("module/nvme_tcp");
-    if module.exists() {
+    if Sysfs::new(roots.clone()).module_loaded("nvme_tcp") {
         checks.push(pass(
             "nvme_tcp module",
             format!("loaded ({} exists)", module.display()),
@@ -339,13 +341,11 @@ fn node_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
         },
     }
 
-    let hostnqn_file = roots.etc("nvme/hostnqn");
-    let host_nqn = settings.nvme.host_nqn.clone().or_else(|| {
-        std::fs::read_to_string(&hostnqn_file)
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-    });
+    let hostnqn_file = nvme::host_nqn_file(roots);
+    let host_nqn = match nvme::read_host_nqn(settings.nvme.host_nqn.as_deref(), roots) {
+        nvme::HostNqn::Flag(nqn) | nvme::HostNqn::File(nqn) => Some(nqn),
+        nvme::HostNqn::Missing => None,
+    };
     match host_nqn {
         Some(nqn) if nqn.starts_with("nqn.") => checks.push(pass("host NQN", nqn)),
         Some(nqn) => checks.push(fail(
@@ -385,7 +385,7 @@ fn node_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
         ));
     }
 
-    let kubelet = std::path::PathBuf::from(config::required(v, "kubelet-dir")?);
+    let kubelet = std::path::PathBuf::from(config::required(v, flag::KUBELET_DIR)?);
     let probe = kubelet.join(format!(".rds-csi-doctor-{}", std::process::id()));
     match std::fs::write(&probe, b"rds-csi doctor\n").and_then(|_| std::fs::remove_file(&probe)) {
         Ok(()) => checks.push(pass("kubelet dir", format!("{} is writable", kubelet.display()))),

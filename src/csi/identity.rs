@@ -1,5 +1,5 @@
 //! The CSI Identity service: who the driver is, what it offers, and whether
-//! it is ready (from readiness checks that run elsewhere, never inside Probe).
+//! it is ready (from `health` checks that run elsewhere, never inside Probe).
 
 use std::sync::Arc;
 
@@ -8,17 +8,10 @@ use log::{info, warn};
 use protobuf::well_known_types::wrappers::BoolValue;
 use protobuf::MessageField;
 
-use crate::proto::csi;
-use crate::proto::grpc::Identity;
-use crate::server::CallInfo;
-
-/// A condition the driver needs before it can do useful work (the RDS
-/// answers, the `nvme_tcp` module is loaded, ...). `check` must be cheap: it
-/// reads a state that the owner refreshes in the background.
-pub trait Readiness: Send + Sync {
-    /// `Err` carries what is missing and what to do about it.
-    fn check(&self) -> Result<(), String>;
-}
+use super::proto::csi;
+use super::proto::grpc::Identity;
+use super::server::CallInfo;
+use crate::health::{self, Readiness};
 
 pub struct IdentityService {
     driver_name: String,
@@ -36,15 +29,6 @@ impl IdentityService {
             controller,
             checks,
             last_ready: std::sync::Mutex::new(None),
-        }
-    }
-
-    fn readiness(&self) -> Result<(), String> {
-        let problems: Vec<String> = self.checks.iter().filter_map(|c| c.check().err()).collect();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
         }
     }
 }
@@ -86,7 +70,7 @@ impl Identity for IdentityService {
     }
 
     fn probe(&self, _call: &CallInfo, _req: csi::ProbeRequest) -> Result<csi::ProbeResponse, RpcStatus> {
-        let ready = self.readiness();
+        let ready = health::check_all(&self.checks);
         let now_ready = ready.is_ok();
         let mut last = self.last_ready.lock().unwrap_or_else(|p| p.into_inner());
         if *last != Some(now_ready) {
@@ -102,37 +86,5 @@ impl Identity for IdentityService {
             ..Default::default()
         });
         Ok(resp)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    struct Flag(AtomicBool, &'static str);
-    impl Readiness for Flag {
-        fn check(&self) -> Result<(), String> {
-            if self.0.load(Ordering::SeqCst) {
-                Ok(())
-            } else {
-                Err(self.1.to_string())
-            }
-        }
-    }
-
-    #[test]
-    fn readiness_joins_every_problem() {
-        let a = Arc::new(Flag(AtomicBool::new(false), "rds unreachable"));
-        let b = Arc::new(Flag(AtomicBool::new(false), "nvme_tcp not loaded"));
-        let svc = IdentityService::new("d".into(), true, vec![a.clone(), b.clone()]);
-        assert_eq!(
-            svc.readiness().unwrap_err(),
-            "rds unreachable; nvme_tcp not loaded"
-        );
-        a.0.store(true, Ordering::SeqCst);
-        assert_eq!(svc.readiness().unwrap_err(), "nvme_tcp not loaded");
-        b.0.store(true, Ordering::SeqCst);
-        assert!(svc.readiness().is_ok());
     }
 }

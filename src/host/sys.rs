@@ -1,12 +1,11 @@
-//! The host: injectable roots for /sys, /dev, /proc and /etc (so tests can use
-//! fake trees), and the few libc calls std lacks (signals, mount, statvfs,
-//! pidfd/poll for `exec`). Every `unsafe` block of the driver is here.
+//! The few libc calls std lacks (signals, umask, mount, statvfs, pidfd/poll
+//! for `exec`). Every `unsafe` block of the driver is here.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// The termination signals, blocked in every thread so that only the main
@@ -47,84 +46,10 @@ impl TerminationSignals {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Host roots (node plugin)
-// ---------------------------------------------------------------------------
-
-/// Where the node plugin finds the host's /sys, /dev, /proc and /etc. In
-/// production these are the real ones (or the host's, mounted into the
-/// container); tests point them at fake trees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Roots {
-    pub sys: PathBuf,
-    pub dev: PathBuf,
-    pub proc: PathBuf,
-    pub etc: PathBuf,
-}
-
-impl Default for Roots {
-    fn default() -> Self {
-        Roots {
-            sys: PathBuf::from("/sys"),
-            dev: PathBuf::from("/dev"),
-            proc: PathBuf::from("/proc"),
-            etc: PathBuf::from("/etc"),
-        }
-    }
-}
-
-impl Roots {
-    /// `<sys>/<rel>`.
-    pub fn sys(&self, rel: &str) -> PathBuf {
-        self.sys.join(rel)
-    }
-
-    /// `<dev>/<rel>`.
-    pub fn dev(&self, rel: &str) -> PathBuf {
-        self.dev.join(rel)
-    }
-
-    /// `<proc>/<rel>`.
-    pub fn proc(&self, rel: &str) -> PathBuf {
-        self.proc.join(rel)
-    }
-
-    /// `<etc>/<rel>`.
-    pub fn etc(&self, rel: &str) -> PathBuf {
-        self.etc.join(rel)
-    }
-}
-
-/// A device number split the way sysfs (`dev`) and mountinfo print it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DevNum {
-    pub major: u32,
-    pub minor: u32,
-}
-
-impl DevNum {
-    /// From a `st_rdev`/`st_dev` value.
-    pub fn from_raw(dev: u64) -> DevNum {
-        DevNum {
-            major: libc::major(dev as libc::dev_t),
-            minor: libc::minor(dev as libc::dev_t),
-        }
-    }
-
-    /// `"259:3"` (a sysfs `dev` file or a mountinfo field).
-    pub fn parse(text: &str) -> Option<DevNum> {
-        let (major, minor) = text.trim().split_once(':')?;
-        Some(DevNum {
-            major: major.parse().ok()?,
-            minor: minor.parse().ok()?,
-        })
-    }
-}
-
-impl std::fmt::Display for DevNum {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.major, self.minor)
-    }
+/// umask(2): sets the process file-mode creation mask, returns the old one.
+pub fn umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask only swaps the process file-mode mask; no memory involved.
+    unsafe { libc::umask(mask) }
 }
 
 fn cstring(path: &Path) -> io::Result<CString> {

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use serde_json::Value;
 
-use crate::device::{self, BlockDevice, Lookup, Subsystem, Sysfs};
-use crate::exec;
+use crate::host::device::{self, BlockDevice, Lookup, Subsystem, Sysfs};
+use crate::host::exec;
+use crate::host::Roots;
 use crate::metrics;
 use crate::retry::{self, GaveUp};
 use crate::volume::{ConnectionConfig, Nqn, NqnPrefix};
@@ -319,6 +320,34 @@ impl From<device::Error> for Error {
     }
 }
 
+/// Where the host NQN comes from, as read (not validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostNqn {
+    /// `--host-nqn`.
+    Flag(String),
+    /// `<etc>/nvme/hostnqn`, trimmed and not empty.
+    File(String),
+    /// Neither.
+    Missing,
+}
+
+/// The one reader of the host NQN, for connects and for `doctor`: the
+/// flag when given, else the trimmed `<etc>/nvme/hostnqn` when not empty.
+pub fn read_host_nqn(flag: Option<&str>, roots: &Roots) -> HostNqn {
+    if let Some(h) = flag {
+        return HostNqn::Flag(h.to_string());
+    }
+    match std::fs::read_to_string(host_nqn_file(roots)) {
+        Ok(text) if !text.trim().is_empty() => HostNqn::File(text.trim().to_string()),
+        _ => HostNqn::Missing,
+    }
+}
+
+/// `<etc>/nvme/hostnqn`.
+pub fn host_nqn_file(roots: &Roots) -> PathBuf {
+    roots.etc("nvme/hostnqn")
+}
+
 /// A volume's attachment.
 #[derive(Debug, Clone)]
 pub struct Attached {
@@ -393,15 +422,14 @@ impl Nvme {
     }
 
     /// The host NQN to pass with `-q`: the flag, else `<etc>/nvme/hostnqn`
-    /// (read on every connect; absent or empty means nvme-cli's own default).
+    /// when it holds an NQN (read on every connect; absent, empty or not
+    /// an NQN means nvme-cli's own default).
     pub fn host_nqn(&self) -> Option<String> {
-        if let Some(h) = &self.settings.host_nqn {
-            return Some(h.clone());
+        match read_host_nqn(self.settings.host_nqn.as_deref(), self.sysfs.roots()) {
+            HostNqn::Flag(h) => Some(h),
+            HostNqn::File(h) => h.starts_with("nqn.").then_some(h),
+            HostNqn::Missing => None,
         }
-        let path: PathBuf = self.sysfs.roots().etc("nvme/hostnqn");
-        let text = std::fs::read_to_string(path).ok()?;
-        let h = text.trim();
-        h.starts_with("nqn.").then(|| h.to_string())
     }
 
     /// Attaches `target`: reuses a live connection with its device; leaves a
@@ -712,7 +740,7 @@ mod tests {
         assert!(AttemptError::Device(device::Error::WaitDevice {
             nqn: "n".into(),
             waited: Duration::ZERO,
-            last: String::new()
+            last: device::Unusable::NotConnected
         })
         .is_transient());
         assert!(!AttemptError::Command(missing).is_transient());
@@ -770,5 +798,32 @@ mod tests {
         assert_eq!(p.nominal_delay(1), Duration::from_secs(1));
         assert_eq!(p.nominal_delay(2), Duration::from_secs(2));
         assert_eq!(Settings::connect_policy(0).max_attempts, 1);
+    }
+
+    #[test]
+    fn the_host_nqn_comes_from_the_flag_else_the_file() {
+        let root = std::env::temp_dir().join(format!(
+            "rds-csi-hostnqn-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let roots = Roots {
+            etc: root.join("etc"),
+            ..Roots::default()
+        };
+        assert_eq!(read_host_nqn(None, &roots), HostNqn::Missing);
+        std::fs::create_dir_all(root.join("etc/nvme")).unwrap();
+        std::fs::write(host_nqn_file(&roots), "  \n").unwrap();
+        assert_eq!(read_host_nqn(None, &roots), HostNqn::Missing);
+        std::fs::write(host_nqn_file(&roots), "nqn.2014-08.org.nvmexpress:uuid:x\n").unwrap();
+        assert_eq!(
+            read_host_nqn(None, &roots),
+            HostNqn::File("nqn.2014-08.org.nvmexpress:uuid:x".into())
+        );
+        assert_eq!(
+            read_host_nqn(Some("nqn.flag"), &roots),
+            HostNqn::Flag("nqn.flag".into())
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -1,131 +1,25 @@
 //! `rds-csi ctl`: a CSI client for operators and the demo. Talks to any CSI
 //! socket, one subcommand per CSI call, human-readable output or `--json`;
-//! failures print the gRPC code and message and exit non-zero.
+//! failures print the gRPC code and message and exit non-zero. The command
+//! line is parsed in `args`; this file turns commands into CSI calls.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode};
 use serde_json::{json, Map, Value};
 
-use crate::proto::csi;
-use crate::proto::csi::volume_capability::access_mode::Mode;
-use crate::proto::grpc::{ControllerClient, IdentityClient, NodeClient};
-use crate::server::Endpoint;
-use crate::status::code_name;
-use crate::volume::parse_bytes;
+use crate::csi::proto::csi;
+use crate::csi::proto::csi::volume_capability::access_mode::Mode;
+use crate::csi::proto::grpc::{ControllerClient, IdentityClient, NodeClient};
+use crate::csi::status::code_name;
 
-const HELP: &str = "rds-csi ctl — talk to a CSI socket (this driver's or any other)
+mod args;
 
-Usage: rds-csi ctl [--endpoint URL] [--json] [--timeout SECONDS] <command> [args]
-
-Global flags:
-  --endpoint URL       CSI socket (default unix:///csi/csi.sock; env RDS_CSI_ENDPOINT)
-  --json               print results as JSON (one object per command)
-  --timeout SECONDS    deadline for the call (default 60)
-
-Commands:
-  info                                  plugin name, version and capabilities
-  probe                                 is the plugin ready?
-  create NAME --size SIZE [--param K=V]... [--block] [--fs ext4|xfs] [--access MODE]
-                                        CreateVolume; SIZE like 1Gi or bytes
-  delete VOLUME_ID                      DeleteVolume
-  list [--max N]                        ListVolumes (all pages)
-  capacity [--param K=V]...             GetCapacity
-  publish VOLUME_ID --node NODE_ID [--block] [--access MODE] [--readonly]
-                                        ControllerPublishVolume
-  unpublish VOLUME_ID [--node NODE_ID]  ControllerUnpublishVolume
-  stage VOLUME_ID --staging-path DIR (--context K=V... | --context-file FILE)
-        [--block] [--fs ext4|xfs] [--mount-flag F]... [--access MODE]
-                                        NodeStageVolume
-  publish-node VOLUME_ID --staging-path DIR --target-path PATH
-        [--context K=V... | --context-file FILE] [--block] [--readonly] [--access MODE]
-                                        NodePublishVolume
-  unpublish-node VOLUME_ID --target-path PATH
-                                        NodeUnpublishVolume
-  unstage VOLUME_ID --staging-path DIR  NodeUnstageVolume
-  stats VOLUME_ID --path PATH [--staging-path DIR]
-                                        NodeGetVolumeStats (bytes, inodes, condition)
-  expand VOLUME_ID --size SIZE [--block] [--node-path PATH [--staging-path DIR]]
-                                        ControllerExpandVolume, then NodeExpandVolume
-                                        when --node-path is given
-
-MODE: rwo (single-node writer, default), rwop (single-node single writer),
-      rox (multi-node reader), rwx (multi-node multi writer).
---context-file takes the JSON printed by `ctl --json create` (or any JSON
-object of strings): its volume_context is passed on.
-Exit codes: 0 success, 1 the call failed (code and message printed), 2 usage.
-";
-
-/// A failed `ctl` run: usage (exit 2) or a call that failed (exit 1).
-#[derive(Debug)]
-pub enum CtlError {
-    Usage(String),
-    Call {
-        method: &'static str,
-        code: String,
-        message: String,
-    },
-    Local(String),
-}
-
-impl CtlError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            CtlError::Usage(_) => 2,
-            _ => 1,
-        }
-    }
-}
-
-impl fmt::Display for CtlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CtlError::Usage(m) => write!(f, "{m} (see rds-csi ctl --help)"),
-            CtlError::Call {
-                method,
-                code,
-                message,
-            } => write!(f, "{method} failed: {code}: {message}"),
-            CtlError::Local(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for CtlError {}
-
-fn usage(msg: impl Into<String>) -> CtlError {
-    CtlError::Usage(msg.into())
-}
-
-/// What a command asks for, parsed from its arguments.
-#[derive(Debug, Default)]
-struct Args {
-    positional: Vec<String>,
-    size: Option<u64>,
-    params: HashMap<String, String>,
-    context: HashMap<String, String>,
-    block: bool,
-    fs: Option<String>,
-    access: Option<Mode>,
-    readonly: bool,
-    node: Option<String>,
-    staging: Option<String>,
-    target: Option<String>,
-    path: Option<String>,
-    node_path: Option<String>,
-    mount_flags: Vec<String>,
-    max: Option<i32>,
-}
-
-struct Global {
-    endpoint: Endpoint,
-    json: bool,
-    timeout: Duration,
-}
+pub use args::CtlError;
+use args::{parse_command, parse_global, usage, Access, Args, Command, HELP};
 
 /// Runs `rds-csi ctl <args>`; prints the result on stdout.
 pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CtlError> {
@@ -134,7 +28,7 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
         print!("{HELP}");
         return Ok(());
     };
-    let args = parse_command_args(&command, rest)?;
+    let (command, args) = parse_command(&command, rest)?;
     let grpc_env = Arc::new(EnvBuilder::new().cq_count(1).build());
     let channel = ChannelBuilder::new(grpc_env).connect(&global.endpoint.grpc_address());
     let ctx = Ctx {
@@ -143,192 +37,13 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
         node: NodeClient::new(channel),
         timeout: global.timeout,
     };
-    let out = execute(&ctx, &command, &args)?;
+    let out = execute(&ctx, command, &args)?;
     if global.json {
         println!("{}", serde_json::to_string_pretty(&out.json).unwrap_or_default());
     } else {
         print!("{}", out.text);
     }
     Ok(())
-}
-
-fn parse_global(
-    args: Vec<OsString>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Global, Option<String>, Vec<OsString>), CtlError> {
-    use lexopt::prelude::*;
-    let mut p = lexopt::Parser::from_args(args);
-    let mut endpoint = env("RDS_CSI_ENDPOINT").unwrap_or_else(|| "unix:///csi/csi.sock".into());
-    let mut json = false;
-    let mut timeout = 60u64;
-    let command = loop {
-        match p.next().map_err(|e| usage(e.to_string()))? {
-            None => break None,
-            Some(Long("help")) | Some(Short('h')) => break None,
-            Some(Long("endpoint")) => endpoint = text(&mut p, "endpoint")?,
-            Some(Long("json")) => json = true,
-            Some(Long("timeout")) => {
-                let t = text(&mut p, "timeout")?;
-                timeout = t
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=3600).contains(n))
-                    .ok_or_else(|| usage(format!("--timeout {t:?}: expected seconds from 1 to 3600")))?;
-            }
-            Some(Value(v)) => break Some(v.to_string_lossy().into_owned()),
-            Some(other) => return Err(usage(format!("{} for 'rds-csi ctl'", other.unexpected()))),
-        }
-    };
-    let endpoint = Endpoint::parse(&endpoint).map_err(|e| usage(format!("--endpoint: {e}")))?;
-    let rest: Vec<OsString> = p.raw_args().map(|r| r.collect()).unwrap_or_default();
-    Ok((
-        Global {
-            endpoint,
-            json,
-            timeout: Duration::from_secs(timeout),
-        },
-        command,
-        rest,
-    ))
-}
-
-fn text(p: &mut lexopt::Parser, flag: &str) -> Result<String, CtlError> {
-    p.value()
-        .map_err(|_| usage(format!("--{flag} needs a value")))?
-        .into_string()
-        .map_err(|_| usage(format!("--{flag}: value is not valid UTF-8")))
-}
-
-fn key_value(raw: &str, flag: &str) -> Result<(String, String), CtlError> {
-    raw.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| usage(format!("--{flag} {raw:?}: expected KEY=VALUE")))
-}
-
-fn access_mode(raw: &str) -> Result<Mode, CtlError> {
-    match raw {
-        "rwo" => Ok(Mode::SINGLE_NODE_WRITER),
-        "rwop" => Ok(Mode::SINGLE_NODE_SINGLE_WRITER),
-        "rox" => Ok(Mode::MULTI_NODE_READER_ONLY),
-        "rwx" => Ok(Mode::MULTI_NODE_MULTI_WRITER),
-        _ => Err(usage(format!("--access {raw:?}: expected rwo, rwop, rox or rwx"))),
-    }
-}
-
-/// The flags each command accepts.
-fn allowed(command: &str) -> Option<&'static [&'static str]> {
-    Some(match command {
-        "info" | "probe" => &[],
-        "create" => &["size", "param", "block", "fs", "access"],
-        "delete" => &[],
-        "list" => &["max"],
-        "capacity" => &["param"],
-        "publish" => &["node", "block", "access", "readonly"],
-        "unpublish" => &["node"],
-        "stage" => &[
-            "staging-path",
-            "context",
-            "context-file",
-            "block",
-            "fs",
-            "mount-flag",
-            "access",
-        ],
-        "publish-node" => &[
-            "staging-path",
-            "target-path",
-            "context",
-            "context-file",
-            "block",
-            "readonly",
-            "access",
-            "fs",
-            "mount-flag",
-        ],
-        "unpublish-node" => &["target-path"],
-        "unstage" => &["staging-path"],
-        "stats" => &["path", "staging-path"],
-        "expand" => &["size", "block", "node-path", "staging-path"],
-        _ => return None,
-    })
-}
-
-fn parse_command_args(command: &str, rest: Vec<OsString>) -> Result<Args, CtlError> {
-    use lexopt::prelude::*;
-    let allowed = allowed(command).ok_or_else(|| usage(format!("unknown command {command:?}")))?;
-    let mut p = lexopt::Parser::from_args(rest);
-    let mut a = Args::default();
-    while let Some(arg) = p.next().map_err(|e| usage(e.to_string()))? {
-        match arg {
-            Value(v) => a.positional.push(v.to_string_lossy().into_owned()),
-            Long(name) => {
-                let name = name.to_string();
-                if !allowed.contains(&name.as_str()) {
-                    return Err(usage(format!("unknown flag --{name} for 'ctl {command}'")));
-                }
-                match name.as_str() {
-                    "block" => a.block = true,
-                    "readonly" => a.readonly = true,
-                    "size" => {
-                        let v = text(&mut p, "size")?;
-                        a.size = Some(parse_bytes(&v).map_err(|e| usage(format!("--size: {e}")))?);
-                    }
-                    "param" => {
-                        let (k, v) = key_value(&text(&mut p, "param")?, "param")?;
-                        a.params.insert(k, v);
-                    }
-                    "context" => {
-                        let (k, v) = key_value(&text(&mut p, "context")?, "context")?;
-                        a.context.insert(k, v);
-                    }
-                    "context-file" => {
-                        let path = text(&mut p, "context-file")?;
-                        a.context.extend(read_context_file(&path)?);
-                    }
-                    "fs" => a.fs = Some(text(&mut p, "fs")?),
-                    "access" => a.access = Some(access_mode(&text(&mut p, "access")?)?),
-                    "node" => a.node = Some(text(&mut p, "node")?),
-                    "staging-path" => a.staging = Some(text(&mut p, "staging-path")?),
-                    "target-path" => a.target = Some(text(&mut p, "target-path")?),
-                    "path" => a.path = Some(text(&mut p, "path")?),
-                    "node-path" => a.node_path = Some(text(&mut p, "node-path")?),
-                    "mount-flag" => a.mount_flags.push(text(&mut p, "mount-flag")?),
-                    "max" => {
-                        let v = text(&mut p, "max")?;
-                        a.max = Some(
-                            v.parse()
-                                .map_err(|_| usage(format!("--max {v:?}: expected a number")))?,
-                        );
-                    }
-                    _ => return Err(usage(format!("unknown flag --{name} for 'ctl {command}'"))),
-                }
-            }
-            other => return Err(usage(format!("{} for 'ctl {command}'", other.unexpected()))),
-        }
-    }
-    Ok(a)
-}
-
-/// Reads a volume context: the JSON `ctl --json create` printed (its
-/// `volume_context`), or a flat JSON object of strings.
-fn read_context_file(path: &str) -> Result<HashMap<String, String>, CtlError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CtlError::Local(format!("cannot read --context-file {path}: {e}")))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| CtlError::Local(format!("--context-file {path} is not JSON: {e}")))?;
-    let obj = v.get("volume_context").unwrap_or(&v);
-    let map = obj
-        .as_object()
-        .ok_or_else(|| CtlError::Local(format!("--context-file {path}: expected a JSON object")))?;
-    map.iter()
-        .map(|(k, v)| match v.as_str() {
-            Some(s) => Ok((k.clone(), s.to_string())),
-            None => Err(CtlError::Local(format!(
-                "--context-file {path}: value of {k:?} is not a string"
-            ))),
-        })
-        .collect()
 }
 
 struct Ctx {
@@ -388,9 +103,18 @@ fn capability(args: &Args) -> csi::VolumeCapability {
         cap.set_mount(m);
     }
     let mut am = csi::volume_capability::AccessMode::new();
-    am.mode = args.access.unwrap_or(Mode::SINGLE_NODE_WRITER).into();
+    am.mode = mode(args.access.unwrap_or(Access::Rwo)).into();
     cap.access_mode = Some(am).into();
     cap
+}
+
+fn mode(access: Access) -> Mode {
+    match access {
+        Access::Rwo => Mode::SINGLE_NODE_WRITER,
+        Access::Rwop => Mode::SINGLE_NODE_SINGLE_WRITER,
+        Access::Rox => Mode::MULTI_NODE_READER_ONLY,
+        Access::Rwx => Mode::MULTI_NODE_MULTI_WRITER,
+    }
 }
 
 fn map_json(m: &HashMap<String, String>) -> Value {
@@ -414,10 +138,10 @@ fn gib(bytes: i64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
-fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
+fn execute(c: &Ctx, command: Command, a: &Args) -> Result<Output, CtlError> {
     match command {
-        "info" => info(c),
-        "probe" => {
+        Command::Info => info(c),
+        Command::Probe => {
             let r = c
                 .identity
                 .probe(&csi::ProbeRequest::new(), c.opt())
@@ -428,7 +152,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 json: json!({ "ready": ready }),
             })
         }
-        "create" => {
+        Command::Create => {
             let name = one(a, "NAME")?;
             let size = a.size.ok_or_else(|| usage("--size is required"))?;
             let mut req = csi::CreateVolumeRequest::new();
@@ -459,7 +183,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 }),
             })
         }
-        "delete" => {
+        Command::Delete => {
             let id = one(a, "VOLUME_ID")?;
             let mut req = csi::DeleteVolumeRequest::new();
             req.volume_id = id.clone();
@@ -471,8 +195,8 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 json: json!({ "volume_id": id, "deleted": true }),
             })
         }
-        "list" => list(c, a),
-        "capacity" => {
+        Command::List => list(c, a),
+        Command::Capacity => {
             let mut req = csi::GetCapacityRequest::new();
             req.parameters = a.params.clone();
             let r = c
@@ -492,7 +216,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 }),
             })
         }
-        "publish" => {
+        Command::Publish => {
             let id = one(a, "VOLUME_ID")?;
             let mut req = csi::ControllerPublishVolumeRequest::new();
             req.volume_id = id.clone();
@@ -512,7 +236,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 json: json!({ "volume_id": id, "node_id": req.node_id, "publish_context": map_json(&r.publish_context) }),
             })
         }
-        "unpublish" => {
+        Command::Unpublish => {
             let id = one(a, "VOLUME_ID")?;
             let mut req = csi::ControllerUnpublishVolumeRequest::new();
             req.volume_id = id.clone();
@@ -532,7 +256,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 json: json!({ "volume_id": id, "node_id": req.node_id }),
             })
         }
-        "stage" => {
+        Command::Stage => {
             let id = one(a, "VOLUME_ID")?;
             let mut req = csi::NodeStageVolumeRequest::new();
             req.volume_id = id.clone();
@@ -547,7 +271,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 json: json!({ "volume_id": id, "staging_target_path": req.staging_target_path }),
             })
         }
-        "publish-node" => {
+        Command::PublishNode => {
             let id = one(a, "VOLUME_ID")?;
             let mut req = csi::NodePublishVolumeRequest::new();
             req.volume_id = id.clone();
@@ -568,7 +292,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 json: json!({ "volume_id": id, "target_path": req.target_path, "readonly": a.readonly }),
             })
         }
-        "unpublish-node" => {
+        Command::UnpublishNode => {
             let id = one(a, "VOLUME_ID")?;
             let mut req = csi::NodeUnpublishVolumeRequest::new();
             req.volume_id = id.clone();
@@ -581,7 +305,7 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 json: json!({ "volume_id": id, "target_path": req.target_path }),
             })
         }
-        "unstage" => {
+        Command::Unstage => {
             let id = one(a, "VOLUME_ID")?;
             let mut req = csi::NodeUnstageVolumeRequest::new();
             req.volume_id = id.clone();
@@ -594,9 +318,8 @@ fn execute(c: &Ctx, command: &str, a: &Args) -> Result<Output, CtlError> {
                 json: json!({ "volume_id": id, "staging_target_path": req.staging_target_path }),
             })
         }
-        "stats" => stats(c, a),
-        "expand" => expand(c, a),
-        _ => Err(usage(format!("unknown command {command:?}"))),
+        Command::Stats => stats(c, a),
+        Command::Expand => expand(c, a),
     }
 }
 
@@ -820,96 +543,4 @@ fn expand(c: &Ctx, a: &Args) -> Result<Output, CtlError> {
             "node_capacity_bytes": node_bytes,
         }),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn global(args: &[&str]) -> Result<(Global, Option<String>, Vec<OsString>), CtlError> {
-        parse_global(args.iter().map(OsString::from).collect(), &|_| None)
-    }
-
-    #[test]
-    fn global_flags_then_command_and_its_arguments() {
-        let (g, cmd, rest) = global(&[
-            "--endpoint",
-            "unix:///x.sock",
-            "--json",
-            "create",
-            "v",
-            "--size",
-            "1Gi",
-        ])
-        .unwrap();
-        assert_eq!(g.endpoint.to_string(), "unix:///x.sock");
-        assert!(g.json);
-        assert_eq!(cmd.as_deref(), Some("create"));
-        let a = parse_command_args("create", rest).unwrap();
-        assert_eq!(a.positional, vec!["v"]);
-        assert_eq!(a.size, Some(1 << 30));
-    }
-
-    #[test]
-    fn command_flags_are_checked() {
-        let a = parse_command_args(
-            "stage",
-            [
-                "pvc-1",
-                "--staging-path",
-                "/s",
-                "--context",
-                "nqn=x",
-                "--mount-flag",
-                "noatime",
-                "--block",
-            ]
-            .iter()
-            .map(OsString::from)
-            .collect(),
-        )
-        .unwrap();
-        assert_eq!(a.context["nqn"], "x");
-        assert_eq!(a.mount_flags, vec!["noatime"]);
-        assert!(a.block);
-        for (cmd, args) in [
-            ("delete", vec!["x", "--size", "1"]),
-            ("create", vec!["x", "--size", "lots"]),
-            ("create", vec!["x", "--param", "novalue"]),
-            ("publish", vec!["x", "--access", "rw"]),
-            ("nonsense", vec![]),
-        ] {
-            let r = parse_command_args(cmd, args.iter().map(OsString::from).collect());
-            assert!(matches!(r, Err(CtlError::Usage(_))), "{cmd} {args:?}");
-        }
-        assert!(matches!(
-            global(&["--timeout", "0", "info"]),
-            Err(CtlError::Usage(_))
-        ));
-        assert!(matches!(
-            global(&["--endpoint", "tcp://x", "info"]),
-            Err(CtlError::Usage(_))
-        ));
-    }
-
-    #[test]
-    fn context_files_take_ctl_create_output_or_a_flat_object() {
-        let dir = std::env::temp_dir().join(format!("rds-csi-ctl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let created = dir.join("created.json");
-        std::fs::write(
-            &created,
-            r#"{"volume_id":"pvc-1","volume_context":{"nqn":"nqn.x:pvc-1","nvmePort":"4420"}}"#,
-        )
-        .unwrap();
-        let ctx = read_context_file(created.to_str().unwrap()).unwrap();
-        assert_eq!(ctx["nqn"], "nqn.x:pvc-1");
-        let flat = dir.join("flat.json");
-        std::fs::write(&flat, r#"{"nqn":"nqn.y"}"#).unwrap();
-        assert_eq!(read_context_file(flat.to_str().unwrap()).unwrap()["nqn"], "nqn.y");
-        let bad = dir.join("bad.json");
-        std::fs::write(&bad, r#"{"nqn":4}"#).unwrap();
-        assert!(read_context_file(bad.to_str().unwrap()).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

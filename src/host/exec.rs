@@ -9,7 +9,7 @@
 //! pidfd, so it wakes the moment the child exits: no sleep-polling.
 //!
 //! No child outlives the plugin or its call: each gets a parent-death
-//! signal (SIGKILL; `host::die_with_parent`), which fires when the thread
+//! signal (SIGKILL; `sys::die_with_parent`), which fires when the thread
 //! that spawned it exits. That thread is the caller's, which waits for the
 //! child until it has exited or been killed, so the signal fires exactly
 //! when the plugin dies under a running command (an mkfs must not go on
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::host;
+use crate::host::sys;
 
 /// The only `PATH` a command sees, and where bare program names are looked up.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -234,7 +234,7 @@ fn run_watched<S: AsRef<OsStr>>(
         .process_group(0);
     // Spawned (and then waited for) on this thread: the parent-death
     // signal follows this thread's life, which spans the whole wait.
-    host::die_with_parent(&mut cmd);
+    sys::die_with_parent(&mut cmd);
     let child = cmd.spawn().map_err(|source| Error::Spawn {
         command: command.clone(),
         source,
@@ -348,14 +348,14 @@ fn supervise(
     .into_iter()
     .flatten()
     {
-        if let Err(e) = host::set_nonblocking(fd) {
-            let _ = host::kill_process_group(pid);
+        if let Err(e) = sys::set_nonblocking(fd) {
+            let _ = sys::kill_process_group(pid);
             let _ = child.wait();
             return Err(wait_err(e));
         }
     }
     let pidfd = if use_pidfd {
-        host::pidfd_open(pid)
+        sys::pidfd_open(pid)
     } else {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     };
@@ -391,11 +391,11 @@ fn supervise(
         let mut fds = vec![watch_fd];
         fds.extend(out.fd());
         fds.extend(err.fd());
-        let ready = match host::poll_readable(&fds, deadline - now) {
+        let ready = match sys::poll_readable(&fds, deadline - now) {
             Ok(ready) => ready,
             Err(e) => {
                 // Never leave the child running behind a failed wait.
-                let _ = host::kill_process_group(pid);
+                let _ = sys::kill_process_group(pid);
                 if let Some(c) = child.take() {
                     kill_and_reap(c, pid);
                 }
@@ -410,9 +410,9 @@ fn supervise(
         }
     };
     if !exited {
-        let _ = host::kill_process_group(pid);
+        let _ = sys::kill_process_group(pid);
         let gone = match &watch {
-            ExitWatch::PidFd(fd) => host::poll_readable(&[fd.as_raw_fd()], KILL_GRACE)
+            ExitWatch::PidFd(fd) => sys::poll_readable(&[fd.as_raw_fd()], KILL_GRACE)
                 .map(|r| r[0])
                 .unwrap_or(false),
             ExitWatch::Thread { status, .. } => status.recv_timeout(KILL_GRACE).is_ok(),
@@ -443,7 +443,7 @@ fn supervise(
             // The call ends: what is left of its process group goes too.
             // The leader is not reaped yet, so the group id cannot have
             // been reused by an unrelated process.
-            let _ = host::kill_process_group(pid);
+            let _ = sys::kill_process_group(pid);
             c.wait().map_err(wait_err)?
         }
         (ExitWatch::Thread { status, .. }, _) => status
@@ -466,7 +466,7 @@ fn supervise(
 /// Kills the child's process group and reaps the child, on a thread of
 /// its own should it not go at once (stuck in the kernel).
 fn kill_and_reap(mut child: Child, pgid: u32) {
-    let _ = host::kill_process_group(pgid);
+    let _ = sys::kill_process_group(pgid);
     std::thread::spawn(move || {
         let _ = child.wait();
     });
@@ -486,7 +486,7 @@ mod tests {
         std::thread::spawn(move || {
             let mut cmd = std::process::Command::new("sleep");
             cmd.arg("60").stdin(Stdio::null());
-            host::die_with_parent(&mut cmd);
+            sys::die_with_parent(&mut cmd);
             tx.send(cmd.spawn().unwrap()).unwrap();
             // The thread ends here, with the child still running.
         })

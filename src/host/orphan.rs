@@ -7,55 +7,14 @@
 //! Best effort within a time bound, each action logged; nothing outside the
 //! prefix is ever touched (a node may boot from NVMe-oF).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use crate::device::{self, Namespace, Subsystem, Sysfs};
-use crate::mount::MountTable;
-use crate::nvme::Nvme;
+use crate::host::device::{self, device_users, Subsystem, Sysfs};
+use crate::host::mount::MountTable;
+use crate::host::nvme::Nvme;
 use crate::volume::NqnPrefix;
-
-/// Where a namespace's device is in use: mount points of it or of its
-/// partitions (other than `except`), the devices stacked on it, the
-/// processes that hold it open, and, when nothing else was found and no
-/// mount is excepted, an exclusive open that the kernel refuses (mounted
-/// elsewhere, or held by mkfs or device-mapper). Empty means unused.
-pub fn device_users(
-    sysfs: &Sysfs,
-    table: &MountTable,
-    ns: &Namespace,
-    except: &[&Path],
-) -> Result<Vec<String>, device::Error> {
-    let mut users: Vec<String> = table
-        .users_of(ns.dev)
-        .into_iter()
-        .filter(|p| !except.contains(&p.as_path()))
-        .map(|p| format!("mounted at {}", p.display()))
-        .collect();
-    for (part, dev) in sysfs.partitions(&ns.name)? {
-        users.extend(
-            table
-                .users_of(dev)
-                .into_iter()
-                .map(|p| format!("{part} mounted at {}", p.display())),
-        );
-    }
-    users.extend(
-        sysfs
-            .holders(&ns.name)?
-            .into_iter()
-            .map(|h| format!("held by {h}")),
-    );
-    users.extend(sysfs.open_by(ns.dev));
-    // With a mount excepted, the exclusive open fails because of that very
-    // mount: only asked when the device should be free.
-    if users.is_empty() && except.is_empty() {
-        users.extend(sysfs.exclusive_probe(ns));
-    }
-    Ok(users)
-}
 
 /// What to do with one connected subsystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +90,11 @@ pub struct Report {
 /// leftover connection is untidy, a node plugin that does not start is an
 /// outage). Without a readable mount table it touches nothing, since it
 /// could not tell what is in use.
-pub fn clean_up(nvme: &Nvme, table: Result<MountTable, crate::mount::Error>, budget: Duration) -> Report {
+pub fn clean_up(
+    nvme: &Nvme,
+    table: Result<MountTable, crate::host::mount::Error>,
+    budget: Duration,
+) -> Report {
     let started = Instant::now();
     let mut report = Report::default();
     let sysfs = nvme.sysfs();
@@ -199,8 +162,8 @@ pub fn clean_up(nvme: &Nvme, table: Result<MountTable, crate::mount::Error>, bud
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::fake::Tree;
-    use crate::mount::parse_mountinfo;
+    use crate::host::device::fake::Tree;
+    use crate::host::mount::parse_mountinfo;
 
     const P: &str = "nqn.2000-02.com.mikrotik";
 

@@ -107,11 +107,11 @@ pub struct BlockDevice {
 }
 
 /// What sysfs says about an NQN right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
     NotConnected,
     /// Connected, but no usable block device (yet, or any more): the reason.
-    NoDevice(Subsystem, String),
+    NoDevice(Subsystem, Unusable),
     Ready(Subsystem, BlockDevice),
 }
 
@@ -132,7 +132,8 @@ pub enum Error {
     WaitDevice {
         nqn: String,
         waited: Duration,
-        last: String,
+        /// Why the device was not usable at the last look.
+        last: Unusable,
     },
 }
 
@@ -162,17 +163,110 @@ impl std::error::Error for Error {
     }
 }
 
-/// `nvme<digits>n<digits>`: a namespace block device (not a hidden path
-/// `nvme0c1n1`, not a partition `nvme0n1p1`, not a controller `nvme0`).
-pub fn is_namespace_name(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("nvme") else {
-        return false;
-    };
-    let Some((ctrl, ns)) = rest.split_once('n') else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(ctrl) && digits(ns)
+pub use super::is_namespace_name;
+
+mod busy;
+pub use busy::{device_users, BUSY_GRACE, BUSY_POLL};
+
+/// Why an NQN has no usable block device (yet, or any more).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unusable {
+    NotConnected,
+    /// Connected, but the subsystem shows no namespace block device.
+    NoNamespace {
+        subsystem: String,
+        states: String,
+    },
+    /// The namespace's device node is not (yet) the device sysfs names.
+    Node(NodeProblem),
+}
+
+impl fmt::Display for Unusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unusable::NotConnected => write!(f, "not connected"),
+            Unusable::NoNamespace { subsystem, states } => {
+                write!(f, "{subsystem} ({states}) has no namespace block device")
+            }
+            Unusable::Node(problem) => problem.fmt(f),
+        }
+    }
+}
+
+/// Why a namespace's device node is not usable (yet, or any more).
+#[derive(Debug)]
+pub enum NodeProblem {
+    /// No node at the path yet (udev has not made it).
+    Missing {
+        path: PathBuf,
+    },
+    /// Something that is not a block device is at the path.
+    NotBlockDevice {
+        path: PathBuf,
+    },
+    /// The node is another device than the one sysfs names.
+    OtherDevice {
+        path: PathBuf,
+        found: DevNum,
+        expected: DevNum,
+    },
+    Stat {
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for NodeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeProblem::Missing { path } => write!(f, "no device node {} yet", path.display()),
+            NodeProblem::NotBlockDevice { path } => write!(f, "{} is not a block device", path.display()),
+            NodeProblem::OtherDevice {
+                path,
+                found,
+                expected,
+            } => write!(f, "{} is device {found}, sysfs says {expected}", path.display()),
+            NodeProblem::Stat { path, source } => write!(f, "cannot stat {}: {source}", path.display()),
+        }
+    }
+}
+
+/// By value; a stat failure by path and error kind (io::Error has no `==`).
+impl PartialEq for NodeProblem {
+    fn eq(&self, other: &Self) -> bool {
+        use NodeProblem::*;
+        match (self, other) {
+            (Missing { path: a }, Missing { path: b }) => a == b,
+            (NotBlockDevice { path: a }, NotBlockDevice { path: b }) => a == b,
+            (
+                OtherDevice {
+                    path: a,
+                    found: fa,
+                    expected: ea,
+                },
+                OtherDevice {
+                    path: b,
+                    found: fb,
+                    expected: eb,
+                },
+            ) => a == b && fa == fb && ea == eb,
+            (Stat { path: a, source: sa }, Stat { path: b, source: sb }) => {
+                a == b && sa.kind() == sb.kind() && sa.raw_os_error() == sb.raw_os_error()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for NodeProblem {}
+
+impl std::error::Error for NodeProblem {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NodeProblem::Stat { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// `nvme<digits>`: a controller.
@@ -358,7 +452,7 @@ impl Sysfs {
 
     /// The device node of a namespace, when it exists and is the block
     /// device sysfs names.
-    pub fn device_node(&self, ns: &Namespace) -> Result<BlockDevice, String> {
+    pub fn device_node(&self, ns: &Namespace) -> Result<BlockDevice, NodeProblem> {
         let path = self.roots.dev(&ns.name);
         match fs::metadata(&path) {
             Ok(m) if m.file_type().is_block_device() && DevNum::from_raw(m.rdev()) == ns.dev => {
@@ -369,17 +463,14 @@ impl Sysfs {
                     size_bytes: ns.size_bytes,
                 })
             }
-            Ok(m) if m.file_type().is_block_device() => Err(format!(
-                "{} is device {}, sysfs says {}",
-                path.display(),
-                DevNum::from_raw(m.rdev()),
-                ns.dev
-            )),
-            Ok(_) => Err(format!("{} is not a block device", path.display())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(format!("no device node {} yet", path.display()))
-            }
-            Err(e) => Err(format!("cannot stat {}: {e}", path.display())),
+            Ok(m) if m.file_type().is_block_device() => Err(NodeProblem::OtherDevice {
+                path,
+                found: DevNum::from_raw(m.rdev()),
+                expected: ns.dev,
+            }),
+            Ok(_) => Err(NodeProblem::NotBlockDevice { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NodeProblem::Missing { path }),
+            Err(source) => Err(NodeProblem::Stat { path, source }),
         }
     }
 
@@ -389,12 +480,15 @@ impl Sysfs {
             return Ok(Lookup::NotConnected);
         };
         let Some(ns) = sub.namespace().cloned() else {
-            let why = format!("{} ({}) has no namespace block device", sub.name, sub.states());
+            let why = Unusable::NoNamespace {
+                subsystem: sub.name.clone(),
+                states: sub.states(),
+            };
             return Ok(Lookup::NoDevice(sub, why));
         };
         match self.device_node(&ns) {
             Ok(dev) => Ok(Lookup::Ready(sub, dev)),
-            Err(why) => Ok(Lookup::NoDevice(sub, why)),
+            Err(why) => Ok(Lookup::NoDevice(sub, Unusable::Node(why))),
         }
     }
 
@@ -406,7 +500,7 @@ impl Sysfs {
             let last = match self.lookup(nqn)? {
                 Lookup::Ready(sub, dev) => return Ok((sub, dev)),
                 Lookup::NoDevice(_, why) => why,
-                Lookup::NotConnected => "not connected".to_string(),
+                Lookup::NotConnected => Unusable::NotConnected,
             };
             if started.elapsed() >= limit {
                 return Err(Error::WaitDevice {
@@ -457,127 +551,6 @@ impl Sysfs {
             path: dir.join("size"),
             source: io::Error::from(io::ErrorKind::NotFound),
         })
-    }
-}
-
-/// A namespace is busy only when it stays busy this long: a short-lived
-/// opener (udev probing the device after an unmount or mkfs) is waited
-/// out, a mount or a running mkfs is not.
-pub const BUSY_GRACE: Duration = Duration::from_secs(2);
-/// How often a busy namespace is looked at again within [`BUSY_GRACE`].
-pub const BUSY_POLL: Duration = Duration::from_millis(50);
-
-/// How long the exclusive-open probe may take: opening a namespace whose
-/// controller is gone can block in the kernel. No answer in time counts as
-/// busy (we could not show it is not).
-const EXCLUSIVE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl Sysfs {
-    /// Processes that hold the block device `dev` open now: a scan of
-    /// `<proc>/<pid>/fd`. Only descriptors whose link names a path under
-    /// `/dev/` or the dev root are stat'ed (a stat of an arbitrary file
-    /// could hang on a dead network filesystem); the stat follows the
-    /// descriptor itself, so a process in another mount namespace counts
-    /// too. Each user is described as `open by pid N (comm)`.
-    pub fn open_by(&self, dev: DevNum) -> Vec<String> {
-        let proc_root = &self.roots.proc;
-        let dev_root = &self.roots.dev;
-        let Ok(pids) = fs::read_dir(proc_root) else {
-            return Vec::new();
-        };
-        let mut users = Vec::new();
-        for pid in pids.filter_map(|e| e.ok()) {
-            let name = pid.file_name();
-            let Some(pid_text) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
-                continue;
-            };
-            let fd_dir = pid.path().join("fd");
-            // Gone, or not ours to read: skipped.
-            let Ok(fds) = fs::read_dir(&fd_dir) else { continue };
-            for fd in fds.filter_map(|e| e.ok()) {
-                let link = fd.path();
-                let Ok(to) = fs::read_link(&link) else { continue };
-                if !(to.starts_with("/dev/") || to.starts_with(dev_root)) {
-                    continue;
-                }
-                let holds = fs::metadata(&link)
-                    .map(|m| m.file_type().is_block_device() && DevNum::from_raw(m.rdev()) == dev)
-                    .unwrap_or(false);
-                if holds {
-                    let comm = fs::read_to_string(pid.path().join("comm")).unwrap_or_default();
-                    users.push(format!("open by pid {pid_text} ({})", comm.trim()));
-                    break;
-                }
-            }
-        }
-        users
-    }
-
-    /// The exclusive-open probe: opens the namespace's device node with
-    /// O_EXCL, which the kernel refuses with EBUSY while the device is
-    /// mounted or held exclusively (mkfs, device-mapper, another
-    /// exclusive opener). `Some(why)` when it is (or the probe could not
-    /// tell); `None` when the exclusive open succeeded (and was closed) or
-    /// there is no device node to open.
-    pub fn exclusive_probe(&self, ns: &Namespace) -> Option<String> {
-        let node = self.device_node(ns).ok()?;
-        let path = node.path.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("excl-probe".into())
-            .spawn(move || {
-                use std::os::unix::fs::OpenOptionsExt;
-                let opened = fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_EXCL | libc::O_NONBLOCK | libc::O_CLOEXEC)
-                    .open(&path);
-                let _ = tx.send(opened.map(drop));
-            });
-        if spawned.is_err() {
-            return Some(format!("{}: cannot start the exclusive-open probe", ns.name));
-        }
-        match rx.recv_timeout(EXCLUSIVE_PROBE_TIMEOUT) {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) => Some(format!(
-                "{} is held exclusively (mounted, or opened by mkfs, device-mapper, ...)",
-                ns.name
-            )),
-            // No such device (gone meanwhile, or a node without a driver
-            // behind it): nobody can hold it.
-            Ok(Err(e))
-                if e.kind() == io::ErrorKind::NotFound
-                    || matches!(e.raw_os_error(), Some(libc::ENXIO) | Some(libc::ENODEV)) =>
-            {
-                None
-            }
-            Ok(Err(e)) => Some(format!("{}: the exclusive-open probe failed ({e})", ns.name)),
-            Err(_) => Some(format!(
-                "{}: the exclusive-open probe did not answer within {}s",
-                ns.name,
-                EXCLUSIVE_PROBE_TIMEOUT.as_secs()
-            )),
-        }
-    }
-
-    /// Everything that keeps namespace `ns` busy, mounts included (the
-    /// exclusive probe sees those): devices stacked on it, processes with
-    /// it open, and an exclusive open that fails. Empty means a disconnect
-    /// pulls the device from under nobody.
-    pub fn busy(&self, ns: &Namespace) -> Result<Vec<String>, Error> {
-        let mut users: Vec<String> = self
-            .holders(&ns.name)?
-            .into_iter()
-            .map(|h| format!("{} held by {h}", ns.name))
-            .collect();
-        users.extend(
-            self.open_by(ns.dev)
-                .into_iter()
-                .map(|u| format!("{} {u}", ns.name)),
-        );
-        if users.is_empty() {
-            users.extend(self.exclusive_probe(ns));
-        }
-        Ok(users)
     }
 }
 
@@ -769,13 +742,13 @@ mod tests {
         assert!(matches!(t.sysfs().lookup(NQN).unwrap(), Lookup::NoDevice(..)));
         t.namespace(0, 0, true, "7:200");
         match t.sysfs().lookup(NQN).unwrap() {
-            Lookup::NoDevice(_, why) => assert!(why.contains("no device node"), "{why}"),
+            Lookup::NoDevice(_, why) => assert!(why.to_string().contains("no device node"), "{why}"),
             other => panic!("{other:?}"),
         }
         // A node with other numbers is not the device.
         t.node("nvme0n1", 7, 201);
         match t.sysfs().lookup(NQN).unwrap() {
-            Lookup::NoDevice(_, why) => assert!(why.contains("sysfs says 7:200"), "{why}"),
+            Lookup::NoDevice(_, why) => assert!(why.to_string().contains("sysfs says 7:200"), "{why}"),
             other => panic!("{other:?}"),
         }
         fs::remove_file(t.root.join("dev/nvme0n1")).unwrap();
@@ -886,5 +859,28 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(dev.dev, DevNum { major: 7, minor: 210 });
         assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn why_a_device_is_unusable_reads_as_before() {
+        let gone = Unusable::Node(NodeProblem::Missing {
+            path: PathBuf::from("/dev/nvme1n1"),
+        });
+        assert_eq!(gone.to_string(), "no device node /dev/nvme1n1 yet");
+        let other = NodeProblem::OtherDevice {
+            path: PathBuf::from("/dev/nvme1n1"),
+            found: DevNum { major: 7, minor: 1 },
+            expected: DevNum { major: 259, minor: 1 },
+        };
+        assert_eq!(other.to_string(), "/dev/nvme1n1 is device 7:1, sysfs says 259:1");
+        let none = Unusable::NoNamespace {
+            subsystem: "nvme-subsys1".into(),
+            states: "nvme1=live".into(),
+        };
+        assert_eq!(
+            none.to_string(),
+            "nvme-subsys1 (nvme1=live) has no namespace block device"
+        );
+        assert_eq!(Unusable::NotConnected.to_string(), "not connected");
     }
 }

@@ -1,0 +1,361 @@
+//! Filesystems on a device: the format-or-not probe, mkfs, online growth,
+//! and statvfs of a mounted one.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::path::Path;
+use std::time::Duration;
+
+use super::Error;
+use crate::host::{exec, sys};
+use crate::volume::FsType;
+
+/// blkid reads a few superblocks; a device that takes longer is not healthy.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// mkfs discards the whole device first, which takes a while on big volumes.
+const MKFS_TIMEOUT: Duration = Duration::from_secs(600);
+const RESIZE_TIMEOUT: Duration = Duration::from_secs(600);
+/// What the probe reads itself before it believes blkid's "nothing found".
+const PROBE_READ_BYTES: usize = 64 * 1024;
+
+/// What is on a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Definitely nothing: safe to format.
+    Empty,
+    /// A filesystem of this type (`ext4`, `xfs`, `swap`, ...).
+    Filesystem(String),
+    /// Some other signature (a partition table, ...), described.
+    Other(String),
+}
+
+/// A blkid answer that is neither "nothing there" nor a signature: the
+/// exit code (None: killed by a signal) and what it printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnclearAnswer {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl fmt::Display for UnclearAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(c) => write!(f, "blkid exit {c}")?,
+            None => write!(f, "blkid exit by signal")?,
+        }
+        if !self.stdout.trim().is_empty() {
+            write!(f, ", stdout {:?}", self.stdout.trim())?;
+        }
+        if !self.stderr.trim().is_empty() {
+            write!(f, ", stderr {:?}", self.stderr.trim())?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads blkid's answer. `Err` carries the answer that is not usable; only
+/// exit code 2 with no output at all means "nothing there".
+pub fn interpret_blkid(code: Option<i32>, stdout: &str, stderr: &str) -> Result<Probe, UnclearAnswer> {
+    match code {
+        Some(0) => {
+            let field = |key: &str| {
+                stdout
+                    .lines()
+                    .filter_map(|l| l.trim().split_once('='))
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.trim().to_string())
+            };
+            if let Some(t) = field("TYPE") {
+                Ok(Probe::Filesystem(t))
+            } else if let Some(pt) = field("PTTYPE") {
+                Ok(Probe::Other(format!("a {pt} partition table")))
+            } else {
+                Ok(Probe::Other(format!(
+                    "an unidentified signature ({})",
+                    stdout.split_whitespace().collect::<Vec<_>>().join(" ")
+                )))
+            }
+        }
+        Some(2) if stdout.trim().is_empty() && stderr.trim().is_empty() => Ok(Probe::Empty),
+        code => Err(UnclearAnswer {
+            code,
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+        }),
+    }
+}
+
+/// Reads the start of the device ourselves: blkid's "nothing found" only
+/// counts when the device demonstrably answers reads.
+fn read_start(device: &Path) -> Result<(), Error> {
+    let mut f = fs::File::open(device).map_err(|source| Error::OpenDevice {
+        device: device.to_path_buf(),
+        source,
+    })?;
+    let mut buf = vec![0u8; PROBE_READ_BYTES];
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(Error::ReadDevice {
+                    device: device.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    if got == 0 {
+        return Err(Error::ReadDevice {
+            device: device.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::UnexpectedEof, "the device returned no data"),
+        });
+    }
+    Ok(())
+}
+
+/// [`read_start`] on a thread of its own, given up after `limit`: a read
+/// from a namespace whose controller is reconnecting blocks in the kernel
+/// until it is back, and the call must not hang with it (the thread is
+/// left to finish whenever the kernel lets it).
+fn read_start_within(device: &Path, limit: Duration) -> Result<(), Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = device.to_path_buf();
+    std::thread::Builder::new()
+        .name("probe-read".into())
+        .spawn(move || {
+            let _ = tx.send(read_start(&path));
+        })
+        .map_err(|source| Error::ReadDevice {
+            device: device.to_path_buf(),
+            source,
+        })?;
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        Err(Error::ReadDevice {
+            device: device.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {:.0}s", limit.as_secs_f64()),
+            ),
+        })
+    })
+}
+
+/// What is on `device`; `Err` whenever the answer is not certain.
+pub fn probe(device: &Path) -> Result<Probe, Error> {
+    read_start_within(device, PROBE_TIMEOUT)?;
+    let out = exec::run(
+        "blkid",
+        &[Path::new("-p"), Path::new("-o"), Path::new("export"), device],
+        PROBE_TIMEOUT,
+    )
+    .map_err(|source| Error::Probe {
+        device: device.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    interpret_blkid(out.code, &out.stdout, &out.stderr).map_err(|answer| Error::ProbeUnclear {
+        device: device.to_path_buf(),
+        answer,
+    })
+}
+
+/// The format rule, on a probe's answer: `Ok(true)` when `device` must be
+/// formatted (definitely empty, and `may_format`: false for read-only
+/// access, where a blank device is an error), `Ok(false)` when it already
+/// holds a `wanted` filesystem, and an error for anything else (another
+/// filesystem or signature is never formatted over).
+pub fn format_decision(device: &Path, probe: Probe, wanted: FsType, may_format: bool) -> Result<bool, Error> {
+    match probe {
+        Probe::Empty if !may_format => Err(Error::Unformatted {
+            device: device.to_path_buf(),
+        }),
+        Probe::Empty => Ok(true),
+        Probe::Filesystem(found) if found == wanted.as_str() => Ok(false),
+        Probe::Filesystem(found) if FsType::parse(&found).is_ok() => Err(Error::OtherFilesystem {
+            device: device.to_path_buf(),
+            found,
+            wanted,
+        }),
+        Probe::Filesystem(found) => Err(Error::ForeignSignature {
+            device: device.to_path_buf(),
+            found: format!("a {found} signature"),
+        }),
+        Probe::Other(found) => Err(Error::ForeignSignature {
+            device: device.to_path_buf(),
+            found,
+        }),
+    }
+}
+
+/// Makes a `fs` filesystem on `device`. No force flag, ever: should a
+/// signature have appeared since the probe, the tool refuses on its own
+/// (stdin is /dev/null).
+pub fn mkfs(device: &Path, fs: FsType) -> Result<(), Error> {
+    let program = match fs {
+        FsType::Ext4 => "mkfs.ext4",
+        FsType::Xfs => "mkfs.xfs",
+    };
+    exec::run_ok(program, &[Path::new("-q"), device], MKFS_TIMEOUT).map_err(|source| Error::Format {
+        device: device.to_path_buf(),
+        fs,
+        source: Box::new(source),
+    })?;
+    log::info!("formatted {} as {fs}", device.display());
+    Ok(())
+}
+
+/// Makes sure `device` holds a `wanted` filesystem: probes it and formats
+/// it only as [`format_decision`] says. Returns true when it formatted.
+/// Called twice, the second call finds the filesystem and does nothing.
+pub fn ensure_filesystem(device: &Path, wanted: FsType, may_format: bool) -> Result<bool, Error> {
+    let format = format_decision(device, probe(device)?, wanted, may_format)?;
+    if format {
+        mkfs(device, wanted)?;
+    }
+    Ok(format)
+}
+
+/// Grows the filesystem mounted at `mount_point` from `device` to fill it,
+/// online: `resize2fs <device>` for ext4, `xfs_growfs <mount point>` for xfs.
+/// Growing to the size it already has is a no-op for both tools.
+pub fn grow_filesystem(device: &Path, mount_point: &Path, fstype: &str) -> Result<(), Error> {
+    let (program, arg) = match fstype {
+        "ext4" => ("resize2fs", device),
+        "xfs" => ("xfs_growfs", mount_point),
+        other => {
+            return Err(Error::UnsupportedResize {
+                target: mount_point.to_path_buf(),
+                fs: other.to_string(),
+            })
+        }
+    };
+    exec::run_ok(program, &[arg], RESIZE_TIMEOUT).map_err(|source| Error::Resize {
+        device: device.to_path_buf(),
+        fs: fstype.to_string(),
+        source: Box::new(source),
+    })?;
+    Ok(())
+}
+
+/// statvfs of a mounted filesystem.
+pub fn stats(path: &Path) -> Result<sys::FsStats, Error> {
+    sys::statvfs(path).map_err(|source| Error::Stat {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn an_unclear_blkid_answer_carries_what_blkid_said() {
+        let e = interpret_blkid(Some(2), "junk", "no such device").unwrap_err();
+        assert_eq!(e.code, Some(2));
+        assert_eq!(
+            e.to_string(),
+            "blkid exit 2, stdout \"junk\", stderr \"no such device\""
+        );
+        assert_eq!(
+            interpret_blkid(None, "", "").unwrap_err().to_string(),
+            "blkid exit by signal"
+        );
+    }
+
+    #[test]
+    fn only_exit_2_with_silence_means_empty() {
+        assert_eq!(interpret_blkid(Some(2), "", ""), Ok(Probe::Empty));
+        assert_eq!(
+            interpret_blkid(Some(0), "DEVNAME=/dev/nvme0n1\nUUID=x\nTYPE=ext4\n", ""),
+            Ok(Probe::Filesystem("ext4".into()))
+        );
+        assert_eq!(
+            interpret_blkid(Some(0), "DEVNAME=/dev/x\nPTUUID=y\nPTTYPE=gpt\n", ""),
+            Ok(Probe::Other("a gpt partition table".into()))
+        );
+        assert!(matches!(
+            interpret_blkid(Some(0), "DEVNAME=/dev/x\n", ""),
+            Ok(Probe::Other(_))
+        ));
+        // Anything else is an error, never "empty".
+        for (code, out, err) in [
+            (Some(2), "", "blkid: error: /dev/x: No such device"),
+            (Some(2), "junk", ""),
+            (Some(4), "", "usage"),
+            (Some(8), "", "ambivalent result"),
+            (Some(1), "", ""),
+            (None, "", ""),
+        ] {
+            assert!(interpret_blkid(code, out, err).is_err(), "{code:?} {out} {err}");
+        }
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "rds-csi-mount-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn probe_formats_nothing_it_cannot_read() {
+        let d = scratch("probe");
+        // A block node whose device does not exist: open fails, so no verdict.
+        let node = d.join("nvme0n1");
+        let st = std::process::Command::new("mknod")
+            .args([node.to_str().unwrap(), "b", "4000", "4000"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let e = ensure_filesystem(&node, FsType::Ext4, true).unwrap_err();
+        assert!(matches!(e, Error::OpenDevice { .. }), "{e}");
+        // An empty regular file reads as no data: not "empty" either.
+        let empty = d.join("empty.img");
+        fs::write(&empty, b"").unwrap();
+        assert!(matches!(probe(&empty), Err(Error::ReadDevice { .. })));
+        // A read that does not come back in time is an error too (a FIFO
+        // with no writer blocks its reader, like a reconnecting namespace).
+        let fifo = d.join("hangs");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let started = std::time::Instant::now();
+        let e = read_start_within(&fifo, Duration::from_millis(200)).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Unblock the leftover reader thread.
+        drop(fs::OpenOptions::new().write(true).open(&fifo));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn probe_tells_blank_from_formatted_images() {
+        let d = scratch("img");
+        let img = d.join("disk.img");
+        let f = fs::File::create(&img).unwrap();
+        f.set_len(64 << 20).unwrap();
+        assert_eq!(probe(&img).unwrap(), Probe::Empty);
+        let e = ensure_filesystem(&img, FsType::Ext4, false).unwrap_err();
+        assert!(matches!(e, Error::Unformatted { .. }), "{e}");
+        assert!(ensure_filesystem(&img, FsType::Ext4, true).unwrap());
+        assert_eq!(probe(&img).unwrap(), Probe::Filesystem("ext4".into()));
+        // Twice: nothing to do.
+        assert!(!ensure_filesystem(&img, FsType::Ext4, true).unwrap());
+        // The other filesystem is refused, never reformatted.
+        let e = ensure_filesystem(&img, FsType::Xfs, true).unwrap_err();
+        assert!(matches!(e, Error::OtherFilesystem { .. }), "{e}");
+        assert_eq!(probe(&img).unwrap(), Probe::Filesystem("ext4".into()));
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

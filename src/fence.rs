@@ -81,6 +81,39 @@ pub fn format_allow_list(hosts: &[String]) -> String {
     v.join(",")
 }
 
+/// The host identity a publish context names (`hostNqn` and `hostId`,
+/// both or neither); `Err` says which key breaks which rule.
+pub fn from_publish_context(
+    ctx: &std::collections::HashMap<String, String>,
+) -> Result<Option<HostIdentity>, String> {
+    use crate::echo::echo;
+    match (ctx.get(KEY_HOST_NQN), ctx.get(KEY_HOST_ID)) {
+        (None, None) => Ok(None),
+        (Some(nqn), Some(id)) => {
+            let uuid = nqn.strip_prefix(UUID_NQN_PREFIX).unwrap_or("");
+            if !is_uuid(uuid) {
+                return Err(format!(
+                    "publish_context.{KEY_HOST_NQN} {} must be {UUID_NQN_PREFIX}<lowercase uuid>",
+                    echo(nqn)
+                ));
+            }
+            if !is_uuid(id) {
+                return Err(format!(
+                    "publish_context.{KEY_HOST_ID} {} must be a lowercase uuid",
+                    echo(id)
+                ));
+            }
+            Ok(Some(HostIdentity {
+                nqn: nqn.clone(),
+                id: id.clone(),
+            }))
+        }
+        _ => Err(format!(
+            "publish_context must carry both {KEY_HOST_NQN} and {KEY_HOST_ID}, or neither"
+        )),
+    }
+}
+
 /// Whether `uuid` is a lowercase 8-4-4-4-12 hex UUID (a host ID as the
 /// controller hands it out; the node checks what the context carries).
 pub fn is_uuid(uuid: &str) -> bool {
@@ -127,6 +160,29 @@ mod tests {
                 "{bad:?}: {rule}"
             );
         }
+    }
+
+    #[test]
+    fn the_publish_context_names_both_or_neither_and_well_formed() {
+        let a = HostIdentity::for_node("node-a").unwrap();
+        let ctx = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        assert_eq!(from_publish_context(&ctx(&[])), Ok(None));
+        assert_eq!(
+            from_publish_context(&ctx(&[(KEY_HOST_NQN, &a.nqn), (KEY_HOST_ID, &a.id)])),
+            Ok(Some(a.clone()))
+        );
+        let e = from_publish_context(&ctx(&[(KEY_HOST_NQN, &a.nqn)])).unwrap_err();
+        assert!(e.contains("both"), "{e}");
+        let e =
+            from_publish_context(&ctx(&[(KEY_HOST_NQN, "nqn.x -n y"), (KEY_HOST_ID, &a.id)])).unwrap_err();
+        assert!(e.contains("publish_context.hostNqn"), "{e}");
+        let e = from_publish_context(&ctx(&[(KEY_HOST_NQN, &a.nqn), (KEY_HOST_ID, "zz")])).unwrap_err();
+        assert!(e.contains("publish_context.hostId"), "{e}");
     }
 
     #[test]

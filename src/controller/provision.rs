@@ -150,6 +150,7 @@ impl<R: RdsApi> Controller<R> {
                 Some(fs_type.unwrap_or(FsType::Ext4))
             },
             connection: params.connection,
+            host: None,
         };
         let digest = creation_digest(&file_path, &ctx, access.block);
         let _guard = self.lock("CreateVolume", &[name, id.as_str()])?;

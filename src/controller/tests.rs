@@ -155,6 +155,7 @@ fn digest_depends_on_every_connection_setting() {
         nvme_port: 4420,
         fs_type: Some(FsType::Ext4),
         connection: ConnectionConfig::default(),
+        host: None,
     };
     let base = creation_digest("p/x.img", &ctx, false);
     assert_eq!(base, creation_digest("p/x.img", &ctx, false));

@@ -325,7 +325,7 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: flag::EXPORT_ALWAYS,
         metavar: None,
-        subs: SERVE,
+        subs: SERVE_DOCTOR,
         default: None,
         help: "keep every volume exported over NVMe/TCP from creation to deletion (default: exported only while published to a node)",
         fallback_env: &[],
@@ -333,7 +333,7 @@ pub const FLAGS: &[Flag] = &[
     Flag {
         name: flag::NVME_HOST_ACL,
         metavar: None,
-        subs: SERVE,
+        subs: SERVE_DOCTOR,
         default: None,
         help: "per-node host access control: a published volume allows only the host NQNs of its nodes (derived from the node id; see the README)",
         fallback_env: &[],

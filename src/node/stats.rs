@@ -105,7 +105,13 @@ impl<H: Host> NodeService<H> {
                 // fails until the volume is staged again), or the
                 // subsystem is back under another device number.
                 let own = Nqn::for_volume(self.prefix(), id);
-                problems.push(match self.host.subsystem(own.as_str())? {
+                // The real kernel keeps the subsystem (with no controller)
+                // while its namespace head is still mounted.
+                let subsystem = self
+                    .host
+                    .subsystem(own.as_str())?
+                    .filter(|s| !s.controllers.is_empty());
+                problems.push(match subsystem {
                     None => format!(
                         "{own} is no longer connected: the kernel gave the controller up (ctrlLossTmo \
                          ran out during a storage outage); the mounted device {} is dead and I/O on it \
@@ -194,6 +200,37 @@ mod tests {
         svc.host.state().connected[0].controllers[0].state = "connecting".into();
         let st = svc.stats(&id, Path::new(STAGING)).unwrap();
         assert!(st.problem.as_deref().is_some_and(|p| p.contains(&nqn)), "{st:?}");
+        // The kernel gave the controller up (ctrl_loss_tmo ran out): the
+        // subsystem lingers with no controller, and the mounted device is
+        // no longer its namespace. The message names the NQN and says so.
+        let saved = {
+            let mut state = svc.host.state();
+            state.connected[0].controllers[0].state = "live".into();
+            let saved = state.connected[0].clone();
+            state.connected[0].controllers.clear();
+            state.connected[0].namespaces.clear();
+            saved
+        };
+        let st = svc.stats(&id, Path::new(STAGING)).unwrap();
+        let problem = st.problem.unwrap_or_default();
+        assert!(
+            problem.contains(&nqn) && problem.contains("gave the controller up"),
+            "{problem}"
+        );
+        // Connected again, but the namespace came back under another device
+        // number: a different message, still naming the NQN.
+        {
+            let mut state = svc.host.state();
+            state.connected[0] = saved.clone();
+            state.connected[0].namespaces[0].dev = dev(9);
+        }
+        let st = svc.stats(&id, Path::new(STAGING)).unwrap();
+        let problem = st.problem.unwrap_or_default();
+        assert!(
+            problem.contains(&nqn) && problem.contains("no longer") && !problem.contains("gave"),
+            "{problem}"
+        );
+        svc.host.state().connected[0] = saved;
         // Another volume asking about this path: not its volume.
         let (id2, _, _) = fake::volume("pvc-2");
         assert!(matches!(

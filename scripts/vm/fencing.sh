@@ -40,6 +40,16 @@ scenario_host_acl() {
 	wait_for 30 "$nqn to connect" connected "$nqn"
 	nvme disconnect -n "$nqn" >/dev/null
 	wait_for 30 "$nqn to disconnect" not_connected "$nqn"
+	say "the node plugin stages with the identity its publish assigned"
+	staging="$W/kubelet/staging/$id"
+	mkdir -p "$staging"
+	ctl stage "$id" --staging-path "$staging" --fs ext4 --context-file "$W/acl.json" \
+		--publish-context-file "$W/pub.json"
+	connected "$nqn" || fail "staged, but $nqn is not connected"
+	got=$(cat "/sys/class/nvme/$(ctrl_of "$nqn")/hostnqn")
+	[ "$got" = "$host" ] || fail "the node connected as $got, not $host"
+	ctl unstage "$id" --staging-path "$staging"
+	not_connected "$nqn" || fail "$nqn still connected after unstage"
 	say "unpublished: off the network"
 	ctl unpublish "$id" --node "$NODE"
 	target_lacks "$nqn" || fail "unpublished, still exported"

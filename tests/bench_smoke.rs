@@ -33,6 +33,11 @@ fn the_benchmark_reports_every_figure() {
         "binary_bytes",
         "startup_ms",
         "orphan_scan_ms",
+        "cheap_cpu_us_per_call",
+        "cheap_calls_per_s",
+        "cheap_p99_us",
+        "probe_p50_us",
+        "cheap_peak_rss_kib",
     ] {
         let value = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {v}"));
         assert!(value > 0.0, "{key} = {value}");

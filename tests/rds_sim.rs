@@ -320,7 +320,8 @@ fn faults_drop_fail_delay_and_go_down() {
     assert!(matches!(e, ureq::Error::Transport(_)), "{e}");
 
     // Down: connections are refused, then it comes back by itself.
-    plain.fault(json!({"down_for_ms": 1500}));
+    // Down long enough that a loaded machine still finds it down.
+    plain.fault(json!({"down_for_ms": 5000}));
     std::thread::sleep(Duration::from_millis(300));
     let refused = std::net::TcpStream::connect(("127.0.0.1", plain.port));
     assert!(refused.is_err(), "connection accepted while down");

@@ -1,11 +1,13 @@
 //! The CSI edge: the only code that sees grpcio and the generated proto
-//! types. `server` owns the socket and runs each call on its own thread; one
+//! types. `server` owns the socket and runs each call that may block on a
+//! pooled worker thread (`pool`); one
 //! adapter per service turns requests into the domain modules' inputs, and
 //! `status` maps their typed errors to gRPC codes.
 
 pub mod controller;
 pub mod identity;
 pub mod node;
+mod pool;
 pub mod proto;
 pub mod server;
 pub mod status;

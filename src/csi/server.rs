@@ -1,11 +1,15 @@
-//! The gRPC server on the CSI unix socket: every call on its own thread, a
-//! bound on calls in flight, one log line per call, graceful shutdown.
+//! The gRPC server on the CSI unix socket: calls that may block on pooled
+//! worker threads, the cheap ones answered at once, a bound on calls in
+//! flight, one log line per call, graceful shutdown.
 //!
 //! grpcio runs handlers on its completion-queue threads, and kubelet sends all
 //! its calls over one connection, which lands on one queue: a handler that
 //! blocks there (an `nvme connect`, a slow RDS) would stall every other call.
 //! So the generated glue hands each call to [`Dispatcher::dispatch`], which
-//! only starts a thread and returns; the worker completes the sink.
+//! queues it for a worker thread (parked ones are reused, see `pool`) and
+//! returns; the worker completes the sink. Calls that can never block
+//! (Probe, capabilities, info) are answered on the spot instead: a thread
+//! hop would cost more than the call.
 
 use std::fmt;
 use std::fs;
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 use log::{debug, info, warn};
 
+use super::pool::Pool;
 use super::status;
 use crate::echo::{cap_message, echo};
 
@@ -41,9 +46,8 @@ const MAX_LOG_LINE: usize = 900;
 /// INVALID_ARGUMENT naming the field, before any handler sees it.
 pub const MAX_FIELD_BYTES: usize = 4096;
 
-/// Stack for call threads. Handlers are shallow (no recursion; protobuf
-/// decoding happens before the hand-off), so a quarter of the default keeps
-/// the virtual footprint of many parallel calls small.
+/// Stack of the reply thread (the workers' is set in `pool`): a quarter of
+/// the default, as it only polls futures.
 const CALL_STACK_BYTES: usize = 512 * 1024;
 
 /// The largest single socket read gRPC may make (see `start`).
@@ -91,6 +95,35 @@ impl CallInfo {
 pub struct Dispatcher {
     state: Arc<DispatchState>,
     replies: Replies,
+    pool: Pool,
+}
+
+/// Calls that can never block: answered on the completion-queue thread
+/// itself (see `dispatch`). Each answers from static data or settings;
+/// Probe reads the controller's RDS health (kept up to date by its own
+/// thread, never checked inside Probe) and, on a node, stats two local
+/// paths (sysfs's nvme_tcp module, the nvme binary): no network, no child
+/// process, no lock held across either. A method added here must keep to
+/// that.
+const INLINE_METHODS: &[&str] = &[
+    "Probe",
+    "GetPluginInfo",
+    "GetPluginCapabilities",
+    "ControllerGetCapabilities",
+    "NodeGetCapabilities",
+    "NodeGetInfo",
+];
+
+/// How long a pool worker waits for a next call before its thread ends:
+/// a burst is served by warm threads, and an idle driver goes back to no
+/// workers (idle RSS stays where it was).
+const WORKER_IDLE: Duration = Duration::from_secs(10);
+
+fn panicked(method: &str, volume_id: &str) -> RpcStatus {
+    status::internal(format!(
+        "{method} for {} failed unexpectedly (a bug: the handler panicked; see the log)",
+        echo(volume_id)
+    ))
 }
 
 /// A reply gRPC has yet to confirm, with the call's in-flight count.
@@ -216,13 +249,19 @@ impl Dispatcher {
                 draining: AtomicBool::new(false),
             }),
             replies: Replies::start(),
+            // Every call a worker runs is counted in flight until its reply
+            // is confirmed, so at most `max_in_flight` jobs exist at once:
+            // with as many threads, a call never waits for a thread behind
+            // a blocked one.
+            pool: Pool::new(max_in_flight.max(1), WORKER_IDLE),
         }
     }
 
-    /// Runs `work` on a thread of its own and completes `sink` with its
-    /// result. Returns at once: a request that did not decode or carries an
-    /// oversized field answers INVALID_ARGUMENT, a full dispatcher
-    /// RESOURCE_EXHAUSTED, a draining one UNAVAILABLE, without running `work`.
+    /// Runs `work` on a worker thread (or, for the [`INLINE_METHODS`], right
+    /// here) and completes `sink` with its result. Returns at once: a
+    /// request that did not decode or carries an oversized field answers
+    /// INVALID_ARGUMENT, a full dispatcher RESOURCE_EXHAUSTED, a draining one
+    /// UNAVAILABLE, without running `work`.
     /// `volume_of` names the volume (or name) the request is about.
     pub fn dispatch<Req, Resp, F>(
         &self,
@@ -284,42 +323,51 @@ impl Dispatcher {
                 return;
             }
         };
-        // The closure owns the sink until it can answer; if the thread cannot
-        // even start, the sink comes back through this slot to be failed.
+        if INLINE_METHODS.contains(&method) {
+            // Never blocks (static answers, or state read under a lock held
+            // for nanoseconds): answered here, on the completion-queue
+            // thread, with no thread hop. The work is done once the reply is
+            // queued, so the call leaves the in-flight count then: the
+            // completion queue confirms the reply only after it has taken
+            // the calls queued behind this one, and counting those
+            // confirmations would refuse a steady load of cheap calls.
+            let result = panic::catch_unwind(AssertUnwindSafe(|| work(&call, req)))
+                .unwrap_or_else(|_| Err(panicked(method, &call.volume_id)));
+            let sent = reply(&call, started, sink, result);
+            drop(guard);
+            ctx.spawn(async move {
+                let _ = sent.await;
+            });
+            return;
+        }
+        // The closure owns the sink until it can answer; if no worker can
+        // take it, the sink comes back through this slot to be failed.
         let slot = Arc::new(Mutex::new(Some(sink)));
         let replies = self.replies.clone();
         let worker_slot = Arc::clone(&slot);
-        let spawned = thread::Builder::new()
-            .name(format!("csi-{method}"))
-            .stack_size(CALL_STACK_BYTES)
-            .spawn(move || {
-                let result =
-                    panic::catch_unwind(AssertUnwindSafe(|| work(&call, req))).unwrap_or_else(|_| {
-                        Err(status::internal(format!(
-                            "{method} for {} failed unexpectedly (a bug: the handler panicked; see the log)",
-                            echo(&call.volume_id)
-                        )))
-                    });
-                if let Some(sink) = lock(&worker_slot).take() {
-                    let sent = reply(&call, started, sink, result);
-                    // The call must be held until gRPC has sent the reply
-                    // (see `reply`); the reply thread does that, so this
-                    // thread and its stack go away now.
-                    replies.hold(Pending {
-                        sent,
-                        _guard: guard,
-                        method,
-                        since: Instant::now(),
-                    });
-                }
-            });
+        let spawned = self.pool.run(Box::new(move || {
+            let result = panic::catch_unwind(AssertUnwindSafe(|| work(&call, req)))
+                .unwrap_or_else(|_| Err(panicked(method, &call.volume_id)));
+            if let Some(sink) = lock(&worker_slot).take() {
+                let sent = reply(&call, started, sink, result);
+                // The call must be held until gRPC has sent the reply
+                // (see `reply`); the reply thread does that, so this
+                // thread and its stack go away now.
+                replies.hold(Pending {
+                    sent,
+                    _guard: guard,
+                    method,
+                    since: Instant::now(),
+                });
+            }
+        }));
         if let Err(err) = spawned {
-            // The closure (and the in-flight guard) was dropped with the failed spawn.
+            // The closure (and the in-flight guard) was dropped with the job.
             if let Some(sink) = lock(&slot).take() {
                 let refusal = status::resource_exhausted(format!(
                     "cannot start a thread for {method}: {err}; retry later"
                 ));
-                warn!("rpc {method}: cannot spawn a worker thread: {err}");
+                warn!("rpc {method}: cannot start a worker thread: {err}");
                 let sent = sink.fail(refusal);
                 ctx.spawn(async move {
                     let _ = sent.await;
@@ -393,16 +441,25 @@ fn reply<Resp>(
     let labels = [("method", call.method), ("code", code)];
     crate::metrics::inc("rds_csi_rpc_requests_total", &labels);
     crate::metrics::observe("rds_csi_rpc_duration_seconds", &labels, seconds);
-    let volume = if call.volume_id.is_empty() {
-        String::new()
-    } else {
-        format!(" volume={}", log_value(&call.volume_id))
+    let volume = || {
+        if call.volume_id.is_empty() {
+            String::new()
+        } else {
+            format!(" volume={}", log_value(&call.volume_id))
+        }
     };
     match result {
         Ok(resp) => {
+            let quiet = QUIET_METHODS.contains(&call.method);
+            // The polled methods log at debug, which is usually filtered
+            // out: do not build a line nobody will see.
+            if quiet && !log::log_enabled!(log::Level::Debug) {
+                return sink.success(resp);
+            }
+            let volume = volume();
             let line = format!("rpc {}{volume} code=OK duration={ms:.1}ms", call.method);
             let line = log_line(line);
-            if QUIET_METHODS.contains(&call.method) {
+            if quiet {
                 debug!("{line}");
             } else {
                 info!("{line}");
@@ -410,6 +467,7 @@ fn reply<Resp>(
             sink.success(resp)
         }
         Err(st) => {
+            let volume = volume();
             let st = RpcStatus::with_message(
                 st.code(),
                 cap_message(st.message().to_string(), MAX_STATUS_MESSAGE),

@@ -125,6 +125,10 @@ pub struct ControllerConfig {
     pub sizes: SizePolicy,
     /// Multi-node access modes for block volumes (`--allow-multi-node-block`).
     pub allow_multi_node_block: bool,
+    /// Export only while published (off with `--export-always`).
+    pub export_on_publish: bool,
+    /// Per-node host allow lists (`--nvme-host-acl`).
+    pub host_acl: bool,
     /// How often the background readiness check asks the RDS.
     pub check_interval: Duration,
 }
@@ -165,6 +169,15 @@ impl ControllerConfig {
                 })?
             }
         };
+        let export_on_publish = !flag_bool(v, flag::EXPORT_ALWAYS)?;
+        let host_acl = flag_bool(v, flag::NVME_HOST_ACL)?;
+        if host_acl && !export_on_publish {
+            // An always-exported disk would be on the network with an empty
+            // allow list (which may mean "anyone") whenever no node has it.
+            return Err(ConfigError(
+                "--nvme-host-acl needs export on publish: it cannot be combined with --export-always".into(),
+            ));
+        }
         let reserve_raw = required(v, flag::CAPACITY_RESERVE)?;
         let capacity_reserve = volume::parse_bytes(reserve_raw)
             .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe(flag::CAPACITY_RESERVE))))?;
@@ -177,6 +190,8 @@ impl ControllerConfig {
             capacity_reserve,
             sizes: SizePolicy::default(),
             allow_multi_node_block: flag_bool(v, flag::ALLOW_MULTI_NODE_BLOCK)?,
+            export_on_publish,
+            host_acl,
             check_interval: Duration::from_secs(number(v, flag::RDS_CHECK_INTERVAL, 1, 3600)?),
         })
     }
@@ -404,6 +419,28 @@ mod tests {
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!(c.max_in_flight, 128);
         assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn fencing_modes() {
+        let base = ["--controller", "--rds-address", "https://rds.lan"];
+        let cc = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            serve(&a, &[]).map(|c| c.controller_config.expect("controller config"))
+        };
+        let c = cc(&[]).unwrap();
+        assert!(c.export_on_publish && !c.host_acl);
+        let c = cc(&["--export-always"]).unwrap();
+        assert!(!c.export_on_publish);
+        let c = cc(&["--nvme-host-acl"]).unwrap();
+        assert!(c.export_on_publish && c.host_acl);
+        let e = cc(&["--nvme-host-acl", "--export-always"]).unwrap_err();
+        assert!(
+            e.0.contains("--nvme-host-acl") && e.0.contains("--export-always"),
+            "{}",
+            e.0
+        );
     }
 
     #[test]

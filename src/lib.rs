@@ -7,6 +7,7 @@ pub mod config;
 pub mod controller;
 pub mod csi;
 pub mod echo;
+pub mod fence;
 pub mod health;
 pub mod host;
 pub mod locks;

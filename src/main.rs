@@ -143,6 +143,8 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             capacity_reserve: cc.capacity_reserve,
             sizes: cc.sizes,
             allow_multi_node_block: cc.allow_multi_node_block,
+            export_on_publish: cc.export_on_publish,
+            host_acl: cc.host_acl,
         };
         let controller = ControllerService::new(rds, settings);
         services.add_controller(Arc::new(controller));

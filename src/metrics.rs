@@ -77,6 +77,11 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         "Stale NVMe/TCP connections under the managed prefix disconnected at start.",
     ),
     (
+        "rds_csi_fence_operations_total",
+        Kind::Counter,
+        "Fencing changes made on the RDS by the controller: export, unexport, allow-list.",
+    ),
+    (
         "rds_csi_volumes_staged",
         Kind::Gauge,
         "Volumes staged (connected and in use) on this node.",
@@ -174,6 +179,11 @@ pub fn register_gauge_fn(name: &'static str, f: impl Fn() -> Vec<(Labels, f64)> 
 }
 
 /// Records the build info gauge.
+/// Counts one fencing change on the RDS (`export`, `unexport`, `allow-list`).
+pub fn fence_operation(operation: &str) {
+    inc("rds_csi_fence_operations_total", &[("operation", operation)]);
+}
+
 pub fn record_build_info() {
     set("rds_csi_build_info", &[("version", &crate::version())], 1.0);
 }

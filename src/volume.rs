@@ -658,6 +658,9 @@ pub struct VolumeContext {
     pub nvme_port: u16,
     pub fs_type: Option<FsType>,
     pub connection: ConnectionConfig,
+    /// The host NQN and host ID to connect with (`--nvme-host-acl`): from
+    /// the publish context, never the volume context; `None`: the node's own.
+    pub host: Option<crate::fence::HostIdentity>,
 }
 
 impl VolumeContext {
@@ -698,6 +701,7 @@ impl VolumeContext {
             nvme_port,
             fs_type,
             connection: ConnectionConfig::from_map(map)?,
+            host: None,
         })
     }
 }
@@ -918,6 +922,7 @@ mod tests {
                 reconnect_delay: 7,
                 keep_alive_tmo: 30,
             },
+            host: None,
         };
         let m = ctx.to_map();
         assert_eq!(m["ctrlLossTmo"], "-1");

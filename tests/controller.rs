@@ -72,7 +72,8 @@ fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
     assert_eq!(ctx["reconnectDelay"], "7");
     assert_eq!(ctx["keepAliveTmo"], "30");
 
-    // On the RDS: a file disk, exported under the NQN, exact size, our record.
+    // On the RDS: a file disk, set up for export under the NQN but not
+    // exported until published, exact size, our record.
     let disk = env.disk(PVC_SLOT).expect("disk created");
     assert_eq!(disk["type"], "file");
     // The pool is Btrfs: the image lives in the volume's own subvolume.
@@ -81,7 +82,8 @@ fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
         format!("/storage-pool/csi/{PVC_SLOT}/{PVC_SLOT}.img")
     );
     assert_eq!(disk["size"], "1073741824");
-    assert_eq!(disk["nvme-tcp-export"], "true");
+    assert_eq!(disk["nvme-tcp-export"], "false");
+    assert!(env.sim.exports_file()["exports"].as_array().unwrap().is_empty());
     assert_eq!(disk["nvme-tcp-server-nqn"], nqn);
     assert_eq!(disk["nvme-tcp-server-port"], "4420");
     assert_eq!(disk["mount-filesystem"], "false");
@@ -94,17 +96,19 @@ fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
     let file = format!("storage-pool/csi/{PVC_SLOT}/{PVC_SLOT}.img");
     let host_file = env.sim.backing_path(&file);
     assert_eq!(std::fs::metadata(&host_file).unwrap().len(), 1 << 30);
+
+    assert_eq!(capacity(&env), before - GIB);
+    assert_eq!(list_ids(&env), vec![PVC_SLOT.to_string()]);
+
+    // Publish records the node on the disk and exports it; a second node
+    // is fenced off.
+    let published = env.publish(PVC_SLOT, "node-a", rwo()).unwrap();
+    assert_eq!(env.disk(PVC_SLOT).unwrap()["nvme-tcp-export"], "true");
     assert!(env.sim.exports_file()["exports"]
         .as_array()
         .unwrap()
         .iter()
         .any(|e| e["nqn"] == nqn));
-
-    assert_eq!(capacity(&env), before - GIB);
-    assert_eq!(list_ids(&env), vec![PVC_SLOT.to_string()]);
-
-    // Publish records the node on the disk; a second node is fenced off.
-    let published = env.publish(PVC_SLOT, "node-a", rwo()).unwrap();
     assert_eq!(published.publish_context["nqn"], nqn);
     assert_eq!(published.publish_context["nvmeAddress"], "127.0.0.1");
     assert!(env.disk(PVC_SLOT).unwrap()["comment"]
@@ -132,6 +136,8 @@ fn lifecycle_create_capacity_list_publish_expand_unpublish_delete() {
         .as_str()
         .unwrap()
         .contains("nodes="));
+    assert_eq!(env.disk(PVC_SLOT).unwrap()["nvme-tcp-export"], "false");
+    assert!(env.sim.exports_file()["exports"].as_array().unwrap().is_empty());
 
     env.delete(PVC_SLOT).unwrap();
     assert!(env.disk(PVC_SLOT).is_none(), "disk left behind");
@@ -1092,8 +1098,16 @@ fn requests<T>(env: &ControllerEnv, f: impl FnOnce() -> T) -> (u64, T) {
 
 #[test]
 fn each_rpc_makes_few_rest_requests() {
+    each_rpc_makes_few_rest_requests_in(&["--export-always"], 2);
+    // Export on publish: publish and the last unpublish add the export PATCH.
+    each_rpc_makes_few_rest_requests_in(&[], 3);
+}
+
+fn each_rpc_makes_few_rest_requests_in(mode: &[&str], attach_most: u64) {
     // No background health checks during the counts.
-    let env = ControllerEnv::start(&["--rds-check-interval", "3600"]);
+    let mut args = vec!["--rds-check-interval", "3600"];
+    args.extend_from_slice(mode);
+    let env = ControllerEnv::start(&args);
     wait_ready(&env, true);
     // The first create in a process also makes the volume folder.
     let warm = env.create(&create_request("vol-warm", GIB, &[])).unwrap();
@@ -1112,8 +1126,8 @@ fn each_rpc_makes_few_rest_requests() {
     let counts = [
         ("CreateVolume", create, 5),
         ("CreateVolume again", again, 1),
-        ("ControllerPublishVolume", publish, 2),
-        ("ControllerUnpublishVolume", unpublish, 2),
+        ("ControllerPublishVolume", publish, attach_most),
+        ("ControllerUnpublishVolume", unpublish, attach_most),
         ("ControllerExpandVolume", expand, 3),
         ("DeleteVolume", delete, 7),
     ];
@@ -1130,7 +1144,7 @@ fn each_rpc_makes_few_rest_requests() {
 
 #[test]
 fn a_half_created_volume_is_finished_by_the_retry_in_one_request_more() {
-    let env = ControllerEnv::start(&["--rds-check-interval", "3600"]);
+    let env = ControllerEnv::start(&["--rds-check-interval", "3600", "--export-always"]);
     wait_ready(&env, true);
     let req = create_request("vol-half", GIB, &[]);
     let id = env.create(&req).unwrap().volume.volume_id.clone();
@@ -1782,4 +1796,266 @@ fn get_snapshot_finds_one_snapshot_by_id() {
     delete_snapshot(&env, &s.snapshot_id).unwrap();
     assert_eq!(code_of(get(&s.snapshot_id)), RpcStatusCode::NOT_FOUND);
     env.delete(&a).unwrap();
+}
+
+/// Whether the sim's `exports.json` (what the fabric serves) has `nqn`.
+fn in_exports(env: &ControllerEnv, nqn: &str) -> bool {
+    env.sim.exports_file()["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["nqn"] == nqn)
+}
+
+/// Whether the disk's record names `node`.
+fn recorded(env: &ControllerEnv, id: &str, node: &str) -> bool {
+    env.disk(id).unwrap()["comment"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("nodes={node}"))
+}
+
+/// `nvme connect` of `nqn` through fake-nvme as a node would; the exit code
+/// and stderr. A successful connect is disconnected again.
+fn try_connect(fabric: &common::fabric::Fabric, nqn: &str) -> (i32, String) {
+    let port = common::fabric::PORT.to_string();
+    let (code, _, err) = fabric.run(&["connect", "-t", "tcp", "-a", "127.0.0.1", "-s", &port, "-n", nqn]);
+    if code == 0 {
+        let (c, _, e) = fabric.run(&["disconnect", "-n", nqn]);
+        assert_eq!(c, 0, "disconnect {nqn}: {e}");
+    }
+    (code, err)
+}
+
+#[test]
+fn a_volume_is_on_the_network_only_between_publish_and_last_unpublish() {
+    let env = ControllerEnv::start(&[]);
+    let fabric = common::fabric::Fabric::new(&env.sim, false);
+    // Another volume published keeps the port listening, so the answer for
+    // an NQN not exported there is EIO, not `Connection refused`.
+    let keeper = env
+        .create(&create_request("vol-keeper", GIB, &[]))
+        .unwrap()
+        .volume
+        .unwrap();
+    env.publish(&keeper.volume_id, "node-k", rwo()).unwrap();
+    let vol = env
+        .create(&create_request("vol-fenced", GIB, &[]))
+        .unwrap()
+        .volume
+        .unwrap();
+    let (id, nqn) = (vol.volume_id.clone(), vol.volume_context["nqn"].clone());
+    let refused = |when: &str| {
+        let (code, err) = try_connect(&fabric, &nqn);
+        assert_ne!(code, 0, "{when}: a connect to {nqn} worked");
+        assert!(err.contains("Input/output error"), "{when}: {err}");
+    };
+    assert!(!in_exports(&env, &nqn));
+    refused("created, never published");
+    env.publish(&id, "node-a", rwo()).unwrap();
+    assert!(in_exports(&env, &nqn));
+    assert_eq!(try_connect(&fabric, &nqn).0, 0, "published to node-a");
+    env.unpublish(&id, "node-a").unwrap();
+    assert!(!in_exports(&env, &nqn));
+    refused("unpublished from its last node");
+    // Publish again, then a force-detach from every node (no node id).
+    env.publish(&id, "node-b", rwo()).unwrap();
+    assert_eq!(try_connect(&fabric, &nqn).0, 0, "published to node-b");
+    let mut req = csi::ControllerUnpublishVolumeRequest::new();
+    req.volume_id = id.clone();
+    env.controller()
+        .controller_unpublish_volume(&req, opt(30))
+        .unwrap();
+    refused("unpublished from every node");
+    env.delete(&id).unwrap();
+}
+
+#[test]
+fn export_on_publish_survives_a_controller_killed_at_every_step() {
+    let mut env = ControllerEnv::start(&[]);
+    let vol = env
+        .create(&create_request("vol-kill9", GIB, &[]))
+        .unwrap()
+        .volume
+        .unwrap();
+    let (id, nqn) = (vol.volume_id.clone(), vol.volume_context["nqn"].clone());
+    let disk_id = env.disk(&id).unwrap()[".id"].as_str().unwrap().to_string();
+    let set_export = |env: &ControllerEnv, on: bool| {
+        let (st, _) = env.sim.request(
+            "PATCH",
+            &format!("/rest/disk/{disk_id}"),
+            Some(&json!({"nvme-tcp-export": on.to_string()})),
+        );
+        assert_eq!(st, 200);
+    };
+
+    // Killed between recording the node and exporting: the record names
+    // node-a, the export is off (what a SIGKILL there leaves; made here by
+    // publishing and turning the export off by hand).
+    env.publish(&id, "node-a", rwo()).unwrap();
+    set_export(&env, false);
+    env.restart_driver();
+    assert!(recorded(&env, &id, "node-a") && !in_exports(&env, &nqn));
+    // The CO's retry finishes it.
+    env.publish(&id, "node-a", rwo()).unwrap();
+    assert!(in_exports(&env, &nqn));
+
+    // Killed in the unpublish after the export went off, before the record
+    // let go of node-a: the same state; the retry finishes it.
+    set_export(&env, false);
+    env.restart_driver();
+    env.unpublish(&id, "node-a").unwrap();
+    assert!(!recorded(&env, &id, "node-a") && !in_exports(&env, &nqn));
+
+    // A real SIGKILL somewhere inside a slow publish, then inside a slow
+    // unpublish: whatever step it hit, an export is never left without a
+    // node recorded, and the retry ends in the right state.
+    for unpublishing in [false, true] {
+        env.sim.fault(json!({"latency_ms": 300}));
+        let client = env.controller();
+        let id2 = id.clone();
+        let call = std::thread::spawn(move || {
+            if unpublishing {
+                let mut req = csi::ControllerUnpublishVolumeRequest::new();
+                req.volume_id = id2;
+                req.node_id = "node-a".into();
+                client.controller_unpublish_volume(&req, opt(30)).map(|_| ())
+            } else {
+                let mut req = csi::ControllerPublishVolumeRequest::new();
+                req.volume_id = id2;
+                req.node_id = "node-a".into();
+                req.volume_capability = Some(rwo()).into();
+                client.controller_publish_volume(&req, opt(30)).map(|_| ())
+            }
+        });
+        // Kill once the first changing request (the record, or the export
+        // going off) has reached the RDS.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(if unpublishing {
+            !in_exports(&env, &nqn) || !recorded(&env, &id, "node-a")
+        } else {
+            recorded(&env, &id, "node-a")
+        }) {
+            assert!(Instant::now() < deadline, "the call made no change");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        env.restart_driver();
+        let _ = call.join();
+        env.sim.reset_faults();
+        if in_exports(&env, &nqn) {
+            assert!(recorded(&env, &id, "node-a"), "exported with no node recorded");
+        }
+        if unpublishing {
+            env.unpublish(&id, "node-a").unwrap();
+            assert!(!recorded(&env, &id, "node-a") && !in_exports(&env, &nqn));
+        } else {
+            env.publish(&id, "node-a", rwo()).unwrap();
+            assert!(recorded(&env, &id, "node-a") && in_exports(&env, &nqn));
+        }
+    }
+    env.delete(&id).unwrap();
+}
+
+#[test]
+fn a_go_driver_volume_leaves_the_network_at_its_next_unpublish() {
+    // Made by a controller with --export-always (as the Go driver did).
+    let mut env = ControllerEnv::start(&["--export-always"]);
+    let vol = env
+        .create(&create_request("vol-legacy", GIB, &[]))
+        .unwrap()
+        .volume
+        .unwrap();
+    let (id, nqn) = (vol.volume_id.clone(), vol.volume_context["nqn"].clone());
+    assert!(in_exports(&env, &nqn));
+    env.publish(&id, "node-a", rwo()).unwrap();
+    env.unpublish(&id, "node-a").unwrap();
+    assert!(in_exports(&env, &nqn), "--export-always keeps it exported");
+    // The default controller takes over: exported with a node until the
+    // next unpublish, then off.
+    env.extra.clear();
+    env.restart_driver();
+    env.publish(&id, "node-a", rwo()).unwrap();
+    assert!(in_exports(&env, &nqn));
+    env.unpublish(&id, "node-a").unwrap();
+    assert!(!in_exports(&env, &nqn));
+}
+
+/// As `try_connect`, with `-q HOSTNQN -I HOSTID` when given.
+fn try_connect_as(fabric: &common::fabric::Fabric, nqn: &str, host: Option<(&str, &str)>) -> (i32, String) {
+    let port = common::fabric::PORT.to_string();
+    let mut args = vec!["connect", "-t", "tcp", "-a", "127.0.0.1", "-s", &port, "-n", nqn];
+    if let Some((q, i)) = host {
+        args.extend_from_slice(&["-q", q, "-I", i]);
+    }
+    let (code, _, err) = fabric.run(&args);
+    if code == 0 {
+        let (c, _, e) = fabric.run(&["disconnect", "-n", nqn]);
+        assert_eq!(c, 0, "disconnect {nqn}: {e}");
+    }
+    (code, err)
+}
+
+#[test]
+fn host_acls_admit_only_the_published_nodes_hosts() {
+    let env = ControllerEnv::start(&["--nvme-host-acl", "--allow-multi-node-block"]);
+    let fabric = common::fabric::Fabric::new(&env.sim, false);
+    let shared = block_cap(Mode::MULTI_NODE_MULTI_WRITER);
+    let mut req = create_request("vol-acl", GIB, &[]);
+    req.volume_capabilities = vec![shared.clone()];
+    let vol = env.create(&req).unwrap().volume.unwrap();
+    let (id, nqn) = (vol.volume_id.clone(), vol.volume_context["nqn"].clone());
+    let ctx_a = env
+        .publish(&id, "node-a", shared.clone())
+        .unwrap()
+        .publish_context;
+    let ctx_b = env
+        .publish(&id, "node-b", shared.clone())
+        .unwrap()
+        .publish_context;
+    let a = (ctx_a["hostNqn"].as_str(), ctx_a["hostId"].as_str());
+    let b = (ctx_b["hostNqn"].as_str(), ctx_b["hostId"].as_str());
+    assert!(a.0.starts_with("nqn.2014-08.org.nvmexpress:uuid:"), "{ctx_a:?}");
+    assert_ne!(a.0, b.0);
+    // The disk's allow list holds both, read back from the sim.
+    let allow = env.disk(&id).unwrap()["nvme-tcp-server-allow-host-name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(allow.contains(a.0) && allow.contains(b.0), "{allow}");
+    let eio = |who: &str, r: (i32, String)| {
+        assert_ne!(r.0, 0, "{who} connected to {nqn}");
+        assert!(r.1.contains("Input/output error"), "{who}: {}", r.1);
+    };
+    assert_eq!(try_connect_as(&fabric, &nqn, Some(a)).0, 0, "node-a");
+    assert_eq!(try_connect_as(&fabric, &nqn, Some(b)).0, 0, "node-b");
+    eio(
+        "a host not published",
+        try_connect_as(
+            &fabric,
+            &nqn,
+            Some((
+                "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-5000-8000-000000000000",
+                "00000000-0000-5000-8000-000000000000",
+            )),
+        ),
+    );
+    eio("no host NQN", try_connect_as(&fabric, &nqn, None));
+    // Unpublishing node-a cuts off node-a only.
+    env.unpublish(&id, "node-a").unwrap();
+    eio(
+        "node-a after its unpublish",
+        try_connect_as(&fabric, &nqn, Some(a)),
+    );
+    assert_eq!(try_connect_as(&fabric, &nqn, Some(b)).0, 0, "node-b still");
+    // The last one: off the network, the allow list empty.
+    env.unpublish(&id, "node-b").unwrap();
+    assert!(!in_exports(&env, &nqn));
+    let disk = env.disk(&id).unwrap();
+    assert_eq!(disk["nvme-tcp-export"], "false");
+    assert_eq!(disk["nvme-tcp-server-allow-host-name"], "");
+    // A node id no host NQN can be formed from: INVALID_ARGUMENT naming the rule.
+    let err = status_of(env.publish(&id, "node a", shared).unwrap_err());
+    assert_eq!(err.code(), RpcStatusCode::INVALID_ARGUMENT);
+    assert!(err.message().contains("may only contain"), "{}", err.message());
+    env.delete(&id).unwrap();
 }

@@ -46,11 +46,20 @@ fn a_healthy_rds_passes_every_check() {
         "RouterOS version",
         "pool",
         "REST write access",
+        "fencing",
     ] {
         assert!(line(&out, check).starts_with('✔'), "{out}");
     }
     assert!(line(&out, "RouterOS version").contains("7.24.4"), "{out}");
-    assert!(out.contains("all 6 checks passed"), "{out}");
+    // A new check (the fencing mode) makes it 7.
+    assert!(out.contains("all 7 checks passed"), "{out}");
+    assert!(line(&out, "fencing").contains("export on publish"), "{out}");
+    let (code, out) = doctor(&sim, &["--nvme-host-acl"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "fencing").contains("host ACLs"), "{out}");
+    let (code, out) = doctor(&sim, &["--export-always"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "fencing").contains("export always"), "{out}");
     // The folder for volumes now exists on the RDS.
     let (_, files) = sim.request("GET", "/rest/file", None);
     assert!(files.to_string().contains("storage-pool/csi"), "{files}");

@@ -1352,3 +1352,98 @@ fn a_killed_plugin_takes_its_mkfs_along_and_the_next_one_formats_once() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Fencing: a node connects with the host identity the controller assigned
+// (--nvme-host-acl), and only while the volume is published to it.
+
+#[test]
+fn with_host_acls_a_node_stages_only_with_the_identity_its_publish_assigned() {
+    let sim = Sim::start();
+    let fabric = Fabric::new(&sim, false);
+    let mut args: Vec<String> = common::csi::controller_args(
+        &sim,
+        &[
+            "--nvme-host-acl".to_string(),
+            "--connect-attempts".to_string(),
+            "1".to_string(),
+        ],
+    );
+    args.extend(fabric.driver_args());
+    let driver = Driver::start_with(DriverOpts {
+        args,
+        ..Default::default()
+    });
+    let ctl = driver.controller();
+    let mut req = csi::CreateVolumeRequest::new();
+    req.name = "vol-fenced-node".into();
+    req.volume_capabilities = vec![capability(false, "ext4").unwrap()];
+    let mut range = csi::CapacityRange::new();
+    range.required_bytes = GIB as i64;
+    req.capacity_range = Some(range).into();
+    let created = ctl.create_volume(&req, opt(30)).unwrap().volume.unwrap();
+    let vol = Volume {
+        slot: created.volume_id.clone(),
+        nqn: created.volume_context["nqn"].clone(),
+        size: GIB,
+        file_path: format!("storage-pool/csi/{}.img", created.volume_id),
+    };
+    let publish = |node: &str| {
+        let mut p = csi::ControllerPublishVolumeRequest::new();
+        p.volume_id = vol.slot.clone();
+        p.node_id = node.into();
+        p.volume_capability = capability(false, "ext4");
+        ctl.controller_publish_volume(&p, opt(30))
+            .unwrap()
+            .publish_context
+    };
+    let unpublish = |node: &str| {
+        let mut u = csi::ControllerUnpublishVolumeRequest::new();
+        u.volume_id = vol.slot.clone();
+        u.node_id = node.into();
+        ctl.controller_unpublish_volume(&u, opt(30)).unwrap();
+    };
+    let staging = fabric.path("acl-staging");
+    fs::create_dir_all(&staging).unwrap();
+    let stage = |publish_context: &std::collections::HashMap<String, String>| {
+        let mut r = fabric::stage_request(
+            &vol,
+            &staging,
+            capability(false, "ext4"),
+            created.volume_context.clone(),
+        );
+        r.publish_context = publish_context.clone();
+        driver.node().node_stage_volume(&r, opt(120)).map(|_| ())
+    };
+    let node = driver.node();
+    let unstage = || {
+        node.node_unstage_volume(&fabric::unstage_request(&vol, &staging), opt(60))
+            .unwrap()
+    };
+
+    // Published to n1 (this node plugin's id): it stages with n1's identity.
+    let ctx = publish("n1");
+    stage(&ctx).unwrap_or_else(|e| panic!("{e}\n{}", driver.log_text()));
+    let last = fabric.connects_of(&vol.nqn).pop().unwrap();
+    assert_eq!(last.opt("-q"), Some(ctx["hostNqn"].as_str()));
+    assert_eq!(last.opt("-I"), Some(ctx["hostId"].as_str()));
+    unstage();
+    // With the node's own host NQN (no publish context) it is refused.
+    let err = stage(&Default::default()).unwrap_err();
+    assert!(format!("{err}").contains("Input/output error"), "{err}");
+    // Unpublished (force-detached): the old identity no longer gets in (the
+    // volume is off the network: nothing even listens).
+    unpublish("n1");
+    let err = format!("{}", stage(&ctx).unwrap_err());
+    assert!(
+        err.contains("Input/output error") || err.contains("Connection refused"),
+        "{err}"
+    );
+    // Another node's identity is not this one's: a volume published to n2
+    // does not admit n1's host.
+    let ctx2 = publish("n2");
+    assert_ne!(ctx2["hostNqn"], ctx["hostNqn"]);
+    let err = stage(&ctx).unwrap_err();
+    assert!(format!("{err}").contains("Input/output error"), "{err}");
+    unpublish("n2");
+}

@@ -1058,3 +1058,47 @@ fn subvolumes_need_routeros_7_18_and_a_btrfs_pool() {
     assert_eq!(status, 400, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("value of fs"), "{body}");
 }
+
+#[test]
+fn a_disk_made_unexported_is_exported_and_unexported_with_read_back_and_keeps_its_allow_list() {
+    let sim = Sim::start();
+    let c = sim.client();
+    let new = new_disk("pvc-fence-1", GIB);
+    // Made with port and NQN set but the export off.
+    let d = c.create_disk_known_as(&new, None, false).unwrap();
+    assert!(!d.nvme_tcp_export);
+    assert_eq!(d.nvme_tcp_nqn.as_deref(), new.nqn.as_deref());
+    assert!(sim.exports()["exports"].as_array().unwrap().is_empty());
+    // A retry of the unexported create makes no request and leaves it off.
+    let before = sim.stat("rest_requests");
+    let again = c.create_disk_known_as(&new, Some(&d), false).unwrap();
+    assert_eq!(sim.stat("rest_requests"), before);
+    assert!(!again.nvme_tcp_export);
+    let on = c.set_export_known(&d, true).unwrap();
+    assert!(on.nvme_tcp_export);
+    assert_eq!(sim.exports()["exports"].as_array().unwrap().len(), 1);
+    // An unexported create of an exported (published) disk leaves it exported.
+    assert!(
+        c.create_disk_known_as(&new, Some(&on), false)
+            .unwrap()
+            .nvme_tcp_export
+    );
+    let hosts = "nqn.2014-08.org.nvmexpress:uuid:a,nqn.2014-08.org.nvmexpress:uuid:b";
+    let allowed = c.set_allowed_hosts_known(&on, hosts).unwrap();
+    assert_eq!(allowed.nvme_tcp_allow_host, hosts);
+    assert_eq!(
+        sim.exports()["exports"][0]["allowed_hosts"],
+        json!([
+            "nqn.2014-08.org.nvmexpress:uuid:a",
+            "nqn.2014-08.org.nvmexpress:uuid:b"
+        ])
+    );
+    let off = c.set_export_known(&allowed, false).unwrap();
+    assert!(!off.nvme_tcp_export);
+    assert_eq!(off.nvme_tcp_allow_host, hosts);
+    assert!(sim.exports()["exports"].as_array().unwrap().is_empty());
+    // Already off: no request.
+    let before = sim.stat("rest_requests");
+    c.set_export_known(&off, false).unwrap();
+    assert_eq!(sim.stat("rest_requests"), before);
+}

@@ -159,7 +159,8 @@ scenario_rds_restart() {
 
 scenario_orphans() {
 	sim_start
-	driver_start
+	# About the node alone: volumes connected by hand without a publish.
+	driver_start --export-always
 	vol staged 1Gi ext4
 	nqn_staged=$nqn
 	hostnqn=$(cat /etc/nvme/hostnqn)
@@ -194,7 +195,7 @@ scenario_orphans() {
 	echo $! >"$W/holder.bgpid"
 	say "the node plugin restarts"
 	driver_kill TERM
-	driver_start
+	driver_start --export-always
 	wait_for 30 "the orphan to be disconnected" not_connected "$nqn_orphan"
 	state_is "$foreign" live || fail "the foreign subsystem was disconnected"
 	state_is "$nqn_staged" live || fail "the staged volume was disconnected"
@@ -250,7 +251,8 @@ scenario_mkfs_kill() {
 
 scenario_connect_fail() {
 	sim_start
-	driver_start --connect-attempts 3
+	# About the node alone: "served" keeps port 4420 listening unpublished.
+	driver_start --connect-attempts 3 --export-always
 	# A served volume keeps the port listening.
 	create served 1Gi --fs ext4 >/dev/null
 	create gone 1Gi --fs ext4 >/dev/null

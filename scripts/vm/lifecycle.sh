@@ -38,9 +38,11 @@ lifecycle_one() {
 	ctx="$W/life-$fs.json"
 	nqn=$(json_get nqn "$ctx")
 	say "$fs: volume $id, $nqn"
-	target_has "$nqn" || fail "create did not export $nqn through the kernel target"
+	# Exported only while published: not on the network before the publish.
+	target_lacks "$nqn" || fail "create exported $nqn before any publish"
 	# shellcheck disable=SC2086
 	ctl publish "$id" --node "$NODE" $blk
+	target_has "$nqn" || fail "publish did not export $nqn through the kernel target"
 	staging="$W/kubelet/staging/$id"
 	tgt="$W/kubelet/pods/p1/$id"
 	mkdir -p "$staging" "$W/kubelet/pods/p1"
@@ -100,6 +102,7 @@ lifecycle_one() {
 	ctl unstage "$id" --staging-path "$staging"
 	not_connected "$nqn" || fail "$nqn still connected"
 	ctl unpublish "$id" --node "$NODE"
+	target_lacks "$nqn" || fail "unpublished from its last node, but $nqn is still exported"
 	ctl delete "$id"
 	target_lacks "$nqn" || fail "deleted, but $nqn is still in the target's configfs"
 	say "$fs: deleted; the target is gone"

@@ -46,8 +46,9 @@ run() {
 . /vm/lifecycle.sh
 . /vm/faults.sh
 . /vm/bench.sh
+. /vm/fencing.sh
 
-known="boot lifecycle outage give-up rds-restart orphans mkfs-kill connect-fail bench"
+known="boot lifecycle outage give-up rds-restart orphans mkfs-kill connect-fail host-acl bench"
 for name in $only; do
 	echo " $known " | grep -q " $name " || echo "VMTEST FAIL $name 0s (no such scenario; known: $known)"
 done
@@ -60,4 +61,5 @@ run rds-restart scenario_rds_restart
 run orphans scenario_orphans
 run mkfs-kill scenario_mkfs_kill
 run connect-fail scenario_connect_fail
+run host-acl scenario_host_acl
 run bench scenario_bench

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use log::{info, warn};
 
 use crate::echo::echo;
+use crate::fence::{self, HostIdentity};
 use crate::rds;
 use crate::volume::{self, Nqn, VolumeId};
 
@@ -31,6 +32,16 @@ impl<R: RdsApi> Controller<R> {
                 reason,
             },
         )?;
+        // With host ACLs the node id is the source of the node's host NQN:
+        // one that cannot form it is a bad argument, named with its rule.
+        let host = if self.settings.host_acl {
+            Some(HostIdentity::for_node(node).map_err(|rule| Error::HostNqnRule {
+                node: node.to_string(),
+                rule,
+            })?)
+        } else {
+            None
+        };
         crate::volume::check_node_id(node).map_err(|rule| Error::UnknownNode {
             node: node.to_string(),
             rule,
@@ -48,10 +59,28 @@ impl<R: RdsApi> Controller<R> {
                 }
             }
             own.nodes.push(node.to_string());
+            // Recorded first, exported second: a crash in between leaves a
+            // record the retry (or the last unpublish) finishes, never an
+            // export no record accounts for.
             self.write_record("ControllerPublishVolume", &id, &disk, &own)?;
             info!("ControllerPublishVolume {id}: published to node {}", echo(node));
         }
-        Ok(publish_context(&self.settings, &id, &disk, volume_context))
+        // Then the allow list (every recorded node's host, never empty
+        // here), then the export: the export is never on with an empty list.
+        let disk = if self.settings.host_acl {
+            self.set_allowed("ControllerPublishVolume", &id, &disk, &own.nodes)?
+        } else {
+            disk
+        };
+        if self.settings.export_on_publish {
+            self.set_export("ControllerPublishVolume", &id, &disk, true)?;
+        }
+        let mut ctx = publish_context(&self.settings, &id, &disk, volume_context);
+        if let Some(host) = host {
+            ctx.insert(fence::KEY_HOST_NQN.to_string(), host.nqn);
+            ctx.insert(fence::KEY_HOST_ID.to_string(), host.id);
+        }
+        Ok(ctx)
     }
 
     /// Unpublishes a volume from `node` (`None`: from every node). A volume
@@ -75,6 +104,22 @@ impl<R: RdsApi> Controller<R> {
         };
         let before = own.nodes.len();
         own.nodes.retain(|n| node.is_some_and(|node| n != node));
+        // The last node gone: off the network before the record says the
+        // volume is free. A retry after a crash between the two, and a Go
+        // driver volume (always exported) at its next unpublish, find no
+        // node and an export, and turn it off here.
+        let disk = if self.settings.export_on_publish && own.nodes.is_empty() {
+            self.set_export("ControllerUnpublishVolume", &id, &disk, false)?
+        } else {
+            disk
+        };
+        // Then the node's host leaves the allow list (empty only with the
+        // export off, just above), then the record lets go of the node.
+        let disk = if self.settings.host_acl {
+            self.set_allowed("ControllerUnpublishVolume", &id, &disk, &own.nodes)?
+        } else {
+            disk
+        };
         if own.nodes.len() != before {
             self.write_record("ControllerUnpublishVolume", &id, &disk, &own)?;
             info!(
@@ -83,6 +128,73 @@ impl<R: RdsApi> Controller<R> {
             );
         }
         Ok(())
+    }
+}
+
+impl<R: RdsApi> Controller<R> {
+    /// Turns the export of `disk` (just looked up) on or off and checks
+    /// RouterOS read it back so; no request when it already is.
+    fn set_export(
+        &self,
+        op: &'static str,
+        id: &VolumeId,
+        disk: &rds::Disk,
+        on: bool,
+    ) -> Result<rds::Disk, Error> {
+        if disk.nvme_tcp_export == on {
+            return Ok(disk.clone());
+        }
+        let what = if on { "export" } else { "unexport" };
+        let written = self.rds.set_export_known(disk, on).map_err(|source| Error::Rds {
+            context: format!("{op} {id}: {what} over NVMe/TCP"),
+            source: Box::new(source),
+        })?;
+        info!("{op} {id}: {what}ed over NVMe/TCP");
+        crate::metrics::fence_operation(what);
+        Ok(written)
+    }
+
+    /// Sets the disk's host allow list to the host NQNs of `nodes` (read,
+    /// modify, write under the volume's lock; the caller holds it) and
+    /// checks RouterOS's answer holds exactly that list: anything else
+    /// fails, naming what it stored. No request when it already does.
+    fn set_allowed(
+        &self,
+        op: &'static str,
+        id: &VolumeId,
+        disk: &rds::Disk,
+        nodes: &[String],
+    ) -> Result<rds::Disk, Error> {
+        let mut hosts = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let h = HostIdentity::for_node(n).map_err(|rule| Error::HostNqnRule {
+                node: n.clone(),
+                rule,
+            })?;
+            hosts.push(h.nqn);
+        }
+        let want = fence::format_allow_list(&hosts);
+        if disk.nvme_tcp_allow_host == want {
+            return Ok(disk.clone());
+        }
+        let written = self
+            .rds
+            .set_allowed_hosts_known(disk, &want)
+            .map_err(|source| Error::Rds {
+                context: format!("{op} {id}: set the host allow list"),
+                source: Box::new(source),
+            })?;
+        if written.nvme_tcp_allow_host != want {
+            return Err(Error::AllowListNotKept {
+                op,
+                id: id.clone(),
+                wrote: want,
+                stored: written.nvme_tcp_allow_host,
+            });
+        }
+        info!("{op} {id}: host allow list is now {}", echo(&want));
+        crate::metrics::fence_operation("allow-list");
+        Ok(written)
     }
 }
 

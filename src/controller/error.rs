@@ -191,6 +191,17 @@ pub enum Error {
         id: VolumeId,
         comment: String,
     },
+    /// `--nvme-host-acl`: a node id no host NQN can be formed from.
+    HostNqnRule { node: String, rule: &'static str },
+    /// `--nvme-host-acl`: the RDS answered an allow-list update with
+    /// another list than the one written (the field's semantics are
+    /// unverified on a real RDS: never guess, say what it stored).
+    AllowListNotKept {
+        op: &'static str,
+        id: VolumeId,
+        wrote: String,
+        stored: String,
+    },
     /// A ListVolumes token this driver did not give out.
     BadToken { token: String },
     /// Snapshots or clones asked of a pool that is not Btrfs.
@@ -331,6 +342,17 @@ impl fmt::Display for Error {
                 "{op} {id}: the RDS did not keep the attachment record (comment reads {})",
                 echo(comment)
             ),
+            Error::HostNqnRule { node, rule } => write!(
+                f,
+                "ControllerPublishVolume: node_id {} cannot form a host NQN for --nvme-host-acl: a node id {rule}",
+                echo(node)
+            ),
+            Error::AllowListNotKept { op, id, wrote, stored } => write!(
+                f,
+                "{op} {id}: the RDS did not keep the host allow list: wrote nvme-tcp-server-allow-host-name={}, it reads {}",
+                echo(wrote),
+                echo(stored)
+            ),
             Error::BadToken { token } => write!(
                 f,
                 "starting_token {} is not one this driver gave out",
@@ -470,8 +492,18 @@ impl Error {
             },
             Error::RecordNotKept {
                 op: "ControllerPublishVolume",
-                id,
+                id: id.clone(),
                 comment: "other".into(),
+            },
+            Error::HostNqnRule {
+                node: "a b".into(),
+                rule: "must be 1 to 253 characters",
+            },
+            Error::AllowListNotKept {
+                op: "ControllerPublishVolume",
+                id,
+                wrote: "nqn.a".into(),
+                stored: "".into(),
             },
             Error::BadToken { token: "x".into() },
             Error::SnapshotsUnsupported {

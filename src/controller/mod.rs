@@ -58,6 +58,13 @@ pub struct ControllerSettings {
     pub sizes: SizePolicy,
     /// Multi-node access modes for block volumes (`--allow-multi-node-block`).
     pub allow_multi_node_block: bool,
+    /// Export a volume only while it is published (the default; off with
+    /// `--export-always`): made with its export off, exported by
+    /// ControllerPublishVolume, unexported by the last unpublish.
+    pub export_on_publish: bool,
+    /// Per-node host access control (`--nvme-host-acl`): each published
+    /// node's host NQN (see `fence`) in the disk's allow list.
+    pub host_acl: bool,
 }
 
 /// The controller: its RDS, its settings, and the per-volume guards that

@@ -148,6 +148,7 @@ impl<R: RdsApi> Controller<R> {
                 Some(fs_type.unwrap_or(FsType::Ext4))
             },
             connection: params.connection,
+            host: None,
         };
         let mut digest = creation_digest(&file_path, &ctx, access.block);
         // The same name from another source (or none) is another request.
@@ -284,11 +285,16 @@ impl<R: RdsApi> Controller<R> {
             nqn: Some(nqn.to_string()),
             port: ctx.nvme_port,
         };
-        // Requests 3 and 4: PUT (when missing) and the export PATCH (when
-        // not yet exported), whose answer is the read-back. A disk an
-        // earlier attempt left with its export off is finished here; a
-        // second call with the same request makes no request at all.
-        let disk = match self.rds.create_disk_known(&new, existing.as_ref()) {
+        // Requests 3 and 4: PUT (when missing) and the PATCH of port, NQN
+        // and (with --export-always) the export, whose answer is the
+        // read-back. With export on publish the disk stays off the network
+        // until ControllerPublishVolume. A disk an earlier attempt left
+        // half-set is finished here; a second call with the same request
+        // makes no request at all.
+        let disk = match self
+            .rds
+            .create_disk_known(&new, existing.as_ref(), !self.settings.export_on_publish)
+        {
             Ok(disk) => disk,
             Err(e) => {
                 // A definite failure after the disk entry was made would leave
@@ -505,7 +511,7 @@ impl<R: RdsApi> Controller<R> {
             .iter()
             .skip(start)
             .take(max.unwrap_or(usize::MAX))
-            .map(|(id, disk, own)| info_of(id, disk, own))
+            .map(|(id, disk, own)| info_of(id, disk, own, self.settings.export_on_publish))
             .collect();
         let next_token = if start + entries.len() < volumes.len() {
             entries.last().map(|last| format!("{TOKEN_PREFIX}{}", last.id))
@@ -544,7 +550,7 @@ impl<R: RdsApi> Controller<R> {
     /// One of our volumes, with the nodes it is published to.
     pub fn get(&self, volume_id: &str) -> Result<VolumeInfo, Error> {
         let (id, disk, own) = self.find_ours("ControllerGetVolume", volume_id)?;
-        Ok(info_of(&id, &disk, &own))
+        Ok(info_of(&id, &disk, &own, self.settings.export_on_publish))
     }
 }
 
@@ -563,12 +569,14 @@ fn new_record(name: &str, digest: String, params: &VolumeParams) -> Ownership {
     }
 }
 
-fn info_of(id: &VolumeId, disk: &rds::Disk, own: &Ownership) -> VolumeInfo {
+fn info_of(id: &VolumeId, disk: &rds::Disk, own: &Ownership, export_on_publish: bool) -> VolumeInfo {
     VolumeInfo {
         id: id.clone(),
         capacity: disk.bytes().unwrap_or(0),
         nodes: own.nodes.clone(),
-        condition: condition_of(disk),
+        // With export on publish an unpublished volume is rightly off the
+        // network; a published one must be on it.
+        condition: condition_of(disk, own.nodes.is_empty() && export_on_publish),
     }
 }
 
@@ -579,9 +587,15 @@ fn parse_token(token: &str) -> Option<VolumeId> {
     id.is_driver_shape().then_some(id)
 }
 
-/// Abnormal when the disk is not exported: no node can attach it.
-fn condition_of(disk: &rds::Disk) -> Condition {
-    if disk.nvme_tcp_export {
+/// Abnormal when the disk is not exported (no node can attach it), unless
+/// `unexported_is_normal` (an unpublished volume under export on publish).
+fn condition_of(disk: &rds::Disk, unexported_is_normal: bool) -> Condition {
+    if !disk.nvme_tcp_export && unexported_is_normal {
+        Condition {
+            abnormal: false,
+            message: "not published: not exported over NVMe/TCP".into(),
+        }
+    } else if disk.nvme_tcp_export {
         Condition {
             abnormal: false,
             message: "exported over NVMe/TCP".into(),
@@ -635,14 +649,18 @@ mod unit {
             nvme_tcp_export: export,
             nvme_tcp_port: Some(4420),
             nvme_tcp_nqn: Some("nqn.2000-02.com.mikrotik:pvc-1".into()),
+            nvme_tcp_allow_host: String::new(),
             mount_filesystem: Some(false),
             mount_point: None,
             mounted: false,
             fs: None,
             state: None,
         };
-        assert!(!condition_of(&disk(true)).abnormal);
-        let c = condition_of(&disk(false));
+        assert!(!condition_of(&disk(true), false).abnormal);
+        let c = condition_of(&disk(false), false);
         assert!(c.abnormal && c.message.contains("pvc-1"), "{}", c.message);
+        // Unpublished under export on publish: off the network is normal.
+        assert!(!condition_of(&disk(false), true).abnormal);
+        assert!(!condition_of(&disk(true), true).abnormal);
     }
 }

@@ -13,9 +13,16 @@ pub trait RdsApi: Send + Sync {
     fn pool(&self, slot_or_mount_point: &str) -> Result<Pool, Error>;
     /// Disks whose slot starts with `slot_prefix`.
     fn list_disks(&self, slot_prefix: &str) -> Result<Vec<Disk>, Error>;
-    /// Creates the disk when `existing` is `None`, then exports it when it
-    /// is not yet exported; the answer is the disk as it now is.
-    fn create_disk_known(&self, new: &NewDisk, existing: Option<&Disk>) -> Result<Disk, Error>;
+    /// Creates the disk when `existing` is `None`, then sets its port and
+    /// NQN and, with `export`, exports it; without `export` an existing
+    /// disk's export is left as it is. The answer is the disk as it now is.
+    fn create_disk_known(&self, new: &NewDisk, existing: Option<&Disk>, export: bool) -> Result<Disk, Error>;
+    /// Turns the export of a disk just looked up on or off; the answer is
+    /// the disk as RouterOS read it back.
+    fn set_export_known(&self, disk: &Disk, on: bool) -> Result<Disk, Error>;
+    /// Sets the host allow list of a disk just looked up; the answer is the
+    /// disk as RouterOS now has it, for the caller to check.
+    fn set_allowed_hosts_known(&self, disk: &Disk, value: &str) -> Result<Disk, Error>;
     /// Sets the comment of a disk just looked up; the answer is the disk.
     fn set_comment_known(&self, disk: &Disk, comment: &str) -> Result<Disk, Error>;
     /// Grows a disk just looked up to `new_size` bytes.
@@ -56,8 +63,14 @@ impl RdsApi for rds::Client {
     fn list_disks(&self, slot_prefix: &str) -> Result<Vec<Disk>, Error> {
         rds::Client::list_disks(self, slot_prefix)
     }
-    fn create_disk_known(&self, new: &NewDisk, existing: Option<&Disk>) -> Result<Disk, Error> {
-        rds::Client::create_disk_known(self, new, existing)
+    fn create_disk_known(&self, new: &NewDisk, existing: Option<&Disk>, export: bool) -> Result<Disk, Error> {
+        rds::Client::create_disk_known_as(self, new, existing, export)
+    }
+    fn set_export_known(&self, disk: &Disk, on: bool) -> Result<Disk, Error> {
+        rds::Client::set_export_known(self, disk, on)
+    }
+    fn set_allowed_hosts_known(&self, disk: &Disk, value: &str) -> Result<Disk, Error> {
+        rds::Client::set_allowed_hosts_known(self, disk, value)
     }
     fn set_comment_known(&self, disk: &Disk, comment: &str) -> Result<Disk, Error> {
         rds::Client::set_comment_known(self, disk, comment)

@@ -4,6 +4,7 @@
 
 use super::record::{creation_digest, owned};
 use super::*;
+use crate::fence::{self, HostIdentity};
 use crate::volume::{FsType, Nqn, VolumeContext};
 use crate::volume::{NqnPrefix, SizePolicy};
 
@@ -20,6 +21,7 @@ fn disk(comment: &str, export: bool) -> rds::Disk {
         nvme_tcp_export: export,
         nvme_tcp_port: Some(4420),
         nvme_tcp_nqn: Some("nqn.2000-02.com.mikrotik:pvc-1".into()),
+        nvme_tcp_allow_host: String::new(),
         mount_filesystem: Some(false),
         mount_point: None,
         mounted: false,
@@ -37,6 +39,8 @@ fn settings() -> ControllerSettings {
         capacity_reserve: 0,
         sizes: SizePolicy::default(),
         allow_multi_node_block: false,
+        export_on_publish: true,
+        host_acl: false,
     }
 }
 
@@ -151,6 +155,7 @@ fn digest_depends_on_every_connection_setting() {
         nvme_port: 4420,
         fs_type: Some(FsType::Ext4),
         connection: ConnectionConfig::default(),
+        host: None,
     };
     let base = creation_digest("p/x.img", &ctx, false);
     assert_eq!(base, creation_digest("p/x.img", &ctx, false));
@@ -186,6 +191,10 @@ struct FakeState {
     pool_free: Option<u64>,
     /// The changing requests made, in order (`create`, `export`, ...).
     changes: Vec<String>,
+    /// Export changes to fail (as a controller killed before making them).
+    fail_exports: usize,
+    /// What the allow list reads back as, whatever was written.
+    allow_mangle: Option<String>,
 }
 
 impl FakeRds {
@@ -257,6 +266,7 @@ impl RdsApi for FakeRds {
         &self,
         new: &rds::NewDisk,
         existing: Option<&rds::Disk>,
+        export: bool,
     ) -> Result<rds::Disk, rds::Error> {
         let mut s = self.state();
         if existing.is_none() {
@@ -281,13 +291,53 @@ impl RdsApi for FakeRds {
             .disks
             .get_mut(&new.slot)
             .ok_or_else(|| not_found(rds::Op::ExportDisk, &new.slot))?;
-        if !disk.nvme_tcp_export {
+        if export && !disk.nvme_tcp_export {
             disk.nvme_tcp_export = true;
             let d = disk.clone();
             s.changes.push(format!("export {}", new.slot));
             return Ok(d);
         }
         Ok(disk.clone())
+    }
+    fn set_allowed_hosts_known(&self, disk: &rds::Disk, value: &str) -> Result<rds::Disk, rds::Error> {
+        let mut s = self.state();
+        s.changes.push(format!("allow {} {value}", disk.slot));
+        // As a RouterOS that keeps only what it likes of the value.
+        let stored = match &s.allow_mangle {
+            Some(keep) => keep.clone(),
+            None => value.to_string(),
+        };
+        let d = s
+            .disks
+            .get_mut(&disk.slot)
+            .ok_or_else(|| not_found(rds::Op::SetAllowedHosts, &disk.slot))?;
+        d.nvme_tcp_allow_host = stored;
+        Ok(d.clone())
+    }
+    fn set_export_known(&self, disk: &rds::Disk, on: bool) -> Result<rds::Disk, rds::Error> {
+        let mut s = self.state();
+        if s.fail_exports > 0 {
+            s.fail_exports -= 1;
+            return Err(rds::Error::Answer {
+                op: rds::Op::ExportDisk,
+                target: disk.slot.clone(),
+                status: 500,
+                message: "injected".into(),
+                detail: None,
+                kind: rds::Kind::Unavailable,
+            });
+        }
+        s.changes.push(format!(
+            "{} {}",
+            if on { "export" } else { "unexport" },
+            disk.slot
+        ));
+        let d = s
+            .disks
+            .get_mut(&disk.slot)
+            .ok_or_else(|| not_found(rds::Op::ExportDisk, &disk.slot))?;
+        d.nvme_tcp_export = on;
+        Ok(d.clone())
     }
     fn set_comment_known(&self, disk: &rds::Disk, comment: &str) -> Result<rds::Disk, rds::Error> {
         let mut s = self.state();
@@ -373,6 +423,17 @@ fn controller(pool: u64) -> Controller<FakeRds> {
     Controller::new(FakeRds::with_pool(pool), settings())
 }
 
+/// A controller with `--export-always`: volumes exported from creation on.
+fn controller_always(pool: u64) -> Controller<FakeRds> {
+    Controller::new(
+        FakeRds::with_pool(pool),
+        ControllerSettings {
+            export_on_publish: false,
+            ..settings()
+        },
+    )
+}
+
 fn mount_cap(mode: AccessMode) -> Capability {
     Capability {
         access_type: Some(AccessType::Mount {
@@ -411,7 +472,7 @@ fn create<R: RdsApi>(
 
 #[test]
 fn create_is_idempotent_by_name() {
-    let c = controller(10 * GIB);
+    let c = controller_always(10 * GIB);
     let none = HashMap::new();
     let first = create(&c, "vol-a", &none, GIB).unwrap();
     assert_eq!(first.id, VolumeId::for_name("vol-a"));
@@ -433,7 +494,7 @@ fn create_is_idempotent_by_name() {
 
 #[test]
 fn create_finishes_a_volume_left_unexported() {
-    let c = controller(10 * GIB);
+    let c = controller_always(10 * GIB);
     let first = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
     c.rds
         .state()
@@ -720,4 +781,208 @@ fn two_provisioner_names_on_one_slot_collide() {
         other => panic!("{other}"),
     }
     assert_eq!(c.rds.changes(), changes);
+}
+
+fn exported(c: &Controller<FakeRds>, id: &VolumeId) -> bool {
+    c.rds.state().disks[id.slot()].nvme_tcp_export
+}
+
+#[test]
+fn volumes_are_exported_only_while_published() {
+    let c = controller(10 * GIB);
+    let cap = mount_cap(AccessMode::SingleNodeWriter);
+    let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+    // Made with its export off: port and NQN set, nothing on the network.
+    assert!(!exported(&c, &v.id));
+    assert!(
+        !c.rds.changes().iter().any(|x| x.starts_with("export")),
+        "{:?}",
+        c.rds.changes()
+    );
+    assert!(!c.get(v.id.as_str()).unwrap().condition.abnormal);
+    c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    assert!(exported(&c, &v.id));
+    assert_eq!(c.rds.changes().last().unwrap(), &format!("export {}", v.id));
+    // A repeat makes no request.
+    let changes = c.rds.changes();
+    c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    assert_eq!(c.rds.changes(), changes);
+    // Unpublished from a node it is not published to: still exported.
+    c.unpublish(v.id.as_str(), Some("node-z")).unwrap();
+    assert!(exported(&c, &v.id));
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(!exported(&c, &v.id));
+    let changes = c.rds.changes();
+    assert_eq!(
+        changes[changes.len() - 2],
+        format!("unexport {}", v.id),
+        "off before the record: {changes:?}"
+    );
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert_eq!(c.rds.changes(), changes);
+}
+
+#[test]
+fn a_shared_volume_stays_exported_until_its_last_node_goes() {
+    let c = Controller::new(
+        FakeRds::with_pool(10 * GIB),
+        ControllerSettings {
+            allow_multi_node_block: true,
+            ..settings()
+        },
+    );
+    let cap = block_cap(AccessMode::MultiNodeMultiWriter);
+    let v = c
+        .create(CreateRequest {
+            name: "vol-s",
+            parameters: &HashMap::new(),
+            capabilities: std::slice::from_ref(&cap),
+            capacity: CapacityRange {
+                required: GIB as i64,
+                limit: 0,
+            },
+            content_source: None,
+        })
+        .unwrap();
+    c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(exported(&c, &v.id));
+    c.unpublish(v.id.as_str(), None).unwrap();
+    assert!(!exported(&c, &v.id));
+    assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
+}
+
+#[test]
+fn a_crash_between_recording_and_exporting_is_finished_by_the_retry() {
+    let c = controller(10 * GIB);
+    let cap = mount_cap(AccessMode::SingleNodeWriter);
+    let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+    c.rds.state().fail_exports = 1;
+    assert!(c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).is_err());
+    // Recorded, not exported: the node is fenced in, nothing is on the network.
+    assert_eq!(c.get(v.id.as_str()).unwrap().nodes, vec!["node-a".to_string()]);
+    assert!(!exported(&c, &v.id));
+    assert!(c.get(v.id.as_str()).unwrap().condition.abnormal);
+    c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    assert!(exported(&c, &v.id));
+    // The unpublish fails before its record: the retry finishes both.
+    c.rds.state().fail_exports = 1;
+    assert!(c.unpublish(v.id.as_str(), Some("node-a")).is_err());
+    assert!(exported(&c, &v.id));
+    assert_eq!(c.get(v.id.as_str()).unwrap().nodes, vec!["node-a".to_string()]);
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(!exported(&c, &v.id));
+    assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
+}
+
+#[test]
+fn an_always_exported_volume_follows_the_rule_from_its_next_unpublish() {
+    // As a Go driver volume or one made with --export-always: exported, no node.
+    let always = controller_always(10 * GIB);
+    let v = create(&always, "vol-a", &HashMap::new(), GIB).unwrap();
+    assert!(exported(&always, &v.id));
+    let c = controller(10 * GIB);
+    c.rds.insert(always.rds.state().disks[v.id.slot()].clone());
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(!exported(&c, &v.id));
+    // With --export-always an unpublish leaves the export alone.
+    always.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(exported(&always, &v.id));
+}
+
+fn acl_controller() -> Controller<FakeRds> {
+    Controller::new(
+        FakeRds::with_pool(10 * GIB),
+        ControllerSettings {
+            allow_multi_node_block: true,
+            host_acl: true,
+            ..settings()
+        },
+    )
+}
+
+fn allow_list(c: &Controller<FakeRds>, id: &VolumeId) -> String {
+    c.rds.state().disks[id.slot()].nvme_tcp_allow_host.clone()
+}
+
+#[test]
+fn host_acls_allow_exactly_the_published_nodes_and_never_export_an_empty_list() {
+    let c = acl_controller();
+    let cap = block_cap(AccessMode::MultiNodeMultiWriter);
+    let v = c
+        .create(CreateRequest {
+            name: "vol-acl",
+            parameters: &HashMap::new(),
+            capabilities: std::slice::from_ref(&cap),
+            capacity: CapacityRange {
+                required: GIB as i64,
+                limit: 0,
+            },
+            content_source: None,
+        })
+        .unwrap();
+    assert_eq!(allow_list(&c, &v.id), "");
+    let a = HostIdentity::for_node("node-a").unwrap();
+    let b = HostIdentity::for_node("node-b").unwrap();
+    let ctx = c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    assert_eq!(ctx[fence::KEY_HOST_NQN], a.nqn);
+    assert_eq!(ctx[fence::KEY_HOST_ID], a.id);
+    assert_eq!(allow_list(&c, &v.id), a.nqn);
+    assert!(exported(&c, &v.id));
+    // The allow list is written before the export goes on.
+    let changes = c.rds.changes();
+    let allow_at = changes.iter().position(|x| x.starts_with("allow ")).unwrap();
+    let export_at = changes.iter().position(|x| x.starts_with("export ")).unwrap();
+    assert!(allow_at < export_at, "{changes:?}");
+    let ctx = c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+    assert_eq!(ctx[fence::KEY_HOST_NQN], b.nqn);
+    assert_eq!(
+        allow_list(&c, &v.id),
+        fence::format_allow_list(&[a.nqn.clone(), b.nqn.clone()])
+    );
+    // A repeat changes nothing.
+    let changes = c.rds.changes();
+    c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+    assert_eq!(c.rds.changes(), changes);
+    // Unpublishing one cuts off only that one.
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert_eq!(allow_list(&c, &v.id), b.nqn);
+    assert!(exported(&c, &v.id));
+    // The last one: the export goes off before the list empties.
+    c.unpublish(v.id.as_str(), Some("node-b")).unwrap();
+    assert_eq!(allow_list(&c, &v.id), "");
+    assert!(!exported(&c, &v.id));
+    let changes = c.rds.changes();
+    let unexport_at = changes.iter().rposition(|x| x.starts_with("unexport ")).unwrap();
+    let emptied_at = changes.iter().rposition(|x| x.starts_with("allow ")).unwrap();
+    assert!(unexport_at < emptied_at, "{changes:?}");
+}
+
+#[test]
+fn an_allow_list_the_rds_did_not_keep_fails_naming_what_it_stored() {
+    let c = acl_controller();
+    let v = create(&c, "vol-acl", &HashMap::new(), GIB).unwrap();
+    c.rds.state().allow_mangle = Some("somebody-else".into());
+    let cap = mount_cap(AccessMode::SingleNodeWriter);
+    let err = c
+        .publish(v.id.as_str(), "node-a", &cap, &HashMap::new())
+        .unwrap_err();
+    assert!(matches!(err, Error::AllowListNotKept { .. }), "{err}");
+    assert!(err.to_string().contains("\"somebody-else\""), "{err}");
+    // Never exported with a list it did not mean.
+    assert!(!exported(&c, &v.id));
+}
+
+#[test]
+fn a_node_id_that_cannot_form_a_host_nqn_is_a_bad_argument() {
+    let c = acl_controller();
+    let v = create(&c, "vol-acl", &HashMap::new(), GIB).unwrap();
+    let cap = mount_cap(AccessMode::SingleNodeWriter);
+    let err = c
+        .publish(v.id.as_str(), "node a", &cap, &HashMap::new())
+        .unwrap_err();
+    assert!(matches!(err, Error::HostNqnRule { .. }), "{err}");
+    assert!(err.to_string().contains("may only contain"), "{err}");
+    assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
 }

@@ -181,7 +181,10 @@ impl Node for NodeService {
         let kubelet = &self.settings().kubelet_dir;
         let staging = confined("staging_target_path", &req.staging_target_path, kubelet)?;
         let (access, read_only) = access(&req.volume_capability)?;
-        let ctx = VolumeContext::from_map(&req.volume_context).map_err(|e| invalid(e.to_string()))?;
+        let mut ctx = VolumeContext::from_map(&req.volume_context).map_err(|e| invalid(e.to_string()))?;
+        // With --nvme-host-acl the controller names the host identity to
+        // connect with in the publish context.
+        ctx.host = crate::fence::from_publish_context(&req.publish_context).map_err(invalid)?;
         if !self.prefix().manages(ctx.nqn.as_str()) {
             return Err(node_status(Error::Nvme(nvme::Error::NotManaged {
                 nqn: ctx.nqn.to_string(),

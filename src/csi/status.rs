@@ -136,7 +136,8 @@ pub fn controller_error(e: &ControllerError) -> RpcStatus {
         ControllerError::StillPublished { .. } | ControllerError::PublishedElsewhere { .. } => {
             C::FAILED_PRECONDITION
         }
-        ControllerError::RecordNotKept { .. } => C::INTERNAL,
+        ControllerError::RecordNotKept { .. } | ControllerError::AllowListNotKept { .. } => C::INTERNAL,
+        ControllerError::HostNqnRule { .. } => C::INVALID_ARGUMENT,
         // Not on this pool, not of this volume: the CO must not retry as is.
         ControllerError::SnapshotsUnsupported { .. } | ControllerError::FlatVolume { .. } => {
             C::FAILED_PRECONDITION
@@ -320,9 +321,11 @@ mod tests {
             ControllerError::FlatVolume { .. } => 20,
             ControllerError::SnapshotNameTaken { .. } => 21,
             ControllerError::NoSuchSnapshot { .. } => 22,
+            ControllerError::HostNqnRule { .. } => 23,
+            ControllerError::AllowListNotKept { .. } => 24,
         }
     }
-    const ROWS: usize = 23;
+    const ROWS: usize = 25;
 
     #[test]
     fn every_controller_error_has_its_code() {
@@ -346,6 +349,8 @@ mod tests {
             C::UNAVAILABLE,
             C::FAILED_PRECONDITION,
             C::FAILED_PRECONDITION,
+            C::INTERNAL,
+            C::INVALID_ARGUMENT,
             C::INTERNAL,
             C::ABORTED,
             C::FAILED_PRECONDITION,

@@ -31,12 +31,17 @@ pub struct Target {
     pub nqn: Nqn,
     pub address: String,
     pub port: u16,
+    /// The host NQN and host ID the controller assigned this node for the
+    /// volume (`--nvme-host-acl`); `None`: the node's own host NQN.
+    pub host: Option<crate::fence::HostIdentity>,
 }
 
 /// The arguments of `nvme connect` for `target` (everything after the
 /// program name). Kernel defaults are left alone where the value says so:
 /// `-l` only when ctrl_loss_tmo ≠ 0, `-c` only when reconnect_delay > 0,
-/// `-k` only when keep_alive_tmo > 0, `-q` only with a host NQN.
+/// `-k` only when keep_alive_tmo > 0, `-q` only with a host NQN; the
+/// target's own host identity (`-q` and `-I`), when it has one, before the
+/// node's host NQN.
 pub fn connect_args(target: &Target, conn: &ConnectionConfig, host_nqn: Option<&str>) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "connect".into(),
@@ -58,7 +63,9 @@ pub fn connect_args(target: &Target, conn: &ConnectionConfig, host_nqn: Option<&
     if conn.keep_alive_tmo > 0 {
         args.extend(["-k".into(), conn.keep_alive_tmo.to_string()]);
     }
-    if let Some(h) = host_nqn {
+    if let Some(h) = &target.host {
+        args.extend(["-q".into(), h.nqn.clone(), "-I".into(), h.id.clone()]);
+    } else if let Some(h) = host_nqn {
         args.extend(["-q".into(), h.to_string()]);
     }
     args
@@ -635,6 +642,7 @@ mod tests {
             nqn: Nqn::parse("nqn.2000-02.com.mikrotik:pvc-1").unwrap(),
             address: "10.0.0.5".into(),
             port: 4420,
+            host: None,
         }
     }
 
@@ -670,6 +678,19 @@ mod tests {
             ..ConnectionConfig::default()
         };
         assert!(connect_args(&target(), &conn, None).join(" ").contains("-l 600"));
+    }
+
+    #[test]
+    fn an_assigned_host_identity_comes_before_the_nodes_own_host_nqn() {
+        let a = crate::fence::HostIdentity::for_node("node-a").unwrap();
+        let t = Target {
+            host: Some(a.clone()),
+            ..target()
+        };
+        let args = connect_args(&t, &ConnectionConfig::default(), Some("nqn.own"));
+        let text = args.join(" ");
+        assert!(text.ends_with(&format!("-q {} -I {}", a.nqn, a.id)), "{text}");
+        assert!(!text.contains("nqn.own"), "{text}");
     }
 
     #[test]

@@ -460,6 +460,7 @@ pub fn volume(id: &str) -> (VolumeId, String, VolumeContext) {
         nvme_port: 4420,
         fs_type: None,
         connection: ConnectionConfig::default(),
+        host: None,
     };
     (id, nqn.to_string(), ctx)
 }

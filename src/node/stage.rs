@@ -59,6 +59,7 @@ impl<H: Host> NodeService<H> {
             nqn: ctx.nqn.clone(),
             address: ctx.nvme_address.clone(),
             port: ctx.nvme_port,
+            host: ctx.host.clone(),
         };
         let attached = self.host.attach(&target, &ctx.connection)?;
         let dev = &attached.device;

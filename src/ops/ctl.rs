@@ -265,6 +265,7 @@ fn execute(c: &Ctx, command: Command, a: &Args) -> Result<Output, CtlError> {
             req.staging_target_path = need(&a.staging, "staging-path")?.to_string();
             req.volume_capability = Some(capability(a)).into();
             req.volume_context = a.context.clone();
+            req.publish_context = a.publish_context.clone();
             c.node
                 .node_stage_volume(&req, c.opt())
                 .map_err(|e| call_error("NodeStageVolume", e))?;

@@ -65,6 +65,30 @@ fn skipped(name: &'static str, why: &str) -> Check {
     }
 }
 
+/// The fencing mode the controller runs with (`--export-always`,
+/// `--nvme-host-acl`). Host ACLs rest on `nvme-tcp-server-allow-host-name`,
+/// whose semantics are unverified on a real RDS, and on the NQN export
+/// fields of RouterOS 7.21.
+fn fencing_check(settings: &config::ControllerConfig, version: Option<rds::Version>) -> Check {
+    let name = "fencing";
+    match (settings.export_on_publish, settings.host_acl) {
+        (false, _) => pass(
+            name,
+            "export always (--export-always): every volume is on the network from creation to deletion",
+        ),
+        (true, false) => pass(name, "export on publish: a volume is exported only while published to a node"),
+        (true, true) if version.is_some_and(|v| v >= MIN_VERSION) => pass(
+            name,
+            "export on publish with per-node host ACLs (--nvme-host-acl; the allow list is read back after every write: its semantics are unverified on a real RDS)",
+        ),
+        (true, true) => fail(
+            name,
+            format!("--nvme-host-acl needs RouterOS {MIN_VERSION} or later (the NQN export fields)"),
+            "upgrade RouterOS, or run without --nvme-host-acl",
+        ),
+    }
+}
+
 /// Runs every check the flags ask for; returns them in order.
 pub fn run(v: &Values) -> Result<Vec<Check>, ConfigError> {
     let controller = config::flag_bool(v, flag::CONTROLLER)?;
@@ -237,6 +261,9 @@ fn rds_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
             "check that the address points at a RouterOS device",
         )),
     }
+
+    // The fencing mode, and what it rests on.
+    checks.push(fencing_check(&settings, res.version));
 
     // 5. The pool.
     match client.pool(&settings.pool) {

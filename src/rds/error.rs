@@ -31,6 +31,7 @@ pub enum Op {
     CreateSubvolume,
     SnapshotSubvolume,
     RemoveSubvolume,
+    SetAllowedHosts,
 }
 
 impl fmt::Display for Op {
@@ -53,6 +54,7 @@ impl fmt::Display for Op {
             Op::CreateSubvolume => "create btrfs subvolume",
             Op::SnapshotSubvolume => "snapshot btrfs subvolume",
             Op::RemoveSubvolume => "remove btrfs subvolume",
+            Op::SetAllowedHosts => "set allowed hosts of disk",
         })
     }
 }

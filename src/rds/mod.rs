@@ -335,6 +335,20 @@ impl Client {
     /// another file path, a smaller size, or a different export is someone
     /// else's: `Error::Exists` (`Kind::AlreadyExists`).
     pub fn create_disk_known(&self, new: &NewDisk, existing: Option<&Disk>) -> Result<Disk, Error> {
+        self.create_disk_known_as(new, existing, true)
+    }
+
+    /// `create_disk_known` with the export's state chosen: `export` false
+    /// (export on publish) makes the disk with its port and NQN set but its
+    /// export off, so no host can reach it until `set_export_known` turns it
+    /// on. An existing disk's export is then left as it is: it may be
+    /// published. At most two requests; none for a disk already as asked.
+    pub fn create_disk_known_as(
+        &self,
+        new: &NewDisk,
+        existing: Option<&Disk>,
+        export: bool,
+    ) -> Result<Disk, Error> {
         let op = Op::CreateDisk;
         let slot = new.slot.as_str();
         self.require_for_create(new)?;
@@ -383,14 +397,18 @@ impl Client {
                 }
             }
         };
-        let exported = disk.nvme_tcp_export
-            && disk.effective_port() == new.port
+        let configured = disk.effective_port() == new.port
             && new.nqn.as_deref().is_none_or(|nqn| disk.effective_nqn() == nqn);
-        let disk = if exported {
+        // Without `export` an exported disk is left exported (it is
+        // published); one whose export is off only needs its port and NQN.
+        let done = configured && (disk.nvme_tcp_export || !export);
+        let disk = if done {
             disk
         } else {
             let mut changes = Map::new();
-            changes.insert("nvme-tcp-export".into(), "true".into());
+            if export {
+                changes.insert("nvme-tcp-export".into(), "true".into());
+            }
             changes.insert("nvme-tcp-server-port".into(), new.port.to_string().into());
             if let Some(nqn) = &new.nqn {
                 changes.insert("nvme-tcp-server-nqn".into(), nqn.clone().into());
@@ -399,8 +417,46 @@ impl Client {
             // when the answer is not a disk record): the read-back.
             self.patch_disk(Op::ExportDisk, slot, &disk.id, &Value::Object(changes))?
         };
-        self.verify_created(op, new, &file_path, &disk)?;
+        self.verify_created(op, new, &file_path, &disk, export)?;
         Ok(disk)
+    }
+
+    /// Sets `nvme-tcp-server-allow-host-name` of a disk just looked up: one
+    /// `PATCH` (none when it already reads so), whose answer is returned
+    /// for the caller to check (what RouterOS makes of a list is
+    /// unverified).
+    pub fn set_allowed_hosts_known(&self, disk: &Disk, value: &str) -> Result<Disk, Error> {
+        if disk.nvme_tcp_allow_host == value {
+            return Ok(disk.clone());
+        }
+        self.patch_disk(
+            Op::SetAllowedHosts,
+            &disk.slot,
+            &disk.id,
+            &json!({ "nvme-tcp-server-allow-host-name": value }),
+        )
+    }
+
+    /// Turns the NVMe/TCP export of a disk just looked up on or off: one
+    /// `PATCH` (none when it already is), whose answer is the read-back; an
+    /// answer with the export otherwise is `Error::Verify`.
+    pub fn set_export_known(&self, disk: &Disk, on: bool) -> Result<Disk, Error> {
+        if disk.nvme_tcp_export == on {
+            return Ok(disk.clone());
+        }
+        let op = if on { Op::ExportDisk } else { Op::UnexportDisk };
+        let changes = json!({ "nvme-tcp-export": on.to_string() });
+        let d = self.patch_disk(op, &disk.slot, &disk.id, &changes)?;
+        if d.nvme_tcp_export != on {
+            return Err(Error::Verify {
+                op,
+                slot: disk.slot.clone(),
+                field: "nvme-tcp-export",
+                expected: on.to_string(),
+                found: d.nvme_tcp_export.to_string(),
+            });
+        }
+        Ok(d)
     }
 
     /// Whether an existing disk is the one `new` describes (possibly with its
@@ -444,7 +500,14 @@ impl Client {
         Ok(())
     }
 
-    fn verify_created(&self, op: Op, new: &NewDisk, file_path: &str, d: &Disk) -> Result<(), Error> {
+    fn verify_created(
+        &self,
+        op: Op,
+        new: &NewDisk,
+        file_path: &str,
+        d: &Disk,
+        export: bool,
+    ) -> Result<(), Error> {
         let verify = |field, expected: String, found: String| {
             if expected == found {
                 Ok(())
@@ -463,7 +526,9 @@ impl Client {
             file_path.to_string(),
             d.file_path.clone().unwrap_or_default(),
         )?;
-        verify("nvme-tcp-export", "true".into(), d.nvme_tcp_export.to_string())?;
+        if export {
+            verify("nvme-tcp-export", "true".into(), d.nvme_tcp_export.to_string())?;
+        }
         verify(
             "nvme-tcp-server-port",
             new.port.to_string(),

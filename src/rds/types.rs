@@ -182,6 +182,10 @@ pub struct Disk {
     pub nvme_tcp_export: bool,
     pub nvme_tcp_port: Option<u16>,
     pub nvme_tcp_nqn: Option<String>,
+    /// `nvme-tcp-server-allow-host-name` as RouterOS prints it (`""` when
+    /// unset). What the field takes is unverified; this driver writes a
+    /// comma-separated list of host NQNs (`--nvme-host-acl`).
+    pub nvme_tcp_allow_host: String,
     pub mount_filesystem: Option<bool>,
     pub mount_point: Option<String>,
     pub mounted: bool,
@@ -215,6 +219,7 @@ impl Disk {
             nvme_tcp_export: boolean(rec, "nvme-tcp-export")?.unwrap_or(false),
             nvme_tcp_port: port,
             nvme_tcp_nqn: optional(rec, "nvme-tcp-server-nqn").filter(|s| !s.is_empty()),
+            nvme_tcp_allow_host: optional(rec, "nvme-tcp-server-allow-host-name").unwrap_or_default(),
             mount_filesystem: lenient_boolean(rec, "mount-filesystem"),
             mount_point: optional(rec, "mount-point").filter(|s| !s.is_empty()),
             mounted: lenient_boolean(rec, "mounted").unwrap_or(false),

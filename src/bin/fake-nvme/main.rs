@@ -11,10 +11,11 @@
 //! ```
 //! `exports` is the file `rds-sim` rewrites on every change (what the RDS
 //! exports: NQN, port, backing file). Commands:
-//! - `connect -t tcp -a ADDR -s PORT -n NQN [-l S] [-c S] [-k S] [-q HOSTNQN]`:
+//! - `connect -t tcp -a ADDR -s PORT -n NQN [-l S] [-c S] [-k S] [-q HOSTNQN] [-I HOSTID]`:
 //!   records its argv in `<state>/connects.jsonl` (with the time), refuses
 //!   like nvme-cli 2.3 on Linux 6.1 when nothing listens at ADDR:PORT
-//!   (`Connection refused`) or the NQN is not exported there
+//!   (`Connection refused`) or the NQN is not exported there, or the
+//!   export has an `allowed_hosts` list without HOSTNQN
 //!   (`Input/output error`), answers `already connected` for a connected
 //!   NQN (every failure exits 1, as nvme-cli does), else attaches the
 //!   backing file to a loop device and writes what the kernel would: the
@@ -370,6 +371,7 @@ fn options(args: &[String]) -> Res<BTreeMap<String, String>> {
             "reconnect-delay" => "c",
             "keep-alive-tmo" => "k",
             "hostnqn" => "q",
+            "hostid" => "I",
             "output-format" => "o",
             "device" => "d",
             _ => return None,
@@ -487,6 +489,15 @@ fn connect(f: &Fabric, args: &[String]) -> Res<String> {
         })
         .cloned()
         .ok_or_else(|| fail(NOT_EXPORTED))?;
+    // A disk with an allow list admits only the listed host NQNs; the
+    // kernel answers any other host as it answers an NQN not exported
+    // (EIO). Without `-q` this fake knows no host NQN: refused.
+    if let Some(allowed) = export["allowed_hosts"].as_array().filter(|a| !a.is_empty()) {
+        let host = o.get("q").map(String::as_str).unwrap_or("");
+        if !allowed.iter().any(|h| h.as_str() == Some(host)) {
+            return Err(fail(NOT_EXPORTED));
+        }
+    }
     let backing = export["backing_file"]
         .as_str()
         .ok_or_else(|| fail("fake-nvme: export without backing_file"))?;

@@ -126,6 +126,7 @@ pub(crate) fn direct_cycle(f: &FabricTree, v: &NodeVolume) -> Res<()> {
         nqn: Nqn::parse(&v.nqn)?,
         address: "127.0.0.1".into(),
         port: 4420,
+        host: None,
     };
     let args = connect_args(&target, &ConnectionConfig::default(), Some(&f.host_nqn));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -8,7 +8,10 @@
 //! wanted NQN (that export is then skipped with a warning).
 //!
 //! Layout under the nvmet root (`/sys/kernel/config/nvmet`):
-//! - `subsystems/<nqn>/attr_allow_any_host` = 1 (host ACLs come later),
+//! - `subsystems/<nqn>/attr_allow_any_host` = 1 when the disk allows any
+//!   host; with an allow list, 0 and `allowed_hosts/<hostnqn>` links to
+//!   `hosts/<hostnqn>` (host entries are made when first needed and left:
+//!   they grant nothing by themselves and may be shared),
 //!   `attr_serial` and the namespace's `device_uuid`/`device_nguid` derived
 //!   from the NQN (stable across reboots, as on a real RDS);
 //!   `namespaces/1/device_path` = the backing file, `buffered_io` = 1 when
@@ -100,6 +103,8 @@ struct Export {
     port: u16,
     backing: String,
     size: u64,
+    /// Host NQNs allowed to connect; empty: any host.
+    allowed: Vec<String>,
 }
 
 /// A subsystem this module made.
@@ -225,6 +230,14 @@ fn exports_of(v: &Value) -> Vec<Export> {
                 port: u16::try_from(e["port"].as_u64()?).ok()?,
                 backing: e["backing_file"].as_str()?.to_string(),
                 size: e["size"].as_u64().unwrap_or(0),
+                allowed: e["allowed_hosts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|h| h.as_str())
+                    .filter(|h| valid_nqn(h))
+                    .map(str::to_string)
+                    .collect(),
             })
         })
         .collect()
@@ -491,6 +504,7 @@ impl Nvmet {
                 }
             }
         }
+        self.sync_hosts(e)?;
         if read_attr(&ns.join("enable")) != "1" {
             // Made now, or a crash came between mkdir and enable.
             if !ns.is_dir() {
@@ -505,6 +519,52 @@ impl Nvmet {
             write_attr(&ns.join("enable"), "1")?;
         }
         Ok(true)
+    }
+
+    /// Makes the subsystem's host access what the disk says: any host when
+    /// its allow list is empty, else only the listed ones. The list is
+    /// narrowed before any-host is turned off and widened after it is on,
+    /// so no moment allows a host the disk does not.
+    fn sync_hosts(&mut self, e: &Export) -> Result<(), Error> {
+        let dir = self.sub_dir(&e.nqn);
+        let links = dir.join("allowed_hosts");
+        let any = read_attr(&dir.join("attr_allow_any_host")) == "1";
+        if !e.allowed.is_empty() && any {
+            // Close first: nothing is allowed until the links are in.
+            write_attr(&dir.join("attr_allow_any_host"), "0")?;
+            log::info!("nvmet: {} now allows only {:?}", e.nqn, e.allowed);
+        }
+        let have: Vec<String> = fs::read_dir(&links)
+            .map(|d| {
+                d.flatten()
+                    .map(|x| x.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for h in &have {
+            if !e.allowed.contains(h) {
+                let link = links.join(h);
+                fs::remove_file(&link).map_err(cfs("unlink", &link))?;
+                log::info!("nvmet: {} no longer allows {h}", e.nqn);
+            }
+        }
+        for h in &e.allowed {
+            if have.contains(h) {
+                continue;
+            }
+            let host = self.root.join("hosts").join(h);
+            if !host.is_dir() {
+                fs::create_dir_all(&host).map_err(cfs("create", &host))?;
+            }
+            let link = links.join(h);
+            symlink(&host, &link).map_err(cfs("link", &link))?;
+            log::info!("nvmet: {} allows {h}", e.nqn);
+        }
+        if e.allowed.is_empty() && !any {
+            write_attr(&dir.join("attr_allow_any_host"), "1")?;
+            log::info!("nvmet: {} allows any host", e.nqn);
+        }
+        Ok(())
     }
 
     /// The id of our port at addr:port, made when there is none.
@@ -553,6 +613,13 @@ impl Nvmet {
                 write_attr(&ns.join("enable"), "0")?;
             }
             self.remove_item(&ns, &[])?;
+        }
+        // Host links go before the subsystem (configfs refuses otherwise).
+        if let Ok(links) = fs::read_dir(dir.join("allowed_hosts")) {
+            for link in links.flatten() {
+                let path = link.path();
+                fs::remove_file(&path).map_err(cfs("unlink", &path))?;
+            }
         }
         if dir.is_dir() {
             self.remove_item(&dir, &["namespaces", "allowed_hosts", "passthru"])?;
@@ -698,6 +765,39 @@ mod tests {
         assert!(!sub.exists());
         assert!(!port.exists());
         assert_eq!(n.status()["subsystems"], json!({}));
+    }
+
+    #[test]
+    fn an_allow_list_closes_the_subsystem_to_other_hosts_and_opening_it_again() {
+        let t = Scratch::new("acl");
+        let mut n = Nvmet::open(&t.root(), &t.data()).unwrap();
+        let file = t.backing("a.img", 1 << 20);
+        let nqn = "nqn.2000-02.com.mikrotik:pvc-acl";
+        let with_hosts = |hosts: &[&str]| {
+            let mut v = exports(&[(nqn, 4420, file.as_str(), 1 << 20)]);
+            v["exports"][0]["allowed_hosts"] = json!(hosts);
+            v
+        };
+        let sub = t.root().join("subsystems").join(nqn);
+        let (h1, h2) = (
+            "nqn.2014-08.org.nvmexpress:uuid:1",
+            "nqn.2014-08.org.nvmexpress:uuid:2",
+        );
+        n.sync(&with_hosts(&[h1, h2])).unwrap();
+        assert_eq!(read_attr(&sub.join("attr_allow_any_host")), "0");
+        let linked = |h: &str| fs::symlink_metadata(sub.join("allowed_hosts").join(h)).is_ok();
+        assert!(linked(h1) && linked(h2));
+        assert!(t.root().join("hosts").join(h1).is_dir());
+        n.sync(&with_hosts(&[h2])).unwrap();
+        assert!(!linked(h1) && linked(h2));
+        assert_eq!(read_attr(&sub.join("attr_allow_any_host")), "0");
+        n.sync(&with_hosts(&[])).unwrap();
+        assert!(!linked(h2));
+        assert_eq!(read_attr(&sub.join("attr_allow_any_host")), "1");
+        n.sync(&with_hosts(&[h1])).unwrap();
+        // Unexported: the subsystem and its host links go.
+        n.sync(&exports(&[])).unwrap();
+        assert!(!sub.exists());
     }
 
     #[test]

@@ -17,7 +17,11 @@
 //!                 "size": 1073741824}]}
 //!   ```
 //!   One entry per disk with `nvme-tcp-export=true`, in `.id` order; `size`
-//!   is the backing file's size in bytes, `port` a JSON number.
+//!   is the backing file's size in bytes, `port` a JSON number;
+//!   `allowed_hosts` the host NQNs of `nvme-tcp-server-allow-host-name`
+//!   read as a comma-separated list (how RouterOS reads the field is
+//!   unverified; this is the driver's `--nvme-host-acl` format), `[]` when
+//!   unset: any host.
 //!
 //! Guessed RouterOS behaviour (not in MikroTik's reference; the client is
 //! written so a wrong guess fails loudly): the exact `detail` texts for a
@@ -614,6 +618,7 @@ impl Store {
                     "slot": d.slot,
                     "backing_file": self.real_path(&d.file_path).display().to_string(),
                     "size": self.file_size(&d.file_path),
+                    "allowed_hosts": allowed_hosts(d.allow_host.as_deref()),
                 })
             })
             .collect();
@@ -1252,6 +1257,17 @@ fn write_atomic(path: &Path, value: &Value) -> Result<(), Error> {
         d.sync_all().map_err(storage("sync", dir))?;
     }
     Ok(())
+}
+
+/// The host NQNs of an allow-host value: comma-separated, blanks dropped.
+fn allowed_hosts(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ Commands:
                                         ControllerPublishVolume
   unpublish VOLUME_ID [--node NODE_ID]  ControllerUnpublishVolume
   stage VOLUME_ID --staging-path DIR (--context K=V... | --context-file FILE)
-        [--block] [--fs ext4|xfs] [--mount-flag F]... [--access MODE]
+        [--publish-context-file FILE] [--block] [--fs ext4|xfs] [--mount-flag F]... [--access MODE]
                                         NodeStageVolume
   publish-node VOLUME_ID --staging-path DIR --target-path PATH
         [--context K=V... | --context-file FILE] [--block] [--readonly] [--access MODE]
@@ -56,7 +56,8 @@ Commands:
 MODE: rwo (single-node writer, default), rwop (single-node single writer),
       rox (multi-node reader), rwx (multi-node multi writer).
 --context-file takes the JSON printed by `ctl --json create` (or any JSON
-object of strings): its volume_context is passed on.
+object of strings): its volume_context is passed on. --publish-context-file
+takes the JSON printed by `ctl --json publish`: its publish_context is passed on.
 Exit codes: 0 success, 1 the call failed (code and message printed), 2 usage.
 ";
 
@@ -178,7 +179,16 @@ impl Command {
             Command::Capacity => &[Param],
             Command::Publish => &[Node, Block, Access, Readonly],
             Command::Unpublish => &[Node],
-            Command::Stage => &[StagingPath, Context, ContextFile, Block, Fs, MountFlag, Access],
+            Command::Stage => &[
+                StagingPath,
+                Context,
+                ContextFile,
+                PublishContextFile,
+                Block,
+                Fs,
+                MountFlag,
+                Access,
+            ],
             Command::PublishNode => &[
                 StagingPath,
                 TargetPath,
@@ -213,6 +223,7 @@ enum Opt {
     TargetPath,
     Context,
     ContextFile,
+    PublishContextFile,
     Path,
     NodePath,
     MountFlag,
@@ -237,6 +248,7 @@ impl Opt {
             Opt::TargetPath => "target-path",
             Opt::Context => "context",
             Opt::ContextFile => "context-file",
+            Opt::PublishContextFile => "publish-context-file",
             Opt::Path => "path",
             Opt::NodePath => "node-path",
             Opt::MountFlag => "mount-flag",
@@ -268,6 +280,9 @@ pub(super) struct Args {
     pub(super) size: Option<u64>,
     pub(super) params: HashMap<String, String>,
     pub(super) context: HashMap<String, String>,
+    /// `--publish-context-file`: what ControllerPublishVolume answered
+    /// (with `--nvme-host-acl`, the host NQN and ID to connect with).
+    pub(super) publish_context: HashMap<String, String>,
     pub(super) block: bool,
     pub(super) fs: Option<String>,
     pub(super) access: Option<Access>,
@@ -391,6 +406,14 @@ pub(super) fn parse_command(name: &str, rest: Vec<OsString>) -> Result<(Command,
                         let path = text(&mut p, flag)?;
                         a.context.extend(read_context_file(&path)?);
                     }
+                    Opt::PublishContextFile => {
+                        let path = text(&mut p, flag)?;
+                        a.publish_context.extend(read_json_map(
+                            &path,
+                            "publish-context-file",
+                            "publish_context",
+                        )?);
+                    }
                     Opt::Fs => a.fs = Some(text(&mut p, flag)?),
                     Opt::Access => a.access = Some(access_mode(&text(&mut p, flag)?)?),
                     Opt::Node => a.node = Some(text(&mut p, flag)?),
@@ -420,19 +443,25 @@ pub(super) fn parse_command(name: &str, rest: Vec<OsString>) -> Result<(Command,
 /// Reads a volume context: the JSON `ctl --json create` printed (its
 /// `volume_context`), or a flat JSON object of strings.
 fn read_context_file(path: &str) -> Result<HashMap<String, String>, CtlError> {
+    read_json_map(path, "context-file", "volume_context")
+}
+
+/// A JSON object of strings from `path`: its member `key` when it has one
+/// (the output of `ctl --json create` or `publish`), else the whole object.
+fn read_json_map(path: &str, flag: &str, key: &str) -> Result<HashMap<String, String>, CtlError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| CtlError::Local(format!("cannot read --context-file {path}: {e}")))?;
+        .map_err(|e| CtlError::Local(format!("cannot read --{flag} {path}: {e}")))?;
     let v: Value = serde_json::from_str(&text)
-        .map_err(|e| CtlError::Local(format!("--context-file {path} is not JSON: {e}")))?;
-    let obj = v.get("volume_context").unwrap_or(&v);
+        .map_err(|e| CtlError::Local(format!("--{flag} {path} is not JSON: {e}")))?;
+    let obj = v.get(key).unwrap_or(&v);
     let map = obj
         .as_object()
-        .ok_or_else(|| CtlError::Local(format!("--context-file {path}: expected a JSON object")))?;
+        .ok_or_else(|| CtlError::Local(format!("--{flag} {path}: expected a JSON object")))?;
     map.iter()
         .map(|(k, v)| match v.as_str() {
             Some(s) => Ok((k.clone(), s.to_string())),
             None => Err(CtlError::Local(format!(
-                "--context-file {path}: value of {k:?} is not a string"
+                "--{flag} {path}: value of {k:?} is not a string"
             ))),
         })
         .collect()
@@ -533,7 +562,7 @@ mod tests {
                     Opt::Param | Opt::Context => Some("k=v"),
                     Opt::Access => Some("rwx"),
                     Opt::Max => Some("3"),
-                    Opt::ContextFile => continue,
+                    Opt::ContextFile | Opt::PublishContextFile => continue,
                     _ => Some("/x"),
                 };
                 let args: Vec<OsString> = std::iter::once(flag.clone())
@@ -566,6 +595,20 @@ mod tests {
         let bad = dir.join("bad.json");
         std::fs::write(&bad, r#"{"nqn":4}"#).unwrap();
         assert!(read_context_file(bad.to_str().unwrap()).is_err());
+        // `ctl --json publish` output: its publish_context.
+        let published = dir.join("published.json");
+        std::fs::write(
+            &published,
+            r#"{"volume_id":"pvc-1","node_id":"n1","publish_context":{"hostNqn":"nqn.h","hostId":"i"}}"#,
+        )
+        .unwrap();
+        let pc = read_json_map(
+            published.to_str().unwrap(),
+            "publish-context-file",
+            "publish_context",
+        )
+        .unwrap();
+        assert_eq!((pc["hostNqn"].as_str(), pc["hostId"].as_str()), ("nqn.h", "i"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -134,7 +134,6 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(cc) = cfg.controller_config.clone() {
         let rds = rds::Client::new(cc.rds)?;
-        readiness.push(RdsHealth::start(rds.clone(), cc.pool.clone(), cc.check_interval));
         let settings = ControllerSettings {
             pool: cc.pool,
             base_path: cc.base_path,
@@ -146,7 +145,14 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             export_on_publish: cc.export_on_publish,
             host_acl: cc.host_acl,
         };
-        let controller = ControllerService::new(rds, settings);
+        let pool = settings.pool.clone();
+        let controller = ControllerService::new(rds.clone(), settings);
+        readiness.push(RdsHealth::start(
+            rds,
+            pool,
+            cc.check_interval,
+            Some(controller.pool_fs_cache()),
+        ));
         services.add_controller(Arc::new(controller));
     }
     if let Some(node) = node {

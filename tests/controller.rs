@@ -1652,7 +1652,12 @@ fn restore_and_clone_copy_the_data_byte_for_byte_and_leak_nothing() {
     assert_eq!(r.capacity_bytes, 2 * GIB);
     assert_eq!(r.content_source.snapshot().snapshot_id, snap.snapshot_id);
     let disk = env.disk(&r.volume_id).unwrap();
-    assert_eq!(disk["nvme-tcp-export"], "true");
+    // Like every new volume, on the network only once published.
+    assert_eq!(disk["nvme-tcp-export"], "false");
+    assert_eq!(
+        disk["nvme-tcp-server-nqn"],
+        format!("nqn.2000-02.com.mikrotik:{}", r.volume_id)
+    );
     assert_eq!(
         disk["file-path"],
         format!("/storage-pool/csi/{}/{a}.img", r.volume_id)

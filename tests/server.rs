@@ -284,16 +284,15 @@ fn cheap_calls_answer_promptly_with_64_blocking_calls_in_flight() {
     // All 64 are in flight, and each will take 2 s or more: the cheap
     // calls must not wait for any of them.
     let id = env.driver.identity();
-    let ctl = env.driver.controller();
     for _ in 0..3 {
         let started = Instant::now();
         id.probe(&csi::ProbeRequest::new(), opt(10)).unwrap();
-        ctl.controller_get_capabilities(&csi::ControllerGetCapabilitiesRequest::new(), opt(10))
+        id.get_plugin_capabilities(&csi::GetPluginCapabilitiesRequest::new(), opt(10))
             .unwrap();
         let took = started.elapsed();
         assert!(
             took < Duration::from_millis(1000),
-            "Probe + ControllerGetCapabilities took {took:?} behind 64 blocked calls"
+            "Probe + GetPluginCapabilities took {took:?} behind 64 blocked calls"
         );
     }
     let finished = slow.iter().filter(|t| t.is_finished()).count();

@@ -177,6 +177,9 @@ pub enum Error {
     },
     /// The pool reports no free space at all (not mounted?).
     PoolNotMounted { pool: String, state: Option<String> },
+    /// The pool's filesystem (which decides the snapshot capabilities) has
+    /// not been read yet: the RDS was not reached since the start.
+    PoolNotReadYet { pool: String },
     /// DeleteVolume of a volume still published to nodes.
     StillPublished { id: VolumeId, nodes: Vec<String> },
     /// The single-node fence: already published to another node.
@@ -322,6 +325,11 @@ impl fmt::Display for Error {
                 f,
                 "pool {pool} reports no free space (is it mounted? state {:?})",
                 state.as_deref().unwrap_or("unknown")
+            ),
+            Error::PoolNotReadYet { pool } => write!(
+                f,
+                "the filesystem of pool {pool} is not known yet (the RDS has not been reached since \
+                 the controller started); ask again"
             ),
             Error::StillPublished { id, nodes } => {
                 let nodes: Vec<String> = nodes.iter().map(|n| echo(n).to_string()).collect();
@@ -480,6 +488,9 @@ impl Error {
             Error::PoolNotMounted {
                 pool: "storage-pool".into(),
                 state: None,
+            },
+            Error::PoolNotReadYet {
+                pool: "storage-pool".into(),
             },
             Error::StillPublished {
                 id: id.clone(),

@@ -13,13 +13,22 @@ use crate::rds;
 /// never waits on the network.
 pub struct RdsHealth {
     state: Mutex<Result<(), String>>,
+    /// Where each check records the pool's filesystem for the controller.
+    pool_fs: Option<super::PoolFsCache>,
 }
 
 impl RdsHealth {
-    /// Starts the background check: at once, then every `interval`.
-    pub fn start(rds: rds::Client, pool: String, interval: std::time::Duration) -> std::sync::Arc<RdsHealth> {
+    /// Starts the background check: at once, then every `interval`; each
+    /// check that reads the pool also records its filesystem in `pool_fs`.
+    pub fn start(
+        rds: rds::Client,
+        pool: String,
+        interval: std::time::Duration,
+        pool_fs: Option<super::PoolFsCache>,
+    ) -> std::sync::Arc<RdsHealth> {
         let health = std::sync::Arc::new(RdsHealth {
             state: Mutex::new(Err("the RDS has not been checked yet".into())),
+            pool_fs,
         });
         let h = std::sync::Arc::clone(&health);
         let spawned = std::thread::Builder::new()
@@ -46,6 +55,11 @@ impl RdsHealth {
                     crate::error_chain(&e)
                 )
             });
+        // The filesystem first: readiness must not be reported before the
+        // capabilities it decides can be answered.
+        if let (Ok((_, p)), Some(cache)) = (&now, &self.pool_fs) {
+            cache.set(p.btrfs());
+        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match (&*state, &now) {
             (Err(_), Ok((res, p))) => info!(

@@ -76,9 +76,28 @@ pub struct Controller<R: RdsApi = rds::Client> {
     /// Volume folders made on the RDS by this process, so `make_directory`
     /// is asked once per folder, not once per volume.
     folders: Mutex<HashSet<String>>,
-    /// The pool's Btrfs filesystem as last read (`None`: not Btrfs, or not
-    /// read yet); refreshed by every pool read.
-    btrfs: Mutex<Option<Option<rds::BtrfsFs>>>,
+    /// The pool's Btrfs filesystem as last read; refreshed by every pool
+    /// read, the background health check's included.
+    btrfs: PoolFsCache,
+}
+
+/// The pool's filesystem as last read: `None` until the first read,
+/// `Some(None)` for a pool that is not Btrfs. Shared with the background
+/// health check, so ControllerGetCapabilities (answered without a thread
+/// hop: it must never wait on the network) always has an answer to give.
+#[derive(Clone, Default)]
+pub struct PoolFsCache(std::sync::Arc<Mutex<Option<Option<rds::BtrfsFs>>>>);
+
+impl PoolFsCache {
+    /// What the last read said, if there was one.
+    pub fn get(&self) -> Option<Option<rds::BtrfsFs>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records what a pool read said.
+    pub fn set(&self, btrfs: Option<rds::BtrfsFs>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(btrfs);
+    }
 }
 
 /// What a volume id names on the RDS.
@@ -108,7 +127,7 @@ impl<R: RdsApi> Controller<R> {
             settings,
             locks: VolumeLocks::new(),
             folders: Mutex::new(HashSet::new()),
-            btrfs: Mutex::new(None),
+            btrfs: PoolFsCache::default(),
         }
     }
 
@@ -143,14 +162,14 @@ impl<R: RdsApi> Controller<R> {
             context: format!("read pool {}", self.settings.pool),
             source: Box::new(source),
         })?;
-        *self.btrfs.lock().unwrap_or_else(|p| p.into_inner()) = Some(pool.btrfs());
+        self.btrfs.set(pool.btrfs());
         Ok(pool)
     }
 
     /// The pool's Btrfs filesystem (`None` on any other pool): as last
     /// read, else read now.
     fn btrfs_fs(&self) -> Result<Option<rds::BtrfsFs>, Error> {
-        if let Some(known) = self.btrfs.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(known) = self.btrfs.get() {
             return Ok(known);
         }
         Ok(self.pool()?.btrfs())

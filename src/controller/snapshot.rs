@@ -152,20 +152,30 @@ pub fn check_snapshot_parameters(parameters: &HashMap<String, String>) -> Result
 }
 
 impl<R: RdsApi> Controller<R> {
-    /// Whether snapshots and clones can be offered: the pool is Btrfs. Read
-    /// now; when the RDS cannot be asked, the last answer stands, and with
-    /// none the failure is returned (the CO asks again).
+    /// Whether snapshots and clones can be offered: the pool is Btrfs, as
+    /// last read (the background health check re-reads it every interval,
+    /// and so does every call that reads the pool); read now only when it
+    /// was never read, and when the RDS cannot be reached then, the CO is
+    /// told to ask again.
     pub fn snapshots_supported(&self) -> Result<bool, Error> {
+        if let Some(btrfs) = self.btrfs.get() {
+            return Ok(btrfs.is_some());
+        }
         match self.pool() {
             Ok(pool) => Ok(pool.btrfs().is_some()),
-            Err(e) => match self.btrfs.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-                Some(known) => {
-                    log::warn!("cannot read the pool ({e}); snapshot capabilities as last read");
-                    Ok(known.is_some())
-                }
-                None => Err(e),
-            },
+            Err(e) => {
+                log::warn!("the pool's filesystem is unknown: {}", crate::error_chain(&e));
+                Err(Error::PoolNotReadYet {
+                    pool: self.settings.pool.clone(),
+                })
+            }
         }
+    }
+
+    /// The cache of the pool's filesystem, for the background health check
+    /// to keep fresh.
+    pub fn pool_fs_cache(&self) -> super::PoolFsCache {
+        self.btrfs.clone()
     }
 
     /// The pool's Btrfs filesystem, read now (snapshots are re-checked

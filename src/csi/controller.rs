@@ -38,6 +38,11 @@ impl<R: RdsApi> ControllerService<R> {
     pub fn with_core(core: Controller<R>) -> Self {
         ControllerService { core }
     }
+
+    /// The pool-filesystem cache the background health check keeps fresh.
+    pub fn pool_fs_cache(&self) -> crate::controller::PoolFsCache {
+        self.core.pool_fs_cache()
+    }
 }
 
 /// A proto capability as the controller's rules see it.
@@ -168,7 +173,7 @@ impl<R: RdsApi + 'static> grpc::Controller for ControllerService<R> {
         ] {
             resp.capabilities.push(controller_capability(t));
         }
-        // Snapshots and clones only on a Btrfs pool (issue 13), read now.
+        // Snapshots and clones only on a Btrfs pool, as last read.
         if self
             .core
             .snapshots_supported()

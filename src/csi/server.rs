@@ -104,12 +104,12 @@ pub struct Dispatcher {
 /// thread, never checked inside Probe) and, on a node, stats two local
 /// paths (sysfs's nvme_tcp module, the nvme binary): no network, no child
 /// process, no lock held across either. A method added here must keep to
-/// that.
+/// that. ControllerGetCapabilities is not one: the snapshot capabilities
+/// depend on the pool's filesystem, read from the RDS when not known yet.
 const INLINE_METHODS: &[&str] = &[
     "Probe",
     "GetPluginInfo",
     "GetPluginCapabilities",
-    "ControllerGetCapabilities",
     "NodeGetCapabilities",
     "NodeGetInfo",
 ];

@@ -132,7 +132,7 @@ pub fn controller_error(e: &ControllerError) -> RpcStatus {
         // More than the pool holds can never succeed.
         ControllerError::BeyondPool { .. } => C::OUT_OF_RANGE,
         // An unmounted pool may come back: retry later.
-        ControllerError::PoolNotMounted { .. } => C::UNAVAILABLE,
+        ControllerError::PoolNotMounted { .. } | ControllerError::PoolNotReadYet { .. } => C::UNAVAILABLE,
         ControllerError::StillPublished { .. } | ControllerError::PublishedElsewhere { .. } => {
             C::FAILED_PRECONDITION
         }
@@ -323,9 +323,10 @@ mod tests {
             ControllerError::NoSuchSnapshot { .. } => 22,
             ControllerError::HostNqnRule { .. } => 23,
             ControllerError::AllowListNotKept { .. } => 24,
+            ControllerError::PoolNotReadYet { .. } => 25,
         }
     }
-    const ROWS: usize = 25;
+    const ROWS: usize = 26;
 
     #[test]
     fn every_controller_error_has_its_code() {
@@ -346,6 +347,7 @@ mod tests {
             C::RESOURCE_EXHAUSTED,
             C::RESOURCE_EXHAUSTED,
             C::OUT_OF_RANGE,
+            C::UNAVAILABLE,
             C::UNAVAILABLE,
             C::FAILED_PRECONDITION,
             C::FAILED_PRECONDITION,

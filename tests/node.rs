@@ -708,6 +708,37 @@ fn online_expansion_grows_the_filesystem() {
     }
 }
 
+/// A device larger than its filesystem (a volume restored or cloned at a
+/// larger size, or grown while no node had it staged, so NodeExpandVolume
+/// never came) gets its filesystem grown when it is staged. xfs only: ext4
+/// grows online only with CAP_SYS_RESOURCE, which this sandbox lacks (see
+/// `online_expansion_grows_the_filesystem`); the rule is the same for both.
+#[test]
+fn stage_grows_a_filesystem_smaller_than_its_device() {
+    let node = NodeEnv::start(false);
+    let vol = create_volume(&node.sim, "stagegrow", GIB);
+    let staging = node.fabric.path("s");
+    expect_ok("stage", &node, node.stage(&vol, &staging, false, "xfs", &[]));
+    fs::write(staging.join("data"), b"still here").unwrap();
+    let before = rds_csi::host::sys::statvfs(&staging).unwrap().total_bytes;
+    expect_ok("unstage", &node, node.unstage(&vol, &staging));
+
+    // Grown on the RDS while staged nowhere.
+    node.sim
+        .client()
+        .grow_disk(&vol.slot, 2 * GIB)
+        .expect("grow on the rds");
+    expect_ok(
+        "stage again",
+        &node,
+        node.stage(&vol, &staging, false, "xfs", &[]),
+    );
+    let after = rds_csi::host::sys::statvfs(&staging).unwrap().total_bytes;
+    assert!(after > before + GIB / 2, "{before} -> {after}");
+    assert_eq!(fs::read(staging.join("data")).unwrap(), b"still here");
+    expect_ok("unstage", &node, node.unstage(&vol, &staging));
+}
+
 #[test]
 fn a_failed_disconnect_fails_unstage() {
     let node = NodeEnv::start(true);

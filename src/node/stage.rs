@@ -365,22 +365,29 @@ mod tests {
         // Restored at a larger size: the filesystem is half the device.
         let svc = fake::service();
         let (id, nqn, ctx) = fake::volume("pvc-1");
-        svc.host.export(&nqn, "nvme1n1", dev(1), Disk::Filesystem("xfs".into()));
+        svc.host
+            .export(&nqn, "nvme1n1", dev(1), Disk::Filesystem("xfs".into()));
         svc.host.state().fs_bytes.insert(dev(1), 1 << 29);
         let xfs = super::super::Access::Filesystem {
             fs: Some(crate::volume::FsType::Xfs),
             options: mount::MountOptions::default(),
         };
-        svc.stage(&id, Path::new(STAGING), &xfs, false, &ctx).expect("stage");
+        svc.stage(&id, Path::new(STAGING), &xfs, false, &ctx)
+            .expect("stage");
         assert_eq!(svc.host.effects("grow"), vec!["grow /dev/nvme1n1"]);
-        assert_eq!(svc.host.fs_stats(Path::new(STAGING)).unwrap().total_bytes, 1 << 30);
+        assert_eq!(
+            svc.host.fs_stats(Path::new(STAGING)).unwrap().total_bytes,
+            1 << 30
+        );
         // A repeat finds it staged and grows nothing.
-        svc.stage(&id, Path::new(STAGING), &xfs, false, &ctx).expect("repeat");
+        svc.stage(&id, Path::new(STAGING), &xfs, false, &ctx)
+            .expect("repeat");
         assert_eq!(svc.host.effects("grow").len(), 1);
 
         // A filesystem that fills its device is left alone.
         let svc = fake::service();
-        svc.host.export(&nqn, "nvme1n1", dev(1), Disk::Filesystem("ext4".into()));
+        svc.host
+            .export(&nqn, "nvme1n1", dev(1), Disk::Filesystem("ext4".into()));
         svc.host.state().fs_bytes.insert(dev(1), 1 << 30);
         svc.stage(&id, Path::new(STAGING), &fake::filesystem(), false, &ctx)
             .expect("stage");
@@ -388,7 +395,8 @@ mod tests {
 
         // Read-only: never written, so never grown.
         let svc = fake::service();
-        svc.host.export(&nqn, "nvme1n1", dev(1), Disk::Filesystem("ext4".into()));
+        svc.host
+            .export(&nqn, "nvme1n1", dev(1), Disk::Filesystem("ext4".into()));
         svc.host.state().fs_bytes.insert(dev(1), 1 << 29);
         svc.stage(&id, Path::new(STAGING), &fake::filesystem(), true, &ctx)
             .expect("stage");

@@ -40,8 +40,9 @@ unstage_vol() {
 scenario_snapshot() {
 	grep -qw btrfs /proc/filesystems ||
 		snapshot_skip "the guest kernel has no btrfs (insmod failed or the module was not packed; see the insmod lines above)"
-	command -v mkfs.btrfs >/dev/null && command -v btrfs >/dev/null ||
+	if ! command -v mkfs.btrfs >/dev/null || ! command -v btrfs >/dev/null; then
 		snapshot_skip "mkfs.btrfs or btrfs is not in the initramfs"
+	fi
 	img=/tmp/btrfs-pool.img
 	rm -f "$img"
 	dd if=/dev/zero of="$img" bs=1 count=0 seek=3G 2>/dev/null
@@ -96,5 +97,5 @@ scenario_snapshot() {
 	unstage_vol src
 	ctl snapshot delete "$snap"
 	step "all three volumes and the snapshot deleted"
-	[ -z "$(btrfs subvolume list "$W/btrfs" | grep csi/)" ] || fail "subvolumes left: $(btrfs subvolume list "$W/btrfs")"
+	! btrfs subvolume list "$W/btrfs" | grep -q csi/ || fail "subvolumes left: $(btrfs subvolume list "$W/btrfs")"
 }

@@ -39,6 +39,7 @@ BIN="$RDS_BIN_DIR"
 work=$(mktemp -d /tmp/rds-csi-demo.XXXXXX)
 sim_pid=""
 driver_pid=""
+pool_loop=""
 finish() {
 	status=$?
 	trap - EXIT INT TERM
@@ -51,9 +52,15 @@ finish() {
 		[ -x "$work/node/fabric/nvme" ] && "$work/node/fabric/nvme" disconnect-all >/dev/null 2>&1 || true
 	fi
 	[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true
+	# The RDS's Btrfs pool: unmounted (lazily if the fabric's loop devices
+	# still hold its files) and its loop device detached.
+	if [ -n "$pool_loop" ]; then
+		mountpoint -q "$work/pool" && { umount "$work/pool" 2>/dev/null || umount -l "$work/pool" 2>/dev/null || true; }
+		losetup -d "$pool_loop" 2>/dev/null || true
+	fi
 	rm -rf "$work"
 	if [ "$status" -eq 0 ]; then
-		printf '\n\033[1mdemo: OK — the volume was created, attached, written, grown, detached, re-attached with its data, and deleted\033[0m\n'
+		printf '\n\033[1mdemo: OK — the volume was created, attached, written, grown, detached, re-attached with its data, snapshotted and restored, and deleted\033[0m\n'
 	else
 		printf '\n\033[1mdemo: FAILED at step %s (%s)\033[0m; logs were in %s\n' "$step_no" "$step_name" "$work"
 		[ -f "$work/driver.log" ] && tail -n 20 "$work/driver.log" >&2 || true
@@ -65,11 +72,25 @@ trap 'exit 130' INT TERM
 
 ctl() { "$BIN/rds-csi" ctl --endpoint "unix://$work/csi.sock" "$@"; }
 
-step "start rds-sim, a RouterOS emulator with a 20 GiB pool, over HTTPS"
-mkdir -p "$work/secret" "$work/rds"
+step "start rds-sim, a RouterOS emulator with a 20 GiB Btrfs pool, over HTTPS"
+mkdir -p "$work/secret" "$work/pool"
 echo admin >"$work/secret/username"
 head -c 18 /dev/urandom | base64 >"$work/secret/password"
-"$BIN/rds-sim" --listen 127.0.0.1:0 --data-dir "$work/rds" --pool-size 20G \
+# The pool is Btrfs (as on an RDS): rds-sim's data dir on a real Btrfs
+# filesystem (a loop-mounted sparse file) makes each volume a real
+# subvolume and each snapshot a real copy-on-write Btrfs snapshot.
+rds="$work/pool/rds"
+if command -v mkfs.btrfs >/dev/null && command -v btrfs >/dev/null; then
+	truncate -s 4G "$work/btrfs.img"
+	mkfs.btrfs -q -f "$work/btrfs.img"
+	pool_loop=$(losetup --find --show "$work/btrfs.img")
+	mount -t btrfs "$pool_loop" "$work/pool"
+	note "pool: Btrfs on $pool_loop, mounted at $work/pool"
+else
+	note "no mkfs.btrfs/btrfs here (install btrfs-progs): the pool reports btrfs, but its snapshots are plain copies"
+fi
+mkdir -p "$rds"
+"$BIN/rds-sim" --listen 127.0.0.1:0 --data-dir "$rds" --pool-size 20G --pool-fs btrfs \
 	--username admin --password-file "$work/secret/password" --self-signed \
 	>"$work/sim.out" 2>"$work/sim.log" &
 sim_pid=$!
@@ -85,7 +106,7 @@ mkdir -p "$node"/{fabric,sys/module/nvme_tcp,sys/class/nvme,sys/class/nvme-subsy
 echo "nqn.2014-08.org.nvmexpress:uuid:demo-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$node/etc/nvme/hostnqn"
 ln -s "$BIN/fake-nvme" "$node/fabric/nvme"
 cat >"$node/fabric/fabric.json" <<JSON
-{"sys_root": "$node/sys", "dev_root": "$node/dev", "exports": "$work/rds/exports.json",
+{"sys_root": "$node/sys", "dev_root": "$node/dev", "exports": "$rds/exports.json",
  "state_dir": "$node/state", "multipath": true}
 JSON
 note "the node plugin runs $node/fabric/nvme as its nvme tool"
@@ -112,7 +133,7 @@ id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["volume_id"
 note "volume id $id; its volume context goes to the node:"
 python3 -c 'import json,sys; [print("     %s=%s" % kv) for kv in sorted(json.load(open(sys.argv[1]))["volume_context"].items())]' "$work/volume.json"
 note "on the RDS: a 1 GiB sparse file, exported over NVMe/TCP:"
-ls -ls "$work/rds/files/storage-pool/csi/" | sed 's/^/     /'
+ls -lsR "$rds/files/storage-pool/csi/" | sed 's/^/     /'
 
 step "attach it to the node (ControllerPublishVolume records the node on the RDS disk)"
 ctl publish "$id" --node demo-node
@@ -158,6 +179,35 @@ again=$(cat "$target/hello.txt")
 note "read: $again"
 [ "$again" = "$written" ]
 
+step "snapshot it (a read-only Btrfs snapshot of the volume's subvolume on the RDS), then overwrite the file"
+ctl --json snapshot create demo-snap --volume "$id" >"$work/snap.json"
+snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' "$work/snap.json")
+ctl snapshot list --volume "$id"
+if [ -n "$pool_loop" ]; then
+	note "on the pool:"
+	btrfs subvolume list "$work/pool" | sed 's/^/     /'
+fi
+echo "overwritten after the snapshot" >"$target/hello.txt"
+sync
+note "now: $(cat "$target/hello.txt")"
+
+step "restore the snapshot into a new 3 GiB volume (the snapshot is 2 GiB) and stage it beside the source"
+ctl --json create demo-restored --size 3Gi --fs xfs --from-snapshot "$snap" >"$work/restored.json"
+rid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["volume_id"])' "$work/restored.json")
+rstaging="$work/kubelet/plugins/staging/$rid"
+mkdir -p "$rstaging"
+ctl publish "$rid" --node demo-node
+ctl stage "$rid" --staging-path "$rstaging" --fs xfs --context-file "$work/restored.json"
+restored=$(cat "$rstaging/hello.txt")
+note "restored volume $rid reads: $restored"
+note "(same XFS UUID as its source, mounted beside it with nouuid; grown to its device at stage:)"
+df -h "$rstaging" | sed 's/^/     /'
+[ "$restored" = "$written" ]
+ctl unstage "$rid" --staging-path "$rstaging"
+ctl unpublish "$rid" --node demo-node
+ctl delete "$rid"
+ctl snapshot delete "$snap"
+
 step "clean up: unpublish, unstage, detach from the node, delete"
 ctl unpublish-node "$id" --target-path "$target"
 ctl unstage "$id" --staging-path "$staging"
@@ -166,7 +216,7 @@ ctl delete "$id"
 
 step "the RDS holds no disk and no file any more"
 ctl list
-left=$(find "$work/rds/files" -name '*.img' | wc -l)
+left=$(find "$rds/files" -name '*.img' | wc -l)
 note "backing files left on the RDS: $left"
 [ "$left" -eq 0 ]
 ctl list | grep -q '^0 volume(s)'

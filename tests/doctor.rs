@@ -45,14 +45,18 @@ fn a_healthy_rds_passes_every_check() {
         "credentials accepted",
         "RouterOS version",
         "pool",
+        "snapshots",
         "REST write access",
         "fencing",
     ] {
         assert!(line(&out, check).starts_with('✔'), "{out}");
     }
     assert!(line(&out, "RouterOS version").contains("7.24.4"), "{out}");
-    // A new check (the fencing mode) makes it 7.
-    assert!(out.contains("all 7 checks passed"), "{out}");
+    // rds-sim's pool is Btrfs by default: snapshots and clones are offered.
+    let snapshots = line(&out, "snapshots");
+    assert!(snapshots.contains("offered: pool storage-pool is btrfs"), "{out}");
+    // Eight checks: the fencing mode and the snapshot offer joined the six.
+    assert!(out.contains("all 8 checks passed"), "{out}");
     assert!(line(&out, "fencing").contains("export on publish"), "{out}");
     let (code, out) = doctor(&sim, &["--nvme-host-acl"]);
     assert_eq!(code, 0, "{out}");
@@ -75,6 +79,7 @@ fn an_unreachable_rds_is_reported_and_later_checks_skipped() {
     assert!(line(&out, "RDS reachable").starts_with('✘'), "{out}");
     assert!(out.contains("www-ssl"), "{out}");
     assert!(line(&out, "pool").starts_with("- "), "{out}");
+    assert!(line(&out, "snapshots").starts_with("- "), "{out}");
     assert!(out.contains(url.trim_start_matches("https://")), "{out}");
 }
 
@@ -126,7 +131,25 @@ fn an_old_routeros_and_a_missing_pool_are_reported() {
     let (code, out) = doctor(&sim, &["--rds-pool", "no-such-pool"]);
     assert_eq!(code, 1, "{out}");
     assert!(line(&out, "pool").starts_with('✘'), "{out}");
+    assert!(line(&out, "snapshots").starts_with("- "), "{out}");
     assert!(out.contains("--rds-pool"), "{out}");
+}
+
+#[test]
+fn an_xfs_pool_says_snapshots_are_not_offered_and_why() {
+    let sim = Sim::with(SimOptions {
+        extra_args: vec!["--pool-fs".into(), "xfs".into()],
+        ..SimOptions::default()
+    });
+    let (code, out) = doctor(&sim, &[]);
+    assert_eq!(code, 0, "not offered is no fault: {out}");
+    let snapshots = line(&out, "snapshots");
+    assert!(snapshots.starts_with('✔'), "{out}");
+    assert!(
+        snapshots.contains("not offered") && snapshots.contains("is xfs") && snapshots.contains("Btrfs pool"),
+        "{out}"
+    );
+    assert!(line(&out, "pool").contains("(xfs)"), "{out}");
 }
 
 #[test]

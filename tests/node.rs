@@ -708,6 +708,70 @@ fn online_expansion_grows_the_filesystem() {
     }
 }
 
+/// A device larger than its filesystem (a volume restored or cloned at a
+/// larger size, or grown while no node had it staged, so NodeExpandVolume
+/// never came) gets its filesystem grown when it is staged. xfs only: ext4
+/// grows online only with CAP_SYS_RESOURCE, which this sandbox lacks (see
+/// `online_expansion_grows_the_filesystem`); the rule is the same for both.
+#[test]
+fn stage_grows_a_filesystem_smaller_than_its_device() {
+    let node = NodeEnv::start(false);
+    let vol = create_volume(&node.sim, "stagegrow", GIB);
+    let staging = node.fabric.path("s");
+    expect_ok("stage", &node, node.stage(&vol, &staging, false, "xfs", &[]));
+    fs::write(staging.join("data"), b"still here").unwrap();
+    let before = rds_csi::host::sys::statvfs(&staging).unwrap().total_bytes;
+    expect_ok("unstage", &node, node.unstage(&vol, &staging));
+
+    // Grown on the RDS while staged nowhere.
+    node.sim
+        .client()
+        .grow_disk(&vol.slot, 2 * GIB)
+        .expect("grow on the rds");
+    expect_ok(
+        "stage again",
+        &node,
+        node.stage(&vol, &staging, false, "xfs", &[]),
+    );
+    let after = rds_csi::host::sys::statvfs(&staging).unwrap().total_bytes;
+    assert!(after > before + GIB / 2, "{before} -> {after}");
+    assert_eq!(fs::read(staging.join("data")).unwrap(), b"still here");
+    expect_ok("unstage", &node, node.unstage(&vol, &staging));
+}
+
+/// A restored or cloned XFS volume carries its source's filesystem UUID;
+/// both must stage on one node at once. The clone here is the source's
+/// backing file copied byte for byte (what a Btrfs snapshot hands over).
+#[test]
+fn an_xfs_clone_stages_beside_its_source() {
+    let node = NodeEnv::start(false);
+    let src = create_volume(&node.sim, "uuidsrc", GIB);
+    let copy = create_volume(&node.sim, "uuidcopy", GIB);
+    let (s1, s2) = (node.fabric.path("s1"), node.fabric.path("s2"));
+    expect_ok("stage", &node, node.stage(&src, &s1, false, "xfs", &[]));
+    fs::write(s1.join("data"), b"the source's data").unwrap();
+    expect_ok("unstage", &node, node.unstage(&src, &s1));
+    let bytes = fs::read(node.sim.backing_path(&src.file_path)).expect("read the source");
+    fs::write(node.sim.backing_path(&copy.file_path), &bytes).expect("write the copy");
+
+    expect_ok("stage source", &node, node.stage(&src, &s1, false, "xfs", &[]));
+    expect_ok("stage copy", &node, node.stage(&copy, &s2, false, "xfs", &[]));
+    let dev1 = fs::metadata(&s1)
+        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+        .unwrap();
+    let dev2 = fs::metadata(&s2)
+        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+        .unwrap();
+    assert_ne!(dev1, dev2, "two filesystems mounted");
+    assert_eq!(fs::read(s1.join("data")).unwrap(), b"the source's data");
+    assert_eq!(fs::read(s2.join("data")).unwrap(), b"the source's data");
+    // They are two filesystems: a write to the copy leaves the source alone.
+    fs::write(s2.join("data"), b"changed in the copy").unwrap();
+    assert_eq!(fs::read(s1.join("data")).unwrap(), b"the source's data");
+    expect_ok("unstage copy", &node, node.unstage(&copy, &s2));
+    expect_ok("unstage source", &node, node.unstage(&src, &s1));
+}
+
 #[test]
 fn a_failed_disconnect_fails_unstage() {
     let node = NodeEnv::start(true);

@@ -51,9 +51,11 @@ sim_start() {
 		echo admin >"$W/secret/username"
 		head -c 12 /dev/urandom | base64 >"$W/secret/password"
 	}
-	rds-sim --listen 127.0.0.1:8443 --data-dir "$W/rds" --pool-size 200G \
+	# SIM_DATA_DIR: where rds-sim keeps its state (the snapshot scenario
+	# puts it on Btrfs); extra arguments go to rds-sim.
+	rds-sim --listen 127.0.0.1:8443 --data-dir "${SIM_DATA_DIR:-$W/rds}" --pool-size 200G \
 		--username admin --password-file "$W/secret/password" --self-signed \
-		--nvme-address 127.0.0.1 --nvmet >"$W/sim.out" 2>>"$W/sim.log" &
+		--nvme-address 127.0.0.1 --nvmet "$@" >"$W/sim.out" 2>>"$W/sim.log" &
 	echo $! >"$W/sim.pid"
 	wait_for 30 "rds-sim to listen" grep -q '^listening ' "$W/sim.out"
 	SIM_FP=$(awk '/^fingerprint /{print $2}' "$W/sim.out")
@@ -194,6 +196,14 @@ cleanup_scenario() {
 	nvme disconnect-all >/dev/null 2>&1
 	(sim_kill KILL) >/dev/null 2>&1
 	nvmet_wipe
+	# A loop device a scenario set up (the snapshot scenario's Btrfs).
+	if [ -f "$W/loopdev" ]; then
+		awk -v w="$W" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+			umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+		done
+		losetup -d "$(cat "$W/loopdev")" 2>/dev/null
+	fi
+	return 0
 }
 # Removes everything from the target's configfs tree (the guest has no other user).
 nvmet_wipe() {

@@ -33,6 +33,9 @@ run() {
 	secs=$(since "$t0")
 	if [ "$rc" -eq 0 ]; then
 		echo "VMTEST PASS $name ${secs}s"
+	elif [ "$rc" -eq 3 ]; then
+		# The scenario could not run here (it says why): never a pass.
+		echo "VMTEST SKIPPED $name ${secs}s: $(grep '^SKIPPED: ' "$W/out.log" | tail -n 1)"
 	else
 		echo "VMTEST FAIL $name ${secs}s"
 		tail -n 25 "$W/out.log" | sed 's/^/VMLOG   out| /'
@@ -47,8 +50,9 @@ run() {
 . /vm/faults.sh
 . /vm/bench.sh
 . /vm/fencing.sh
+. /vm/snapshot.sh
 
-known="boot lifecycle outage give-up rds-restart orphans mkfs-kill connect-fail host-acl bench"
+known="boot lifecycle outage give-up rds-restart orphans mkfs-kill connect-fail host-acl bench snapshot"
 for name in $only; do
 	echo " $known " | grep -q " $name " || echo "VMTEST FAIL $name 0s (no such scenario; known: $known)"
 done
@@ -63,3 +67,4 @@ run mkfs-kill scenario_mkfs_kill
 run connect-fail scenario_connect_fail
 run host-acl scenario_host_acl
 run bench scenario_bench
+run snapshot scenario_snapshot

@@ -79,6 +79,7 @@ mod tests {
         svc.host.export(&nqn, "nvme1n1", dev(1), Disk::Blank);
         svc.stage(&id, Path::new(STAGING), &fake::filesystem(), false, &ctx)
             .unwrap();
+        svc.host.state().log.clear();
         assert_eq!(svc.expand(&id, Path::new(STAGING), 1 << 30).unwrap(), 1 << 30);
         assert_eq!(svc.host.effects("rescan").len(), 1);
         assert_eq!(svc.host.effects("grow"), vec!["grow /dev/nvme1n1"]);

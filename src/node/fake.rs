@@ -51,6 +51,9 @@ pub struct State {
     pub markers: HashMap<(PathBuf, bool), Marker>,
     /// Users of a device other than mounts (a process holding it open).
     pub users: HashMap<DevNum, Vec<String>>,
+    /// The filesystem size statvfs reports per device; a device without
+    /// an entry reports 1000 bytes.
+    pub fs_bytes: HashMap<DevNum, u64>,
     pub fail_mount: bool,
     pub fail_bind: bool,
     /// Every effect, in order: `connect <nqn>`, `mkfs <dev> <fs>`,
@@ -299,13 +302,26 @@ impl Host for FakeHost {
     }
 
     fn grow(&self, device: &Path, _mount_point: &Path, _fstype: &str) -> Result<(), Error> {
-        self.state().log.push(format!("grow {}", device.display()));
+        let mut s = self.state();
+        let dev = FakeHost::device_of(&s, device).ok_or_else(|| unknown(device))?;
+        let size = s
+            .connected
+            .iter()
+            .flat_map(|sub| sub.namespaces.iter())
+            .find(|ns| ns.dev == dev)
+            .map_or(0, |ns| ns.size_bytes);
+        s.fs_bytes.insert(dev, size);
+        s.log.push(format!("grow {}", device.display()));
         Ok(())
     }
 
-    fn fs_stats(&self, _path: &Path) -> Result<FsStats, Error> {
+    fn fs_stats(&self, path: &Path) -> Result<FsStats, Error> {
+        let s = self.state();
+        let total = FakeHost::top(&s, path)
+            .and_then(|m| s.fs_bytes.get(&m.dev).copied())
+            .unwrap_or(1000);
         Ok(FsStats {
-            total_bytes: 1000,
+            total_bytes: total,
             available_bytes: 600,
             used_bytes: 400,
             total_inodes: 100,

@@ -184,6 +184,7 @@ mod tests {
         svc.host.export(&nqn, "nvme1n1", dev(1), Disk::Blank);
         svc.stage(&id, Path::new(STAGING), &fake::filesystem(), false, &ctx)
             .unwrap();
+        svc.host.state().fs_bytes.insert(dev(1), 1000);
         let st = svc.stats(&id, Path::new(STAGING)).unwrap();
         assert_eq!(st.problem, None);
         assert_eq!(

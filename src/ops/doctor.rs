@@ -148,6 +148,7 @@ fn rds_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
                 "credentials accepted",
                 "RouterOS version",
                 "pool",
+                "snapshots",
                 "REST write access",
             ] {
                 checks.push(skipped(name, "the RDS is not reachable"));
@@ -236,7 +237,7 @@ fn rds_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
                 )),
                 _ => checks.push(fail(creds, crate::error_chain(&e), "see the message; run with --log-level debug")),
             }
-            for name in ["RouterOS version", "pool", "REST write access"] {
+            for name in ["RouterOS version", "pool", "snapshots", "REST write access"] {
                 checks.push(skipped(name, "no authenticated session"));
             }
             return Ok(checks);
@@ -265,9 +266,10 @@ fn rds_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
     // The fencing mode, and what it rests on.
     checks.push(fencing_check(&settings, res.version));
 
-    // 5. The pool.
+    // 5. The pool, and whether snapshots and clones are offered on it.
     match client.pool(&settings.pool) {
         Ok(pool) => {
+            let snapshots = snapshot_check(&client, &pool, &settings.pool, &settings.base_path);
             let free = pool.free.unwrap_or(0);
             if !pool.mounted || pool.free.is_none() {
                 checks.push(fail(
@@ -300,12 +302,16 @@ fn rds_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
                     ),
                 ));
             }
+            checks.push(snapshots);
         }
-        Err(e) => checks.push(fail(
-            "pool",
-            crate::error_chain(&e),
-            "set --rds-pool to the slot or mount point of the storage pool (/disk print on the RDS)",
-        )),
+        Err(e) => {
+            checks.push(fail(
+                "pool",
+                crate::error_chain(&e),
+                "set --rds-pool to the slot or mount point of the storage pool (/disk print on the RDS)",
+            ));
+            checks.push(skipped("snapshots", "the pool could not be read"));
+        }
     }
 
     // 6. A harmless write: the folder the volumes go into.
@@ -323,6 +329,50 @@ fn rds_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
         )),
     }
     Ok(checks)
+}
+
+/// Whether the controller offers snapshots and clones on this pool, and
+/// why: only on a Btrfs pool (each volume in its own subvolume) whose
+/// RouterOS answers `/disk/btrfs/subvolume`. Another filesystem is not a
+/// fault (volumes work without snapshots), so it passes and says so.
+fn snapshot_check(client: &rds::Client, pool: &rds::Pool, name: &str, base_path: &str) -> Check {
+    let fs = pool.fs.clone().unwrap_or_else(|| "unknown fs".into());
+    if !pool.mounted {
+        return skipped("snapshots", "the pool is not mounted");
+    }
+    let Some(btrfs) = pool.btrfs() else {
+        if fs == "btrfs" {
+            return fail(
+                "snapshots",
+                format!("not offered: pool {name} is btrfs, but the RDS reports no fs-label or mount point for it"),
+                "check the pool on the RDS: /disk print detail (fs-label, mount-point)",
+            );
+        }
+        return pass(
+            "snapshots",
+            format!("not offered: pool {name} is {fs}; snapshots and clones need a Btrfs pool (each volume in its own subvolume)"),
+        );
+    };
+    match client.list_subvolumes(&btrfs, &format!("{base_path}/")) {
+        Ok(subs) => pass(
+            "snapshots",
+            format!(
+                "offered: pool {name} is btrfs (fs-label {}); each new volume gets its own subvolume, snapshots and clones are Btrfs snapshots of it ({} subvolumes under {base_path})",
+                btrfs.label,
+                subs.len()
+            ),
+        ),
+        Err(e) if e.kind() == rds::Kind::TooOld => fail(
+            "snapshots",
+            format!("not offered: pool {name} is btrfs, but {}", crate::error_chain(&e)),
+            "upgrade RouterOS (and the rose-storage package) on the RDS for /disk/btrfs/subvolume",
+        ),
+        Err(e) => fail(
+            "snapshots",
+            format!("pool {name} is btrfs, but its subvolumes cannot be listed: {}", crate::error_chain(&e)),
+            "check /disk/btrfs/subvolume print on the RDS and the user's read policy",
+        ),
+    }
 }
 
 fn node_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {

@@ -252,7 +252,6 @@ pub fn stats(path: &Path) -> Result<sys::FsStats, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     #[test]
     fn an_unclear_blkid_answer_carries_what_blkid_said() {
@@ -296,15 +295,7 @@ mod tests {
         }
     }
 
-    fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "rds-csi-mount-{tag}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use super::super::scratch;
 
     #[test]
     fn probe_formats_nothing_it_cannot_read() {

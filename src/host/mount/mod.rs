@@ -20,6 +20,19 @@ pub mod fs;
 pub mod ops;
 pub mod table;
 
+/// A fresh folder for a test of the mount code (the tests of `fs` and
+/// `ops` share it).
+#[cfg(test)]
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "rds-csi-mount-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 pub use fs::{
     ensure_filesystem, format_decision, grow_filesystem, interpret_blkid, mkfs, probe, stats, Probe,
     UnclearAnswer,

@@ -68,6 +68,22 @@ impl MountOptions {
     fn data(&self) -> Option<String> {
         (!self.data.is_empty()).then(|| self.data.join(","))
     }
+
+    /// These options with what every mount of `fs` needs. XFS gets
+    /// `nouuid`: a volume restored from a snapshot or cloned from another
+    /// carries its source's filesystem UUID byte for byte, and XFS refuses
+    /// to mount a second filesystem with a UUID already mounted ("duplicate
+    /// UUID"), so the copy could never be staged on a node that has the
+    /// source. The check guards against mounting one filesystem twice
+    /// through two device nodes; the stage mounts one namespace's single
+    /// device once, so skipping it loses nothing.
+    pub fn for_fs(&self, fs: FsType) -> MountOptions {
+        let mut opts = self.clone();
+        if fs == FsType::Xfs && !opts.data.iter().any(|d| d == "nouuid") {
+            opts.data.push("nouuid".to_string());
+        }
+        opts
+    }
 }
 
 /// Creates `path` as a directory (filesystem targets) if missing.
@@ -105,6 +121,7 @@ pub fn mount_filesystem(
     options: &MountOptions,
     read_only: bool,
 ) -> Result<(), Error> {
+    let options = options.for_fs(fs);
     let mut flags = options.flags;
     if read_only {
         flags |= libc::MS_RDONLY;
@@ -191,7 +208,17 @@ mod tests {
     use super::*;
     use crate::host::mount::{canonical, MountTable};
     use crate::host::Roots;
-    use std::path::PathBuf;
+
+    #[test]
+    fn xfs_mounts_get_nouuid_once_and_ext4_mounts_nothing_added() {
+        let opts = MountOptions::parse(&["noatime,inode64".to_string()]).unwrap();
+        let xfs = opts.for_fs(FsType::Xfs);
+        assert_eq!(xfs.data, vec!["inode64", "nouuid"]);
+        assert_eq!(xfs.flags, libc::MS_NOATIME);
+        assert_eq!(xfs.for_fs(FsType::Xfs).data, vec!["inode64", "nouuid"]);
+        assert_eq!(opts.for_fs(FsType::Ext4), opts);
+    }
+
     #[test]
     fn mount_flags_split_into_bits_and_data() {
         let o = MountOptions::parse(&[
@@ -214,15 +241,7 @@ mod tests {
         }
     }
 
-    fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "rds-csi-mount-{tag}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use super::super::scratch;
 
     #[test]
     fn bind_mounts_show_in_the_table_and_unmount_twice_is_fine() {

@@ -315,6 +315,12 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn fs_bytes(&self, device: &Path, _fs: FsType) -> Option<u64> {
+        let s = self.state();
+        let dev = FakeHost::device_of(&s, device)?;
+        s.fs_bytes.get(&dev).copied()
+    }
+
     fn fs_stats(&self, path: &Path) -> Result<FsStats, Error> {
         let s = self.state();
         let total = FakeHost::top(&s, path)

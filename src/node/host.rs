@@ -62,6 +62,9 @@ pub trait Host: Send + Sync {
     fn grow(&self, device: &Path, mount_point: &Path, fstype: &str) -> Result<(), Error>;
     /// statvfs of a mounted filesystem.
     fn fs_stats(&self, path: &Path) -> Result<FsStats, Error>;
+    /// The size the filesystem on `device` gives itself (its superblock),
+    /// when it can be read.
+    fn fs_bytes(&self, device: &Path, fs: FsType) -> Option<u64>;
 
     /// Creates `path` as a directory if missing.
     fn ensure_dir(&self, path: &Path) -> Result<(), Error>;
@@ -197,6 +200,10 @@ impl Host for RealHost {
 
     fn fs_stats(&self, path: &Path) -> Result<FsStats, Error> {
         Ok(mount::stats(path)?)
+    }
+
+    fn fs_bytes(&self, device: &Path, fs: FsType) -> Option<u64> {
+        mount::filesystem_bytes(device, fs)
     }
 
     fn ensure_dir(&self, path: &Path) -> Result<(), Error> {

@@ -289,8 +289,14 @@ impl<H: Host> NodeService<H> {
     /// given. A read-only mount is never written, so never grown.
     fn grow_to_device(&self, dev: &BlockDevice, staging: &Path, fs: FsType) -> Result<(), Error> {
         let device_bytes = self.host.size_bytes(&dev.name)?;
-        let fs_bytes = self.host.fs_stats(staging)?.total_bytes;
-        if !needs_grow(device_bytes, fs_bytes) {
+        // The superblock's own size when it can be read (exact: no tool
+        // runs when the filesystem already fills its device); else
+        // statvfs, which always looks a little short and asks the tool.
+        let (fs_bytes, slack) = match self.host.fs_bytes(&dev.path, fs) {
+            Some(bytes) => (bytes, GROW_SLACK),
+            None => (self.host.fs_stats(staging)?.total_bytes, 0),
+        };
+        if !needs_grow(device_bytes, fs_bytes.saturating_add(slack)) {
             return Ok(());
         }
         self.host.grow(&dev.path, staging, fs.as_str())?;
@@ -309,14 +315,16 @@ impl<H: Host> NodeService<H> {
     }
 }
 
-/// Whether a filesystem of `fs_bytes` (statvfs total) on a device of
-/// `device_bytes` must be grown. statvfs counts the filesystem less its own
-/// metadata (journal, log, inode tables), so it stays a little under the
-/// device even when the filesystem fills it: any shortfall asks the grow
-/// tool, which measures exactly and is a no-op when there is nothing to
-/// grow. A needless call costs one exec; a missed one leaves the volume
-/// smaller than it was given, and no slack fits both a 64 MiB ext4 (over
-/// 10% metadata) and a small grow of a large volume.
+/// Below this a device larger than its filesystem's superblock says is not
+/// grown: a filesystem may leave a tail smaller than a block or an
+/// allocation group unused, and every volume size differs by whole MiB.
+const GROW_SLACK: u64 = 1 << 20;
+
+/// Whether a filesystem of `fs_bytes` on a device of `device_bytes` must be
+/// grown. With the superblock's size the comparison is exact (less a
+/// slack); with statvfs's (the fallback), which counts the filesystem less
+/// its own metadata, any shortfall asks the grow tool, which measures
+/// exactly and is a no-op when there is nothing to grow.
 pub(super) fn needs_grow(device_bytes: u64, fs_bytes: u64) -> bool {
     device_bytes > fs_bytes
 }
@@ -384,6 +392,16 @@ mod tests {
         svc.stage(&id, Path::new(STAGING), &xfs, false, &ctx)
             .expect("repeat");
         assert_eq!(svc.host.effects("grow").len(), 1);
+
+        // A filesystem within the slack of its device (a tail smaller than
+        // a block or an allocation group) is left alone too.
+        let svc = fake::service();
+        svc.host
+            .export(&nqn, "nvme1n1", dev(1), Disk::Filesystem("xfs".into()));
+        svc.host.state().fs_bytes.insert(dev(1), (1 << 30) - 4096);
+        svc.stage(&id, Path::new(STAGING), &xfs, false, &ctx)
+            .expect("stage");
+        assert!(svc.host.effects("grow").is_empty());
 
         // A filesystem that fills its device is left alone.
         let svc = fake::service();

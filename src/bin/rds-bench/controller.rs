@@ -189,7 +189,7 @@ pub(crate) fn request_counts(bins: &Path, work: &Work, grpc: &Arc<Environment>) 
     let (c, d) = (get("CreateVolume"), get("DeleteVolume"));
     Ok(Figure {
         key: "rest_requests_per_rpc",
-        label: "REST requests per create / delete",
+        label: "REST requests per create / delete (XFS pool)",
         value: (c + d) as f64,
         shown: format!("{c} / {d}"),
         target: "≤ 4 / ≤ 5",

@@ -122,6 +122,9 @@ pub(crate) fn start_sim_with(bins: &Path, dir: &Path, latency_ms: u64, tls: bool
         .arg("--password-file")
         .arg(&pass)
         .args(["--latency-ms", &latency_ms.to_string()])
+        // A flat (XFS) pool: the direct side of each figure replays the
+        // flat layout's requests (a Btrfs pool adds the volume's subvolume).
+        .args(["--pool-fs", "xfs"])
         .stdout(Stdio::piped())
         .stderr(fs::File::create(&log).map_err(|e| e.to_string())?)
         .spawn()

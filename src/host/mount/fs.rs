@@ -241,6 +241,59 @@ pub fn grow_filesystem(device: &Path, mount_point: &Path, fstype: &str) -> Resul
     Ok(())
 }
 
+/// The size a filesystem has given itself, in bytes, read from its
+/// superblock on `device`; `None` when it cannot be read or is not the
+/// filesystem expected. Exact, unlike statvfs (which leaves out the
+/// filesystem's own metadata), so a stage can tell "fills its device" from
+/// "was made smaller than it" without running a grow tool.
+pub fn filesystem_bytes(device: &Path, fs: FsType) -> Option<u64> {
+    let mut head = vec![0u8; 4096];
+    fs::File::open(device).ok()?.read_exact(&mut head).ok()?;
+    superblock_bytes(fs, &head)
+}
+
+/// The filesystem size a superblock records (`head`: the device's first
+/// 4 KiB): ext4's block count × block size (superblock at 1024, little
+/// endian, the high half of the count when the 64-bit feature is on); XFS's
+/// data blocks × block size (superblock at 0, big endian).
+pub fn superblock_bytes(fs: FsType, head: &[u8]) -> Option<u64> {
+    let le32 = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let be32 = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    match fs {
+        FsType::Ext4 => {
+            const SB: usize = 1024;
+            let magic = head.get(SB + 0x38..SB + 0x3a)?;
+            if magic != [0x53, 0xEF] {
+                return None;
+            }
+            let lo = u64::from(le32(SB + 0x04)?);
+            let log_block = le32(SB + 0x18)?;
+            let incompat = le32(SB + 0x60)?;
+            let hi = if incompat & 0x80 != 0 {
+                u64::from(le32(SB + 0x150)?)
+            } else {
+                0
+            };
+            let block = 1024u64.checked_shl(log_block)?;
+            ((hi << 32) | lo).checked_mul(block)
+        }
+        FsType::Xfs => {
+            if be32(0)? != 0x5846_5342 {
+                return None;
+            }
+            let block = u64::from(be32(4)?);
+            let blocks = u64::from_be_bytes(head.get(8..16)?.try_into().ok()?);
+            blocks.checked_mul(block)
+        }
+    }
+}
+
 /// statvfs of a mounted filesystem.
 pub fn stats(path: &Path) -> Result<sys::FsStats, Error> {
     sys::statvfs(path).map_err(|source| Error::Stat {
@@ -296,6 +349,67 @@ mod tests {
     }
 
     use super::super::scratch;
+
+    /// mkfs on a sparse file of `bytes`, with `-b`/`-s` options as given.
+    fn made(tag: &str, bytes: u64, tool: &str, args: &[&str]) -> Option<std::path::PathBuf> {
+        let d = scratch(tag);
+        let image = d.join("fs.img");
+        fs::File::create(&image).unwrap().set_len(bytes).unwrap();
+        let ok = std::process::Command::new(tool)
+            .args(args)
+            .arg(&image)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            eprintln!("*** SKIPPED: {tool} is not installed or failed here ***");
+            assert!(std::env::var("CI").is_err(), "{tool} must run under CI");
+            return None;
+        }
+        Some(image)
+    }
+
+    #[test]
+    fn the_superblock_gives_the_size_mkfs_made() {
+        // ext4 on 64 MiB, then told to use only 48 MiB of it.
+        if let Some(image) = made("sb-ext4", 64 << 20, "mkfs.ext4", &["-q", "-F"]) {
+            assert_eq!(filesystem_bytes(&image, FsType::Ext4), Some(64 << 20));
+            assert_eq!(filesystem_bytes(&image, FsType::Xfs), None);
+        }
+        if let Some(image) = made(
+            "sb-ext4-small",
+            64 << 20,
+            "mkfs.ext4",
+            &["-q", "-F", "-b", "4096"],
+        ) {
+            // Rewrite the block count as a smaller filesystem would have it.
+            let mut head = fs::read(&image).unwrap()[..4096].to_vec();
+            head[1024 + 4..1024 + 8].copy_from_slice(&((48u32 << 20) / 4096).to_le_bytes());
+            assert_eq!(superblock_bytes(FsType::Ext4, &head), Some(48 << 20));
+        }
+        // XFS needs 300 MiB at least.
+        if let Some(image) = made("sb-xfs", 512 << 20, "mkfs.xfs", &["-q", "-f"]) {
+            assert_eq!(filesystem_bytes(&image, FsType::Xfs), Some(512 << 20));
+            assert_eq!(filesystem_bytes(&image, FsType::Ext4), None);
+        }
+    }
+
+    #[test]
+    fn a_short_or_foreign_superblock_gives_no_size() {
+        assert_eq!(superblock_bytes(FsType::Ext4, &[0u8; 4096]), None);
+        assert_eq!(superblock_bytes(FsType::Xfs, &[0u8; 4096]), None);
+        assert_eq!(superblock_bytes(FsType::Ext4, &[0u8; 100]), None);
+        let mut xfs = vec![0u8; 16];
+        xfs[..4].copy_from_slice(b"XFSB");
+        xfs[4..8].copy_from_slice(&4096u32.to_be_bytes());
+        xfs[8..16].copy_from_slice(&1000u64.to_be_bytes());
+        assert_eq!(superblock_bytes(FsType::Xfs, &xfs), Some(4096 * 1000));
+        // A block size that would overflow is no size, not a panic.
+        let mut ext4 = vec![0u8; 2048];
+        ext4[1024 + 0x38..1024 + 0x3a].copy_from_slice(&[0x53, 0xEF]);
+        ext4[1024 + 0x18..1024 + 0x1c].copy_from_slice(&70u32.to_le_bytes());
+        ext4[1024 + 4..1024 + 8].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(superblock_bytes(FsType::Ext4, &ext4), None);
+    }
 
     #[test]
     fn probe_formats_nothing_it_cannot_read() {

@@ -34,8 +34,8 @@ fn scratch(tag: &str) -> PathBuf {
 }
 
 pub use fs::{
-    ensure_filesystem, format_decision, grow_filesystem, interpret_blkid, mkfs, probe, stats, Probe,
-    UnclearAnswer,
+    ensure_filesystem, filesystem_bytes, format_decision, grow_filesystem, interpret_blkid, mkfs, probe,
+    stats, superblock_bytes, Probe, UnclearAnswer,
 };
 pub use ops::{bind, ensure_dir, ensure_file, mount_filesystem, remove_if_empty, unmount, MountOptions};
 pub use table::{canonical, parse_mountinfo, MountEntry, MountTable, Mounted};

@@ -4,7 +4,9 @@
 //! adapter per service turns requests into the domain modules' inputs, and
 //! `status` maps their typed errors to gRPC codes.
 
+pub mod codec;
 pub mod controller;
+pub mod endpoint;
 pub mod identity;
 pub mod node;
 mod pool;

@@ -11,12 +11,9 @@
 //! (Probe, capabilities, info) are answered on the spot instead: a thread
 //! hop would cost more than the call.
 
-use std::fmt;
 use std::fs;
-use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -25,6 +22,9 @@ use std::time::{Duration, Instant};
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, UnarySink};
 use log::{debug, info, warn};
 
+pub use super::codec::{decode_request, encode_request, oversized_field, Bounded, Decoded, NotDecoded};
+use super::endpoint::prepare_socket_path;
+pub use super::endpoint::{Endpoint, EndpointError, ServerError};
 use super::pool::Pool;
 use super::status;
 use crate::echo::{cap_message, echo};
@@ -523,52 +523,6 @@ fn log_line(text: String) -> String {
     cap_message(one_line, MAX_LOG_LINE)
 }
 
-/// A request as the edge decoded it: the message, or why its bytes are not
-/// one. grpcio itself answers a request that does not decode with INTERNAL
-/// (a server bug, to the caller); decoding leniently lets the dispatcher
-/// answer INVALID_ARGUMENT instead, as the caller sent the bad bytes.
-pub type Decoded<T> = Result<T, NotDecoded>;
-
-/// Why a request's bytes are not the message the method takes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotDecoded(pub String);
-
-/// The request deserialiser of every generated server method: never fails,
-/// so the failure reaches the dispatcher (see [`Decoded`]).
-pub fn decode_request<T: protobuf::Message>(reader: grpcio::MessageReader) -> grpcio::Result<Decoded<T>> {
-    Ok(grpcio::pb_de::<T>(reader).map_err(|e| NotDecoded(e.to_string())))
-}
-
-/// The request serialiser the method descriptor needs; a server never
-/// sends requests, and a client would send only decoded ones.
-pub fn encode_request<T: protobuf::Message>(
-    req: &Decoded<T>,
-    buf: &mut grpcio::GrpcSlice,
-) -> grpcio::Result<()> {
-    match req {
-        Ok(msg) => grpcio::pb_ser(msg, buf),
-        Err(NotDecoded(why)) => Err(grpcio::Error::Codec(why.clone().into())),
-    }
-}
-
-/// A request message whose text fields can be measured: implemented for
-/// every CSI message by build.rs, so no protobuf reflection is needed at run
-/// time (reflection would add about 1.7 MiB of code and 1 MiB of resident
-/// descriptors).
-pub trait Bounded {
-    /// The first string or bytes field (depth first, nested messages,
-    /// repeated fields and maps included) longer than `limit`, as a readable
-    /// field path (`volume_capability.mount.mount_flags[0]`,
-    /// `parameters["key"]`) and its length. Map keys are echoed bounded;
-    /// values never are (they may be secrets).
-    fn oversized(&self, limit: usize) -> Option<(String, usize)>;
-}
-
-/// See [`Bounded::oversized`].
-pub fn oversized_field<T: Bounded + ?Sized>(msg: &T, limit: usize) -> Option<(String, usize)> {
-    msg.oversized(limit)
-}
-
 /// How long a worker waits for gRPC to confirm its reply was sent.
 const REPLY_WAIT: Duration = Duration::from_secs(30);
 
@@ -585,133 +539,6 @@ pub fn unimplemented(method: &str) -> RpcStatus {
         RpcStatusCode::UNIMPLEMENTED,
         format!("{method} is not implemented by this driver"),
     )
-}
-
-/// A `unix://` endpoint resolved to the socket path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    path: PathBuf,
-}
-
-impl Endpoint {
-    /// Accepts `unix:///abs/path` (the CSI convention) or `unix:/abs/path`.
-    pub fn parse(value: &str) -> Result<Self, EndpointError> {
-        let rest = value
-            .strip_prefix("unix://")
-            .or_else(|| value.strip_prefix("unix:"))
-            .ok_or_else(|| EndpointError::NotUnix(value.to_string()))?;
-        if !rest.starts_with('/') || rest.len() < 2 {
-            return Err(EndpointError::NotAbsolute(value.to_string()));
-        }
-        Ok(Endpoint {
-            path: PathBuf::from(rest),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The address in the form gRPC core binds and dials.
-    pub fn grpc_address(&self) -> String {
-        format!("unix:{}", self.path.display())
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unix://{}", self.path.display())
-    }
-}
-
-#[derive(Debug)]
-pub enum EndpointError {
-    NotUnix(String),
-    NotAbsolute(String),
-}
-
-impl fmt::Display for EndpointError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EndpointError::NotUnix(v) => {
-                write!(
-                    f,
-                    "{v:?} is not a unix socket endpoint (expected unix:///path/to/csi.sock)"
-                )
-            }
-            EndpointError::NotAbsolute(v) => {
-                write!(
-                    f,
-                    "{v:?} does not name an absolute socket path (expected unix:///path/to/csi.sock)"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for EndpointError {}
-
-/// Errors of starting and stopping the server.
-#[derive(Debug)]
-pub enum ServerError {
-    /// Something that is not a socket sits where the socket should go.
-    SocketPathOccupied(PathBuf),
-    RemoveStaleSocket(PathBuf, io::Error),
-    CreateSocketDir(PathBuf, io::Error),
-    Bind(String, grpcio::Error),
-    SetSocketMode(PathBuf, io::Error),
-}
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerError::SocketPathOccupied(p) => write!(
-                f,
-                "cannot listen on {}: the path exists and is not a socket (not removing it)",
-                p.display()
-            ),
-            ServerError::RemoveStaleSocket(p, _) => {
-                write!(f, "cannot remove the stale socket {}", p.display())
-            }
-            ServerError::CreateSocketDir(p, _) => {
-                write!(f, "cannot create the socket directory {}", p.display())
-            }
-            ServerError::Bind(addr, _) => write!(f, "cannot listen on {addr}"),
-            ServerError::SetSocketMode(p, _) => {
-                write!(f, "cannot restrict the permissions of {}", p.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for ServerError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ServerError::RemoveStaleSocket(_, e)
-            | ServerError::CreateSocketDir(_, e)
-            | ServerError::SetSocketMode(_, e) => Some(e),
-            ServerError::Bind(_, e) => Some(e),
-            ServerError::SocketPathOccupied(_) => None,
-        }
-    }
-}
-
-/// Prepares the socket path: creates its directory, removes a stale socket
-/// left by an earlier run (gRPC will not bind over it), and refuses to touch
-/// anything that is not a socket.
-fn prepare_socket_path(path: &Path) -> Result<(), ServerError> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| ServerError::CreateSocketDir(dir.to_path_buf(), e))?;
-    }
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            info!("removing stale socket {}", path.display());
-            fs::remove_file(path).map_err(|e| ServerError::RemoveStaleSocket(path.to_path_buf(), e))
-        }
-        Ok(_) => Err(ServerError::SocketPathOccupied(path.to_path_buf())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ServerError::RemoveStaleSocket(path.to_path_buf(), e)),
-    }
 }
 
 /// A running server; [`Running::shutdown`] stops it.
@@ -833,6 +660,7 @@ fn block_on<F: std::future::Future + Unpin>(mut fut: F, limit: Duration) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn endpoint_accepts_unix_forms() {

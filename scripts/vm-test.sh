@@ -192,6 +192,16 @@ for m in loop btrfs xxhash_generic blake2b_generic; do
 		say "kernel $kver has no module $m: the snapshot scenario will be SKIPPED"
 	fi
 done
+# The two-node scenarios' private network between the guests: virtio-net
+# (with virtio-pci and their dependencies). Optional like the above: a
+# kernel without them leaves those scenarios SKIPPED.
+for m in virtio_pci virtio_net; do
+	if [ -n "$(find_module "$m")" ]; then
+		add_module "$m"
+	else
+		say "kernel $kver has no module $m: the two-node scenarios will be SKIPPED"
+	fi
+done
 printf '%s\n' "${order[@]}" >"$rootfs/lib/modules/order"
 
 cp scripts/vm/init "$rootfs/init"
@@ -201,6 +211,54 @@ echo "$VM_SCENARIOS" >"$rootfs/vm/scenarios"
 (cd "$rootfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
 say "initramfs $(du -m "$work/initrd.gz" | cut -f1) MiB; booting (TCG, ${VM_MEMORY} MiB, limit ${VM_TIMEOUT}s)"
 
+# --- the peer guest ------------------------------------------------------------------------
+# The two-node scenarios need a second NVMe host: one kernel is one host
+# (two node plugins in one guest share its controllers, and native
+# multipath merges their paths). The peer boots the same initramfs with
+# rdsvm=peer: it runs no scenario, only an agent on TCP port 7000 that the
+# main guest sends shell scripts to (scripts/vm/agent.sh). The two talk over
+# a private network: QEMU's UDP socket backend between two host loopback
+# ports, each guest with a virtio NIC (main 10.99.0.1, peer 10.99.0.2);
+# nothing else is on it. Booted only when a two-node scenario is selected.
+two_node="fence-lost-node fence-export rwx-block"
+need_peer=false
+if [ -z "$(echo "$VM_SCENARIOS" | tr -d ' ')" ]; then
+	need_peer=true
+else
+	for n in $two_node; do
+		echo " $VM_SCENARIOS " | grep -q " $n " && need_peer=true
+	done
+fi
+main_nic=(-nic none)
+peer_pid=""
+peer_console="$work/peer-console.log"
+if $need_peer; then
+	# Two UDP ports for this run (a random pair, so two lanes on one host
+	# do not meet).
+	p1=$((20000 + RANDOM % 20000))
+	p2=$((p1 + 1))
+	nic() { echo "socket,id=n0,udp=127.0.0.1:$2,localaddr=127.0.0.1:$1"; }
+	main_nic=(-netdev "$(nic "$p1" "$p2")" -device virtio-net-pci,netdev=n0,mac=52:54:00:99:00:01)
+	timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 768 \
+		-nographic -no-reboot -netdev "$(nic "$p2" "$p1")" -device virtio-net-pci,netdev=n0,mac=52:54:00:99:00:02 \
+		-kernel "$vmlinuz" -initrd "$work/initrd.gz" \
+		-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init rdsvm=peer" </dev/null \
+		>"$peer_console" 2>&1 &
+	peer_pid=$!
+	say "peer guest booting (UDP ports $p1/$p2)"
+fi
+stop_peer() {
+	if [ -n "$peer_pid" ]; then
+		kill "$peer_pid" 2>/dev/null || true
+		wait "$peer_pid" 2>/dev/null || true
+		peer_pid=""
+	fi
+}
+cleanup() {
+	stop_peer
+	rm -rf "$work"
+}
+
 # --- boot and collect -------------------------------------------------------------------
 # The guest prints `VMTEST <word> ...` lines; everything else is the console.
 console="$work/console.log"
@@ -208,15 +266,22 @@ keep_log="${VM_CONSOLE_LOG:-$cache/last-console.log}"
 started=$(date +%s)
 set +e
 timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m "$VM_MEMORY" \
-	-nographic -no-reboot -nic none \
+	-nographic -no-reboot "${main_nic[@]}" \
 	-kernel "$vmlinuz" -initrd "$work/initrd.gz" \
-	-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init" </dev/null 2>&1 |
+	-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init rdsvm=main" </dev/null 2>&1 |
 	sed -u 's/\r$//; s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/.*\(VMTEST \|VMLOG \)/\1/' | tee "$console" |
 	grep --line-buffered -E '^(VMTEST|VMLOG) ' | sed -u 's/^VMTEST /vm: /; s/^VMLOG /vm|   /'
 qemu_rc=${PIPESTATUS[0]}
 set -e
 elapsed=$(($(date +%s) - started))
 mkdir -p "$(dirname "$keep_log")" 2>/dev/null && cp "$console" "$keep_log" 2>/dev/null || true
+if [ -n "$peer_pid" ]; then
+	stop_peer
+	# The peer's own lines (its boot, its agent's diagnostics).
+	sed 's/\r$//; s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/.*\(VMLOG \)/\1/' "$peer_console" |
+		sed -n 's/^VMLOG /vm-peer|   /p'
+	cp "$peer_console" "${keep_log%.log}-peer.log" 2>/dev/null || true
+fi
 
 passed=$(grep -c '^VMTEST PASS ' "$console" || true)
 skipped=$(grep -c '^VMTEST SKIPPED ' "$console" || true)

@@ -55,7 +55,7 @@ sim_start() {
 	# puts it on Btrfs); extra arguments go to rds-sim.
 	rds-sim --listen 127.0.0.1:8443 --data-dir "${SIM_DATA_DIR:-$W/rds}" --pool-size 200G \
 		--username admin --password-file "$W/secret/password" --self-signed \
-		--nvme-address 127.0.0.1 --nvmet "$@" >"$W/sim.out" 2>>"$W/sim.log" &
+		--nvme-address "${NVME_ADDR:-127.0.0.1}" --nvmet "$@" >"$W/sim.out" 2>>"$W/sim.log" &
 	echo $! >"$W/sim.pid"
 	wait_for 30 "rds-sim to listen" grep -q '^listening ' "$W/sim.out"
 	SIM_FP=$(awk '/^fingerprint /{print $2}' "$W/sim.out")
@@ -95,7 +95,7 @@ driver_start() {
 		--endpoint "unix://$W/csi.sock" \
 		--rds-address "$SIM_URL" --rds-tls-fingerprint "$SIM_FP" \
 		--rds-username-file "$W/secret/username" --rds-password-file "$W/secret/password" \
-		--nvme-address 127.0.0.1 --log-level debug "$@" 2>>"$W/driver.log" &
+		--nvme-address "${NVME_ADDR:-127.0.0.1}" --log-level debug "$@" 2>>"$W/driver.log" &
 	echo $! >"$W/driver.pid"
 	wait_for 30 "the CSI socket" test -S "$W/csi.sock"
 	wait_for 30 "the driver to be ready" sh -c "rds-csi ctl --endpoint unix://$W/csi.sock --json probe | grep -q '\"ready\": true'"

@@ -120,6 +120,20 @@ impl<R: RdsApi> Controller<R> {
         } else {
             disk
         };
+        // Leaving the allow list only stops the node's next connect: a
+        // controller it holds now stays up (the kernel target, which the
+        // RDS runs, drops controllers when a subsystem leaves its port,
+        // not when a host leaves its allow list). When other nodes keep
+        // the volume, the export goes off and on again, so every
+        // connection is cut and only the allowed hosts come back; theirs
+        // reconnect within their reconnectDelay (I/O waits, nothing
+        // fails). Done until the record lets go of the node, so a retry
+        // after a crash in between cuts again.
+        let disk = if self.settings.host_acl && own.nodes.len() != before && !own.nodes.is_empty() {
+            self.cut_connections("ControllerUnpublishVolume", &id, &disk)?
+        } else {
+            disk
+        };
         if own.nodes.len() != before {
             self.write_record("ControllerUnpublishVolume", &id, &disk, &own)?;
             info!(
@@ -152,6 +166,17 @@ impl<R: RdsApi> Controller<R> {
         info!("{op} {id}: {what}ed over NVMe/TCP");
         crate::metrics::fence_operation(what);
         Ok(written)
+    }
+
+    /// Cuts every live connection to a disk other nodes keep by turning
+    /// its export off and on again, each read back; the hosts its allow
+    /// list names reconnect by themselves. A disk found off (a retry after
+    /// a crash in between) has no connection left and is only turned on.
+    fn cut_connections(&self, op: &'static str, id: &VolumeId, disk: &rds::Disk) -> Result<rds::Disk, Error> {
+        let off = self.set_export(op, id, disk, false)?;
+        let on = self.set_export(op, id, &off, true)?;
+        info!("{op} {id}: cut the removed node's connection (export off and on again)");
+        Ok(on)
     }
 
     /// Sets the disk's host allow list to the host NQNs of `nodes` (read,

@@ -193,6 +193,8 @@ struct FakeState {
     changes: Vec<String>,
     /// Export changes to fail (as a controller killed before making them).
     fail_exports: usize,
+    /// Fail one export toggle after letting this many through.
+    fail_after_exports: Option<usize>,
     /// What the allow list reads back as, whatever was written.
     allow_mangle: Option<String>,
 }
@@ -316,6 +318,14 @@ impl RdsApi for FakeRds {
     }
     fn set_export_known(&self, disk: &rds::Disk, on: bool) -> Result<rds::Disk, rds::Error> {
         let mut s = self.state();
+        match s.fail_after_exports {
+            Some(0) => {
+                s.fail_after_exports = None;
+                s.fail_exports += 1;
+            }
+            Some(n) => s.fail_after_exports = Some(n - 1),
+            None => {}
+        }
         if s.fail_exports > 0 {
             s.fail_exports -= 1;
             return Err(rds::Error::Answer {
@@ -945,10 +955,27 @@ fn host_acls_allow_exactly_the_published_nodes_and_never_export_an_empty_list() 
     let changes = c.rds.changes();
     c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
     assert_eq!(c.rds.changes(), changes);
-    // Unpublishing one cuts off only that one.
+    // Unpublishing one cuts off only that one: off the list first, then
+    // the export off and on again drops the connection it may still hold.
+    let before = c.rds.changes().len();
     c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
     assert_eq!(allow_list(&c, &v.id), b.nqn);
     assert!(exported(&c, &v.id));
+    let slot = v.id.slot();
+    assert_eq!(
+        c.rds.changes()[before..].to_vec(),
+        vec![
+            format!("allow {slot} {}", b.nqn),
+            format!("unexport {slot}"),
+            format!("export {slot}"),
+            format!("comment {slot}"),
+        ],
+        "the allow list, the cut, then the record"
+    );
+    // A repeat (the node already gone) cuts nobody again.
+    let changes = c.rds.changes();
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert_eq!(c.rds.changes(), changes);
     // The last one: the export goes off before the list empties.
     c.unpublish(v.id.as_str(), Some("node-b")).unwrap();
     assert_eq!(allow_list(&c, &v.id), "");
@@ -985,4 +1012,37 @@ fn a_node_id_that_cannot_form_a_host_nqn_is_a_bad_argument() {
     assert!(matches!(err, Error::HostNqnRule { .. }), "{err}");
     assert!(err.to_string().contains("may only contain"), "{err}");
     assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
+}
+
+#[test]
+fn a_crash_while_cutting_a_node_off_is_finished_by_the_retry() {
+    let c = acl_controller();
+    let cap = block_cap(AccessMode::MultiNodeMultiWriter);
+    let v = c
+        .create(CreateRequest {
+            name: "vol-cut",
+            parameters: &HashMap::new(),
+            capabilities: std::slice::from_ref(&cap),
+            capacity: CapacityRange {
+                required: GIB as i64,
+                limit: 0,
+            },
+            content_source: None,
+        })
+        .unwrap();
+    c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+    c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+    // The export goes off, then turning it on again fails.
+    let before = c.rds.changes().len();
+    c.rds.state().fail_after_exports = Some(1);
+    assert!(c.unpublish(v.id.as_str(), Some("node-a")).is_err());
+    // Off the network, node-a still recorded: the retry cuts and exports again.
+    assert!(!exported(&c, &v.id));
+    assert_eq!(c.get(v.id.as_str()).unwrap().nodes.len(), 2);
+    assert!(c.rds.changes().len() > before);
+    c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+    assert!(exported(&c, &v.id));
+    assert_eq!(c.get(v.id.as_str()).unwrap().nodes, vec!["node-b".to_string()]);
+    let b = HostIdentity::for_node("node-b").unwrap();
+    assert_eq!(allow_list(&c, &v.id), b.nqn);
 }

@@ -6,7 +6,9 @@
 # every disk through the kernel's own target (configfs), and the driver
 # attaches them with the real nvme-cli. The guest runs the scenarios in
 # scripts/vm/ and reports each one on the serial console; this script
-# prints them and closes with one `N passed, M failed` line.
+# prints them and closes with one `N passed, M failed` line. The two-node
+# scenarios get a second guest (the peer, a second NVMe host) on a private
+# network with the first; see "the peer guest" below.
 #
 #   sudo scripts/vm-test.sh                  (after scripts/build-static.sh)
 #   VM_SCENARIOS="lifecycle outage" sudo scripts/vm-test.sh    (a subset)

@@ -5,7 +5,7 @@
 # host NQNs of the nodes it is published to (attr_allow_any_host=0 and
 # allowed_hosts/), so another host's connect fails with the kernel's EIO.
 # One guest is one host: the two-node scenarios (a cut-off node A and a new
-# owner B; RWX block on two nodes) need two guests and are not here.
+# owner B; RWX block on two nodes) run on two guests, in twonode.sh.
 
 # connect_as HOSTNQN HOSTID NQN: nvme connect with that host identity.
 connect_as() {

@@ -41,9 +41,17 @@ run() {
 		tail -n 25 "$W/out.log" | sed 's/^/VMLOG   out| /'
 		[ -f "$W/driver.log" ] && tail -n 30 "$W/driver.log" | sed 's/^/VMLOG   driver| /'
 		[ -f "$W/sim.log" ] && tail -n 12 "$W/sim.log" | sed 's/^/VMLOG   rds-sim| /'
+		[ -f "$W/peer.log" ] && tail -n 15 "$W/peer.log" | sed 's/^/VMLOG   peer| /'
+		[ -f "$W/peer.used" ] && echo 'tail -n 20 "$W/driver.log"; dmesg | tail -n 12' |
+			on_peer 2>/dev/null | tail -n 32 | sed 's/^/VMLOG   peer-node| /'
 		dmesg | tail -n 15 | sed 's/^/VMLOG   kernel| /'
 	fi
 	cleanup_scenario
+	# A two-node scenario's peer side, too (its node plugin, mounts,
+	# controllers, writers).
+	if [ -f "$W/peer.used" ]; then
+		echo peer_cleanup | PEER_TIMEOUT=90 on_peer >/dev/null 2>&1 || echo "VMLOG   the peer did not clean up after $name"
+	fi
 }
 
 . /vm/lifecycle.sh
@@ -51,8 +59,9 @@ run() {
 . /vm/bench.sh
 . /vm/fencing.sh
 . /vm/snapshot.sh
+. /vm/twonode.sh
 
-known="boot lifecycle outage give-up rds-restart orphans mkfs-kill connect-fail host-acl bench snapshot"
+known="boot lifecycle outage give-up rds-restart orphans mkfs-kill connect-fail host-acl bench snapshot fence-lost-node fence-export rwx-block"
 for name in $only; do
 	echo " $known " | grep -q " $name " || echo "VMTEST FAIL $name 0s (no such scenario; known: $known)"
 done
@@ -68,3 +77,6 @@ run connect-fail scenario_connect_fail
 run host-acl scenario_host_acl
 run bench scenario_bench
 run snapshot scenario_snapshot
+run fence-lost-node scenario_fence_lost_node
+run fence-export scenario_fence_export
+run rwx-block scenario_rwx_block

@@ -32,6 +32,9 @@ NAMESPACE = "rds-csi"
 EXAMPLE_RDS = "https://192.0.2.10"
 DEFAULTS = {"rds": {"address": EXAMPLE_RDS}}
 HOST_MODE = {"rds": {"address": EXAMPLE_RDS}, "node": {"mode": "host"}}
+# Offline, no API beyond Kubernetes' own is served, so `create: auto` makes
+# no VolumeSnapshotClass: the example file asks for one.
+SNAPSHOT_CLASS = {"rds": {"address": EXAMPLE_RDS}, "snapshots": {"volumeSnapshotClass": {"create": True}}}
 # (file under deploy/kubernetes, template, values, what the values say).
 # 00-namespace.yaml and examples/secret.yaml are written by hand: Helm makes
 # the namespace itself (--create-namespace) and the Secret holds the
@@ -42,7 +45,12 @@ MANIFESTS = [
     ("30-controller.yaml", "controller.yaml", DEFAULTS, "default values"),
     ("40-node.yaml", "node.yaml", DEFAULTS, "default values"),
     ("examples/storageclasses.yaml", "storageclasses.yaml", DEFAULTS, "default values"),
-    ("examples/volumesnapshotclass.yaml", "volumesnapshotclass.yaml", DEFAULTS, "default values"),
+    (
+        "examples/volumesnapshotclass.yaml",
+        "volumesnapshotclass.yaml",
+        SNAPSHOT_CLASS,
+        "snapshots.volumeSnapshotClass.create=true",
+    ),
     ("alternatives/node-registrar.yaml", "node.yaml", HOST_MODE, "node.mode=host"),
 ]
 # Labels only Helm's own bookkeeping needs; kubectl-applied objects do

@@ -6,6 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::cli::{flag, Values};
+use crate::controller::ControllerSettings;
 use crate::csi::server::Endpoint;
 use crate::rds;
 use crate::volume::{self, NqnPrefix, SizePolicy};
@@ -107,28 +108,13 @@ impl ServeConfig {
     }
 }
 
-/// The controller's settings: how to reach the RDS and how volumes are laid
-/// out on it. Plain validated values: `main` hands them to the controller,
-/// so config does not depend on the controller's types.
+/// The controller's configuration: how to reach the RDS, the controller's
+/// own settings (validated here, as the node's are), and how often the
+/// background readiness check asks the RDS.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub rds: rds::ClientConfig,
-    /// Pool slot or mount point (`--rds-pool`).
-    pub pool: String,
-    /// Folder on the RDS under which every backing file lives (`--volume-base-path`).
-    pub base_path: String,
-    pub nqn_prefix: NqnPrefix,
-    /// NVMe/TCP address the nodes connect to unless a StorageClass says otherwise.
-    pub nvme_address: String,
-    /// Pool bytes never handed out to volumes (`--capacity-reserve`).
-    pub capacity_reserve: u64,
-    pub sizes: SizePolicy,
-    /// Multi-node access modes for block volumes (`--allow-multi-node-block`).
-    pub allow_multi_node_block: bool,
-    /// Export only while published (off with `--export-always`).
-    pub export_on_publish: bool,
-    /// Per-node host allow lists (`--nvme-host-acl`).
-    pub host_acl: bool,
+    pub settings: ControllerSettings,
     /// How often the background readiness check asks the RDS.
     pub check_interval: Duration,
 }
@@ -183,15 +169,17 @@ impl ControllerConfig {
             .map_err(|rule| ConfigError(format!("{}: {rule}", v.describe(flag::CAPACITY_RESERVE))))?;
         Ok(ControllerConfig {
             rds,
-            pool,
-            base_path,
-            nqn_prefix: nqn_prefix(v)?,
-            nvme_address,
-            capacity_reserve,
-            sizes: SizePolicy::default(),
-            allow_multi_node_block: flag_bool(v, flag::ALLOW_MULTI_NODE_BLOCK)?,
-            export_on_publish,
-            host_acl,
+            settings: ControllerSettings {
+                pool,
+                base_path,
+                nqn_prefix: nqn_prefix(v)?,
+                nvme_address,
+                capacity_reserve,
+                sizes: SizePolicy::default(),
+                allow_multi_node_block: flag_bool(v, flag::ALLOW_MULTI_NODE_BLOCK)?,
+                export_on_publish,
+                host_acl,
+            },
             check_interval: Duration::from_secs(number(v, flag::RDS_CHECK_INTERVAL, 1, 3600)?),
         })
     }
@@ -430,11 +418,11 @@ mod tests {
             serve(&a, &[]).map(|c| c.controller_config.expect("controller config"))
         };
         let c = cc(&[]).unwrap();
-        assert!(c.export_on_publish && !c.host_acl);
+        assert!(c.settings.export_on_publish && !c.settings.host_acl);
         let c = cc(&["--export-always"]).unwrap();
-        assert!(!c.export_on_publish);
+        assert!(!c.settings.export_on_publish);
         let c = cc(&["--nvme-host-acl"]).unwrap();
-        assert!(c.export_on_publish && c.host_acl);
+        assert!(c.settings.export_on_publish && c.settings.host_acl);
         let e = cc(&["--nvme-host-acl", "--export-always"]).unwrap_err();
         assert!(
             e.0.contains("--nvme-host-acl") && e.0.contains("--export-always"),
@@ -555,11 +543,11 @@ mod tests {
     fn controller_settings_and_their_defaults() {
         let c = serve(&["--controller", "--rds-address", "https://10.0.0.5"], &[]).unwrap();
         let cc = c.controller_config.unwrap();
-        assert_eq!(cc.pool, "storage-pool");
-        assert_eq!(cc.base_path, "storage-pool/csi");
-        assert_eq!(cc.nvme_address, "10.0.0.5");
-        assert_eq!(cc.nqn_prefix.as_str(), "nqn.2000-02.com.mikrotik");
-        assert_eq!(cc.capacity_reserve, 0);
+        assert_eq!(cc.settings.pool, "storage-pool");
+        assert_eq!(cc.settings.base_path, "storage-pool/csi");
+        assert_eq!(cc.settings.nvme_address, "10.0.0.5");
+        assert_eq!(cc.settings.nqn_prefix.as_str(), "nqn.2000-02.com.mikrotik");
+        assert_eq!(cc.settings.capacity_reserve, 0);
         assert_eq!(cc.rds.trust, rds::Trust::System);
         assert_eq!(cc.rds.max_in_flight, 4);
         let c = serve(
@@ -578,9 +566,9 @@ mod tests {
         )
         .unwrap();
         let cc = c.controller_config.unwrap();
-        assert_eq!(cc.base_path, "raid1/csi");
-        assert_eq!(cc.nvme_address, "fd00::5");
-        assert_eq!(cc.capacity_reserve, 50 << 30);
+        assert_eq!(cc.settings.base_path, "raid1/csi");
+        assert_eq!(cc.settings.nvme_address, "fd00::5");
+        assert_eq!(cc.settings.capacity_reserve, 50 << 30);
         assert_eq!(cc.rds.trust, rds::Trust::Fingerprint([0xab; 32]));
     }
 

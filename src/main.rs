@@ -8,7 +8,7 @@ use log::info;
 
 use rds_csi::cli::{self, Command, Sub};
 use rds_csi::config::ServeConfig;
-use rds_csi::controller::{ControllerSettings, RdsHealth};
+use rds_csi::controller::RdsHealth;
 use rds_csi::csi::controller::ControllerService;
 use rds_csi::csi::identity::IdentityService;
 use rds_csi::csi::server::Dispatcher;
@@ -134,17 +134,7 @@ fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(cc) = cfg.controller_config.clone() {
         let rds = rds::Client::new(cc.rds)?;
-        let settings = ControllerSettings {
-            pool: cc.pool,
-            base_path: cc.base_path,
-            nqn_prefix: cc.nqn_prefix,
-            nvme_address: cc.nvme_address,
-            capacity_reserve: cc.capacity_reserve,
-            sizes: cc.sizes,
-            allow_multi_node_block: cc.allow_multi_node_block,
-            export_on_publish: cc.export_on_publish,
-            host_acl: cc.host_acl,
-        };
+        let settings = cc.settings;
         let pool = settings.pool.clone();
         let controller = ControllerService::new(rds.clone(), settings);
         readiness.push(RdsHealth::start(

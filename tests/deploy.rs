@@ -1912,3 +1912,26 @@ fn both_dockerfile_targets_copy_and_run_the_static_binary() {
         );
     }
 }
+
+#[test]
+fn a_cluster_without_the_snapshot_crds_gets_no_volume_snapshot_class() {
+    let Some(python) = helm_python() else { return };
+    let classes = |create: Value| -> Result<usize, String> {
+        let values = json!({"rds": {"address": EXAMPLE_RDS}, "snapshots": {"volumeSnapshotClass": {"create": create}}});
+        Ok(render(&python, &values)?
+            .iter()
+            .filter(|d| d.kind() == "VolumeSnapshotClass")
+            .count())
+    };
+    // Rendered offline no API beyond Kubernetes' own is served, as on a
+    // k3s without the CRDs: `auto` (the default) makes none, so the install
+    // cannot fail on a kind the cluster does not know.
+    assert_eq!(classes(json!("auto")), Ok(0));
+    assert_eq!(classes(json!(true)), Ok(1));
+    assert_eq!(classes(json!(false)), Ok(0));
+    let err = classes(json!("maybe")).unwrap_err();
+    assert!(
+        err.contains("snapshots.volumeSnapshotClass.create must be auto, true or false"),
+        "{err}"
+    );
+}

@@ -42,8 +42,7 @@ pub use snapshot::{SnapshotId, SnapshotInfo, SnapshotPage, SNAPSHOT_PREFIX};
 
 use record::owned;
 
-/// What the controller is configured with (validated by `config`, built
-/// by `main`).
+/// What the controller is configured with (validated and built by `config`).
 #[derive(Debug, Clone)]
 pub struct ControllerSettings {
     /// Pool slot or mount point (`--rds-pool`).

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::cli::{flag, Values};
 use crate::config::{self, ConfigError};
+use crate::controller::ControllerSettings;
 use crate::host::device::Sysfs;
 use crate::host::exec;
 use crate::host::nvme;
@@ -69,7 +70,7 @@ fn skipped(name: &'static str, why: &str) -> Check {
 /// `--nvme-host-acl`). Host ACLs rest on `nvme-tcp-server-allow-host-name`,
 /// whose semantics are unverified on a real RDS, and on the NQN export
 /// fields of RouterOS 7.21.
-fn fencing_check(settings: &config::ControllerConfig, version: Option<rds::Version>) -> Check {
+fn fencing_check(settings: &ControllerSettings, version: Option<rds::Version>) -> Check {
     let name = "fencing";
     match (settings.export_on_publish, settings.host_acl) {
         (false, _) => pass(
@@ -111,7 +112,7 @@ pub fn run(v: &Values) -> Result<Vec<Check>, ConfigError> {
 
 fn rds_checks(v: &Values) -> Result<Vec<Check>, ConfigError> {
     let cfg = config::ControllerConfig::from_values(v)?;
-    let settings = cfg.clone();
+    let settings = cfg.settings.clone();
     let mut checks = Vec::new();
     let address =
         rds::Address::parse(&cfg.rds.address).map_err(|e| ConfigError(format!("--rds-address: {e}")))?;

@@ -2077,3 +2077,120 @@ fn host_acls_admit_only_the_published_nodes_hosts() {
     assert!(err.message().contains("may only contain"), "{}", err.message());
     env.delete(&id).unwrap();
 }
+
+/// The nodes a disk's record names (its comment's `nodes=a,b`).
+fn recorded_nodes(env: &ControllerEnv, id: &str) -> Vec<String> {
+    let disk = env.disk(id).unwrap();
+    let comment = disk["comment"].as_str().unwrap_or_default();
+    comment
+        .split(' ')
+        .find_map(|w| w.strip_prefix("nodes="))
+        .map(|v| v.split(',').filter(|n| !n.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn host_acls_hold_with_a_controller_stopped_after_every_change() {
+    // Each change a publish or unpublish makes (the record, the allow list,
+    // the export off and on) in turn is the last one the RDS gets: the
+    // following PATCHes fail definitely, as for a controller killed there.
+    // Whatever state that leaves, an exported disk allows some host and
+    // only hosts of recorded nodes, and the CO's retry ends in the right
+    // state.
+    let env = ControllerEnv::start(&["--nvme-host-acl", "--allow-multi-node-block"]);
+    let shared = block_cap(Mode::MULTI_NODE_MULTI_WRITER);
+    let mut req = create_request("vol-acl-steps", GIB, &[]);
+    req.volume_capabilities = vec![shared.clone()];
+    let vol = env.create(&req).unwrap().volume.unwrap();
+    let id = vol.volume_id.clone();
+    let host = |node: &str| rds_csi::fence::HostIdentity::for_node(node).unwrap().nqn;
+    let check = |when: &str| {
+        let disk = env.disk(&id).unwrap();
+        let allowed: Vec<String> = disk["nvme-tcp-server-allow-host-name"]
+            .as_str()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(String::from)
+            .collect();
+        let recorded: Vec<String> = recorded_nodes(&env, &id).iter().map(|n| host(n)).collect();
+        if disk["nvme-tcp-export"] == "true" {
+            assert!(!allowed.is_empty(), "{when}: exported with an empty allow list");
+        }
+        for h in &allowed {
+            assert!(
+                recorded.contains(h),
+                "{when}: {h} allowed, no such node recorded ({recorded:?})"
+            );
+        }
+    };
+    let publish = |node: &str| env.publish(&id, node, shared.clone()).map(|_| ());
+    let unpublish = |node: &str| env.unpublish(&id, node).map(|_| ());
+    // (what, the call, the call that undoes it, the nodes after it)
+    type Call<'a> = &'a dyn Fn() -> Result<(), grpcio::Error>;
+    let steps: [(&str, Call, Call, &[&str]); 4] = [
+        (
+            "publish node-a",
+            &|| publish("node-a"),
+            &|| unpublish("node-a"),
+            &["node-a"],
+        ),
+        (
+            "publish node-b",
+            &|| publish("node-b"),
+            &|| unpublish("node-b"),
+            &["node-a", "node-b"],
+        ),
+        (
+            "unpublish node-a (node-b stays)",
+            &|| unpublish("node-a"),
+            &|| publish("node-a"),
+            &["node-b"],
+        ),
+        (
+            "unpublish node-b (the last)",
+            &|| unpublish("node-b"),
+            &|| publish("node-b"),
+            &[],
+        ),
+    ];
+    let mut changes = Vec::new();
+    for (what, call, undo, after) in steps {
+        let mut stopped_at = 0;
+        loop {
+            env.sim.fault(json!({
+                "pass_next": stopped_at, "fail_next": 1000,
+                "fail_method": "PATCH", "fail_kind": "not-allowed",
+            }));
+            let finished = call().is_ok();
+            env.sim.reset_faults();
+            let when = format!("{what}, stopped after {stopped_at} change(s)");
+            check(&when);
+            if finished {
+                break;
+            }
+            call().unwrap_or_else(|e| panic!("{when}: the retry failed: {e}"));
+            check(&format!("{when}, retried"));
+            let mut nodes = recorded_nodes(&env, &id);
+            nodes.sort();
+            assert_eq!(nodes, after.to_vec(), "{when}, retried");
+            let disk = env.disk(&id).unwrap();
+            assert_eq!(
+                disk["nvme-tcp-export"] == "true",
+                !after.is_empty(),
+                "{when}, retried"
+            );
+            // Back to before the call for the next stopping point.
+            undo().unwrap_or_else(|e| panic!("{when}: undo: {e}"));
+            stopped_at += 1;
+            assert!(stopped_at < 10, "{what} never finished");
+        }
+        changes.push(stopped_at);
+    }
+    // The changes each call makes: publish = record, allow list, export
+    // (the second node: no export, it is on); the unpublish leaving a node
+    // = allow list, export off, export on, record; the last = export off,
+    // allow list, record.
+    assert_eq!(changes, [3, 2, 4, 3]);
+    env.delete(&id).unwrap();
+}

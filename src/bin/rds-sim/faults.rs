@@ -83,6 +83,9 @@ impl FileSizeMode {
 #[derive(Debug, Clone)]
 pub struct Faults {
     pub latency: Duration,
+    /// Matching requests served before `fail_next` starts failing them, so
+    /// a test can stop a call after exactly its N-th change.
+    pub pass_next: u64,
     pub fail_next: u64,
     pub fail_kind: FailKind,
     /// Only requests with this HTTP method count down `fail_next` (all
@@ -102,6 +105,7 @@ impl Default for Faults {
     fn default() -> Self {
         Faults {
             latency: Duration::ZERO,
+            pass_next: 0,
             fail_next: 0,
             fail_kind: FailKind::Status5xx,
             fail_method: None,
@@ -224,7 +228,10 @@ impl Control {
                 .fail_method
                 .as_deref()
                 .is_none_or(|m| m.eq_ignore_ascii_case(method));
-            let verdict = if f.fail_next > 0 && counted {
+            let verdict = if f.fail_next > 0 && counted && f.pass_next > 0 {
+                f.pass_next -= 1;
+                Verdict::Serve
+            } else if f.fail_next > 0 && counted {
                 f.fail_next -= 1;
                 Verdict::Fail(f.fail_kind)
             } else {
@@ -256,6 +263,7 @@ impl Control {
         };
         let latency = num("latency_ms")?;
         let fail_next = num("fail_next")?;
+        let pass_next = num("pass_next")?;
         let down_for = num("down_for_ms")?;
         let kind = match body.get("fail_kind") {
             None => None,
@@ -296,6 +304,9 @@ impl Control {
         }
         if let Some(n) = fail_next {
             f.fail_next = n;
+        }
+        if let Some(n) = pass_next {
+            f.pass_next = n;
         }
         if let Some(k) = kind {
             f.fail_kind = k;
@@ -346,6 +357,7 @@ impl Control {
             .unwrap_or(0);
         json!({
             "latency_ms": f.latency.as_millis() as u64,
+            "pass_next": f.pass_next,
             "fail_next": f.fail_next,
             "fail_kind": f.fail_kind.name(),
             "down_for_ms": down_ms,
@@ -414,6 +426,14 @@ mod tests {
         assert_eq!(c.verdict("GET"), Verdict::Serve);
         assert_eq!(c.verdict("DELETE"), Verdict::Fail(FailKind::NoSuchCommand));
         assert_eq!(c.verdict("DELETE"), Verdict::Serve);
+        // Two PATCHes through, then one fails; other methods never count.
+        let body = json!({"pass_next": 2, "fail_next": 1, "fail_kind": "5xx", "fail_method": "patch"});
+        c.set_faults(body.as_object().unwrap()).unwrap();
+        assert_eq!(c.verdict("PATCH"), Verdict::Serve);
+        assert_eq!(c.verdict("GET"), Verdict::Serve);
+        assert_eq!(c.verdict("PATCH"), Verdict::Serve);
+        assert_eq!(c.verdict("PATCH"), Verdict::Fail(FailKind::Status5xx));
+        assert_eq!(c.verdict("PATCH"), Verdict::Serve);
         let body = json!({"file_size": "ignore"});
         c.set_faults(body.as_object().unwrap()).unwrap();
         assert_eq!(c.file_size_mode(), FileSizeMode::Ignore);

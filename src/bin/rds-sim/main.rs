@@ -14,7 +14,8 @@
 //!   any subset (`file_size_units` prints disks' `file-size` as the CLI
 //!   does, `50.0GiB`); answers the
 //!   faults now in force. `fail_method` makes only requests of that HTTP
-//!   method count down `fail_next`. `down_for_ms` closes every
+//!   method count down `fail_next`; `pass_next` serves that many of them
+//!   first (a call stopped right after its N-th change). `down_for_ms` closes every
 //!   connection and refuses new ones for that long, after answering.
 //! - `GET /sim/fault`, `POST /sim/reset-faults`.
 //! - `GET /sim/stats`: `connections`, `tls_handshakes`, `rest_connections`
@@ -104,7 +105,7 @@ SIGTERM or SIGINT stops it cleanly; state is saved after every change.
 With --nvmet, SIGUSR1 begins an outage (every export unlinked) and SIGUSR2 ends it.
 
 control endpoints (not RouterOS; same auth; JSON numbers/booleans):
-  POST /sim/fault {\"latency_ms\":N,\"fail_next\":N,\"fail_kind\":\"5xx|drop|session-closed|
+  POST /sim/fault {\"latency_ms\":N,\"pass_next\":N,\"fail_next\":N,\"fail_kind\":\"5xx|drop|session-closed|
                    no-such-command|not-allowed\",\"fail_method\":\"DELETE\",\"down_for_ms\":N,
                    \"no_space\":bool,\"file_size\":\"apply|refuse|ignore\",
                    \"file_size_units\":bool (print file-size as 50.0GiB)}   (any subset)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use serde_json::Value;
 
-use crate::host::device::{self, BlockDevice, Lookup, Subsystem, Sysfs};
+use crate::host::device::{self, BlockDevice, Depth, Lookup, Subsystem, Sysfs};
 use crate::host::exec;
 use crate::host::Roots;
 use crate::metrics;
@@ -24,6 +24,10 @@ use crate::volume::{ConnectionConfig, Nqn, NqnPrefix};
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// After `nvme disconnect`, how long the subsystem may take to leave sysfs.
 const GONE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a whole disconnect takes: the command, then the wait for
+/// the subsystem to leave sysfs.
+pub const DISCONNECT_LIMIT: Duration =
+    Duration::from_secs(COMMAND_TIMEOUT.as_secs() + GONE_TIMEOUT.as_secs());
 
 /// Where a volume is exported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -552,13 +556,15 @@ impl Nvme {
     /// Disconnects every controller of `nqn` and checks the subsystem left
     /// sysfs. Returns false when it was not connected (a second call).
     pub fn disconnect(&self, nqn: &str) -> Result<bool, Error> {
-        self.disconnect_within(nqn, COMMAND_TIMEOUT + GONE_TIMEOUT)
+        self.disconnect_within(nqn, DISCONNECT_LIMIT, Depth::Full)
     }
 
     /// [`Nvme::disconnect`] taking at most about `limit` in all.
     /// Whatever the caller checked before, a namespace that is mounted,
-    /// held, or open in any process is never disconnected (`Busy`).
-    pub fn disconnect_within(&self, nqn: &str, limit: Duration) -> Result<bool, Error> {
+    /// held, or open in any process is never disconnected (`Busy`); with
+    /// [`Depth::NoProcessScan`] the caller has just looked at the
+    /// processes itself (see [`Depth`]).
+    pub fn disconnect_within(&self, nqn: &str, limit: Duration, depth: Depth) -> Result<bool, Error> {
         self.check_managed(nqn)?;
         let Some(sub) = self.sysfs.subsystem(nqn)? else {
             return Ok(false);
@@ -568,7 +574,7 @@ impl Nvme {
         loop {
             let mut users = Vec::new();
             for ns in &sub.namespaces {
-                users.extend(self.sysfs.busy(ns)?);
+                users.extend(self.sysfs.busy(ns, depth)?);
             }
             if users.is_empty() {
                 break;

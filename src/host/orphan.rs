@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use crate::host::device::{self, device_users, Subsystem, Sysfs};
+use crate::host::device::{self, device_users, Depth, Subsystem, Sysfs};
 use crate::host::mount::MountTable;
 use crate::host::nvme::Nvme;
 use crate::volume::NqnPrefix;
@@ -58,7 +58,7 @@ pub fn select(
             // holders (two directory reads per namespace on a large host).
             let mounted = table.users_of(ns.dev);
             if mounted.is_empty() {
-                users.extend(device_users(sysfs, table, ns, &[])?);
+                users.extend(device_users(sysfs, table, ns, &[], Depth::Full)?);
             } else {
                 users.extend(mounted.iter().map(|p| format!("mounted at {}", p.display())));
             }
@@ -136,7 +136,7 @@ pub fn clean_up(
                     continue;
                 }
                 info!("orphan clean-up: disconnecting {nqn} ({why})");
-                match nvme.disconnect_within(&nqn, left) {
+                match nvme.disconnect_within(&nqn, left, Depth::Full) {
                     Ok(_) => {
                         crate::metrics::inc("rds_csi_orphans_cleaned_total", &[]);
                         report.disconnected.push(nqn)

@@ -10,7 +10,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{Error, Host, NodeService, Settings};
-use crate::host::device::{BlockDevice, Controller, Lookup, Namespace, NodeProblem, Subsystem, Unusable};
+use crate::host::device::{
+    BlockDevice, Controller, Depth, Lookup, Namespace, NodeProblem, Subsystem, Unusable,
+};
 use crate::host::mount::{self, MountEntry, MountOptions, Mounted, Probe};
 use crate::host::nvme::{self, Attached, Target};
 use crate::host::paths::{Marker, Role};
@@ -208,7 +210,7 @@ impl Host for FakeHost {
         })
     }
 
-    fn device_users(&self, ns: &Namespace, except: &[&Path]) -> Result<Vec<String>, Error> {
+    fn device_users(&self, ns: &Namespace, except: &[&Path], depth: Depth) -> Result<Vec<String>, Error> {
         let s = self.state();
         let mut users: Vec<String> = Vec::new();
         for m in s.mounts.iter().filter(|m| m.dev == ns.dev) {
@@ -217,7 +219,10 @@ impl Host for FakeHost {
                 users.push(line);
             }
         }
-        users.extend(s.users.get(&ns.dev).cloned().unwrap_or_default());
+        // `users` stands for the processes holding the device open.
+        if depth == Depth::Full {
+            users.extend(s.users.get(&ns.dev).cloned().unwrap_or_default());
+        }
         Ok(users)
     }
 
@@ -266,7 +271,7 @@ impl Host for FakeHost {
         })
     }
 
-    fn disconnect(&self, nqn: &str) -> Result<bool, Error> {
+    fn disconnect(&self, nqn: &str, _depth: Depth) -> Result<bool, Error> {
         let mut s = self.state();
         let before = s.connected.len();
         s.connected.retain(|sub| sub.nqn != nqn);

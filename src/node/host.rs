@@ -15,9 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Error;
-use crate::host::device::{self, BlockDevice, Lookup, Namespace, Subsystem, Sysfs};
+use crate::host::device::{self, BlockDevice, Depth, Lookup, Namespace, Subsystem, Sysfs};
 use crate::host::mount::{self, MountOptions, MountTable, Mounted, Probe};
-use crate::host::nvme::{Attached, Nvme, Target};
+use crate::host::nvme::{self, Attached, Nvme, Target};
 use crate::host::paths::{self, Marker, Role};
 use crate::host::sys::FsStats;
 use crate::host::DevNum;
@@ -43,14 +43,16 @@ pub trait Host: Send + Sync {
     fn size_bytes(&self, name: &str) -> Result<u64, Error>;
     /// The namespace's device node, when it is there and the device sysfs names.
     fn device_node(&self, ns: &Namespace) -> Result<BlockDevice, device::NodeProblem>;
-    /// Where the namespace is in use now, other than at `except`; empty
-    /// means unused (see [`device::device_users`]).
-    fn device_users(&self, ns: &Namespace, except: &[&Path]) -> Result<Vec<String>, Error>;
+    /// Where the namespace is in use now, other than at `except`, looked
+    /// at as deep as `depth` says; empty means unused (see
+    /// [`device::device_users`]).
+    fn device_users(&self, ns: &Namespace, except: &[&Path], depth: Depth) -> Result<Vec<String>, Error>;
 
     /// Connects (or reuses) the target and waits for its device.
     fn attach(&self, target: &Target, conn: &ConnectionConfig) -> Result<Attached, Error>;
-    /// Disconnects the NQN and checks it is gone; false when it was not connected.
-    fn disconnect(&self, nqn: &str) -> Result<bool, Error>;
+    /// Disconnects the NQN and checks it is gone; false when it was not
+    /// connected. Never while in use, looked at as deep as `depth` says.
+    fn disconnect(&self, nqn: &str, depth: Depth) -> Result<bool, Error>;
     /// Rescans a controller's namespaces (after the RDS grew the disk).
     fn rescan(&self, controller: &str) -> Result<(), Error>;
 
@@ -169,17 +171,17 @@ impl Host for RealHost {
         self.sysfs().device_node(ns)
     }
 
-    fn device_users(&self, ns: &Namespace, except: &[&Path]) -> Result<Vec<String>, Error> {
+    fn device_users(&self, ns: &Namespace, except: &[&Path], depth: Depth) -> Result<Vec<String>, Error> {
         let table = self.mount_table()?;
-        Ok(device::device_users(self.sysfs(), &table, ns, except)?)
+        Ok(device::device_users(self.sysfs(), &table, ns, except, depth)?)
     }
 
     fn attach(&self, target: &Target, conn: &ConnectionConfig) -> Result<Attached, Error> {
         Ok(self.nvme.attach(target, conn)?)
     }
 
-    fn disconnect(&self, nqn: &str) -> Result<bool, Error> {
-        Ok(self.nvme.disconnect(nqn)?)
+    fn disconnect(&self, nqn: &str, depth: Depth) -> Result<bool, Error> {
+        Ok(self.nvme.disconnect_within(nqn, nvme::DISCONNECT_LIMIT, depth)?)
     }
 
     fn rescan(&self, controller: &str) -> Result<(), Error> {

@@ -10,7 +10,7 @@ use log::{info, warn};
 
 use super::error::shown;
 use super::{describe, Access, Error, Host, NodeService, Whose, BLOCK_FILE};
-use crate::host::device::{BlockDevice, Lookup};
+use crate::host::device::{BlockDevice, Depth, Lookup};
 use crate::host::mount::{self, MountOptions, Mounted};
 use crate::host::nvme::Target;
 use crate::host::paths::Role;
@@ -145,9 +145,9 @@ impl<H: Host> NodeService<H> {
                 let _ = self.host.remove_if_empty(file);
             }
         }
-        match self.users_of_nqn(nqn, &[]) {
+        match self.users_of_nqn(nqn, &[], Depth::Full) {
             Ok(users) if users.is_empty() => {
-                if let Err(e) = self.host.disconnect(nqn) {
+                if let Err(e) = self.host.disconnect(nqn, Depth::Full) {
                     warn!("roll-back: {}", crate::error_chain(&e));
                 }
             }
@@ -159,7 +159,7 @@ impl<H: Host> NodeService<H> {
     /// Where the NQN's namespaces are in use now, `except` these mount points.
     /// A user that goes within [`Host::busy_grace`] (udev's probe after
     /// an unmount, say) does not count.
-    fn users_of_nqn(&self, nqn: &str, except: &[&Path]) -> Result<Vec<String>, Error> {
+    fn users_of_nqn(&self, nqn: &str, except: &[&Path], depth: Depth) -> Result<Vec<String>, Error> {
         let (grace, poll) = self.host.busy_grace();
         let started = Instant::now();
         loop {
@@ -168,7 +168,7 @@ impl<H: Host> NodeService<H> {
             };
             let mut users = Vec::new();
             for ns in &sub.namespaces {
-                users.extend(self.host.device_users(ns, except)?);
+                users.extend(self.host.device_users(ns, except, depth)?);
             }
             if users.is_empty() || started.elapsed() >= grace {
                 return Ok(users);
@@ -221,7 +221,7 @@ impl<H: Host> NodeService<H> {
         // Refuse before changing anything while the device is still used
         // beyond this staging path (published somewhere, say).
         if let Some(nqn) = &nqn {
-            let users = self.users_of_nqn(nqn, &[&staging, &block_file])?;
+            let users = self.users_of_nqn(nqn, &[&staging, &block_file], Depth::Full)?;
             if !users.is_empty() {
                 return Err(Error::InUse {
                     nqn: nqn.clone(),
@@ -239,6 +239,16 @@ impl<H: Host> NodeService<H> {
         if ours && self.host.mounted(&staging)?.is_none() {
             self.host.remove_if_empty(&block_file)?;
         }
+        // The processes were looked at just above when something was
+        // mounted here. The looks before the disconnect (here, and the
+        // disconnect's own) add what the unmount could change: the
+        // exclusive open works now, or not. One process scan per unstage,
+        // not three: on a busy node each is tens of milliseconds.
+        let depth = if nqn.is_some() {
+            Depth::NoProcessScan
+        } else {
+            Depth::Full
+        };
         if nqn.is_none() {
             let own = Nqn::for_volume(self.prefix(), id);
             if self.host.subsystem(own.as_str())?.is_some() {
@@ -246,11 +256,11 @@ impl<H: Host> NodeService<H> {
             }
         }
         if let Some(nqn) = nqn {
-            let users = self.users_of_nqn(&nqn, &[])?;
+            let users = self.users_of_nqn(&nqn, &[], depth)?;
             if !users.is_empty() {
                 return Err(Error::InUse { nqn, users });
             }
-            self.host.disconnect(&nqn)?;
+            self.host.disconnect(&nqn, depth)?;
             info!("unstaged {nqn} from {}", shown(&staging));
         }
         self.remove_marker(&staging, Role::Staged, id)?;
@@ -609,6 +619,24 @@ mod tests {
             svc.unstage(&id, Path::new(STAGING)),
             Err(Error::InUse { .. })
         ));
+        assert!(svc.host.effects("disconnect").is_empty());
+    }
+
+    #[test]
+    fn unstage_with_nothing_mounted_still_looks_for_processes_before_disconnecting() {
+        let (svc, id, _) = staged_fs(Disk::Blank);
+        // Unmounted by hand, still connected, and a process holds the
+        // device: the only look before the disconnect must be a full one.
+        svc.host.state().mounts.retain(|m| m.at != Path::new(STAGING));
+        svc.host
+            .state()
+            .users
+            .insert(dev(1), vec!["open by pid 42 (dd)".into()]);
+        let e = svc.unstage(&id, Path::new(STAGING)).unwrap_err();
+        assert!(
+            matches!(&e, Error::InUse { users, .. } if users.iter().any(|u| u.contains("pid 42"))),
+            "{e:?}"
+        );
         assert!(svc.host.effects("disconnect").is_empty());
     }
 

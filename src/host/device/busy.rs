@@ -113,19 +113,21 @@ impl Sysfs {
 
     /// Everything that keeps namespace `ns` busy, mounts included (the
     /// exclusive probe sees those): devices stacked on it, processes with
-    /// it open, and an exclusive open that fails. Empty means a disconnect
-    /// pulls the device from under nobody.
-    pub fn busy(&self, ns: &Namespace) -> Result<Vec<String>, Error> {
+    /// it open (with [`Depth::Full`]), and an exclusive open that fails.
+    /// Empty means a disconnect pulls the device from under nobody.
+    pub fn busy(&self, ns: &Namespace, depth: Depth) -> Result<Vec<String>, Error> {
         let mut users: Vec<String> = self
             .holders(&ns.name)?
             .into_iter()
             .map(|h| format!("{} held by {h}", ns.name))
             .collect();
-        users.extend(
-            self.open_by(ns.dev)
-                .into_iter()
-                .map(|u| format!("{} {u}", ns.name)),
-        );
+        if depth == Depth::Full {
+            users.extend(
+                self.open_by(ns.dev)
+                    .into_iter()
+                    .map(|u| format!("{} {u}", ns.name)),
+            );
+        }
         if users.is_empty() {
             users.extend(self.exclusive_probe(ns));
         }
@@ -133,16 +135,32 @@ impl Sysfs {
     }
 }
 
+/// How far [`device_users`] looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// Everything, the processes holding the device open included.
+    Full,
+    /// All but the scan of every process's open descriptors, for a second
+    /// look moments after a full one. The scan is the costly part: a
+    /// directory read per process and a readlink per descriptor, tens of
+    /// milliseconds on a busy node. A process that opened the device since
+    /// the full look is the same race as one that opens it between any
+    /// look and the disconnect.
+    NoProcessScan,
+}
+
 /// Where a namespace's device is in use: mount points of it or of its
 /// partitions (other than `except`), the devices stacked on it, the
-/// processes that hold it open, and, when nothing else was found and no
-/// mount is excepted, an exclusive open that the kernel refuses (mounted
-/// elsewhere, or held by mkfs or device-mapper). Empty means unused.
+/// processes that hold it open (with [`Depth::Full`]), and, when nothing
+/// else was found and no mount is excepted, an exclusive open that the
+/// kernel refuses (mounted elsewhere, or held by mkfs or device-mapper).
+/// Empty means unused.
 pub fn device_users(
     sysfs: &Sysfs,
     table: &MountTable,
     ns: &Namespace,
     except: &[&Path],
+    depth: Depth,
 ) -> Result<Vec<String>, Error> {
     let mut users: Vec<String> = table
         .users_of(ns.dev)
@@ -164,7 +182,9 @@ pub fn device_users(
             .into_iter()
             .map(|h| format!("held by {h}")),
     );
-    users.extend(sysfs.open_by(ns.dev));
+    if depth == Depth::Full {
+        users.extend(sysfs.open_by(ns.dev));
+    }
     // With a mount excepted, the exclusive open fails because of that very
     // mount: only asked when the device should be free.
     if users.is_empty() && except.is_empty() {

@@ -166,7 +166,7 @@ impl std::error::Error for Error {
 pub use super::is_namespace_name;
 
 mod busy;
-pub use busy::{device_users, BUSY_GRACE, BUSY_POLL};
+pub use busy::{device_users, Depth, BUSY_GRACE, BUSY_POLL};
 
 /// Why an NQN has no usable block device (yet, or any more).
 #[derive(Debug, PartialEq, Eq)]
@@ -799,20 +799,23 @@ mod tests {
             ..t.roots()
         });
         let ns = sysfs.subsystem(NQN).unwrap().unwrap().namespaces[0].clone();
-        assert!(sysfs.busy(&ns).unwrap().is_empty());
+        assert!(sysfs.busy(&ns, Depth::Full).unwrap().is_empty());
         // A child holding it open through another name (the loop device).
         let mut holder = std::process::Command::new("sleep")
             .arg("60")
             .stdin(fs::File::open(&loop_dev).unwrap())
             .spawn()
             .unwrap();
-        let users = sysfs.busy(&ns).unwrap();
+        let users = sysfs.busy(&ns, Depth::Full).unwrap();
         assert!(
             users
                 .iter()
                 .any(|u| u.contains(&format!("pid {}", holder.id())) && u.contains("sleep")),
             "{users:?}"
         );
+        // Without the process scan (a look right after a full one) a plain
+        // reader is not seen: nothing else holds the device.
+        assert!(sysfs.busy(&ns, Depth::NoProcessScan).unwrap().is_empty());
         holder.kill().unwrap();
         holder.wait().unwrap();
         // An exclusive holder (what mkfs is): the probe says so.

@@ -793,6 +793,24 @@ fn two_provisioner_names_on_one_slot_collide() {
     assert_eq!(c.rds.changes(), changes);
 }
 
+/// A 1 GiB block volume made for MULTI_NODE_MULTI_WRITER, and that capability.
+fn shared_block(c: &Controller<FakeRds>, name: &str) -> (Capability, Created) {
+    let cap = block_cap(AccessMode::MultiNodeMultiWriter);
+    let v = c
+        .create(CreateRequest {
+            name,
+            parameters: &HashMap::new(),
+            capabilities: std::slice::from_ref(&cap),
+            capacity: CapacityRange {
+                required: GIB as i64,
+                limit: 0,
+            },
+            content_source: None,
+        })
+        .unwrap();
+    (cap, v)
+}
+
 fn exported(c: &Controller<FakeRds>, id: &VolumeId) -> bool {
     c.rds.state().disks[id.slot()].nvme_tcp_export
 }
@@ -841,19 +859,7 @@ fn a_shared_volume_stays_exported_until_its_last_node_goes() {
             ..settings()
         },
     );
-    let cap = block_cap(AccessMode::MultiNodeMultiWriter);
-    let v = c
-        .create(CreateRequest {
-            name: "vol-s",
-            parameters: &HashMap::new(),
-            capabilities: std::slice::from_ref(&cap),
-            capacity: CapacityRange {
-                required: GIB as i64,
-                limit: 0,
-            },
-            content_source: None,
-        })
-        .unwrap();
+    let (cap, v) = shared_block(&c, "vol-s");
     c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
     c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
     c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
@@ -919,19 +925,7 @@ fn allow_list(c: &Controller<FakeRds>, id: &VolumeId) -> String {
 #[test]
 fn host_acls_allow_exactly_the_published_nodes_and_never_export_an_empty_list() {
     let c = acl_controller();
-    let cap = block_cap(AccessMode::MultiNodeMultiWriter);
-    let v = c
-        .create(CreateRequest {
-            name: "vol-acl",
-            parameters: &HashMap::new(),
-            capabilities: std::slice::from_ref(&cap),
-            capacity: CapacityRange {
-                required: GIB as i64,
-                limit: 0,
-            },
-            content_source: None,
-        })
-        .unwrap();
+    let (cap, v) = shared_block(&c, "vol-acl");
     assert_eq!(allow_list(&c, &v.id), "");
     let a = HostIdentity::for_node("node-a").unwrap();
     let b = HostIdentity::for_node("node-b").unwrap();
@@ -1017,19 +1011,7 @@ fn a_node_id_that_cannot_form_a_host_nqn_is_a_bad_argument() {
 #[test]
 fn a_crash_while_cutting_a_node_off_is_finished_by_the_retry() {
     let c = acl_controller();
-    let cap = block_cap(AccessMode::MultiNodeMultiWriter);
-    let v = c
-        .create(CreateRequest {
-            name: "vol-cut",
-            parameters: &HashMap::new(),
-            capabilities: std::slice::from_ref(&cap),
-            capacity: CapacityRange {
-                required: GIB as i64,
-                limit: 0,
-            },
-            content_source: None,
-        })
-        .unwrap();
+    let (cap, v) = shared_block(&c, "vol-cut");
     c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
     c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
     // The export goes off, then turning it on again fails.

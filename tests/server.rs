@@ -413,3 +413,46 @@ fn the_grace_period_bounds_the_wait() {
         env.driver.log_text()
     );
 }
+
+#[test]
+fn clients_within_the_in_flight_bound_are_never_refused() {
+    use std::sync::Arc;
+    // As many clients as the bound, each calling again as soon as it has
+    // its answer: a call counts until it is answered, not until gRPC has
+    // confirmed the reply, so no call is ever refused. (Counted until the
+    // confirmation, a client's next call often met its last one still
+    // counted, and a steady load of half the bound was refused.)
+    let d = Arc::new(Driver::start(&[
+        "--node",
+        "--node-id",
+        "n1",
+        "--max-in-flight",
+        "4",
+    ]));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let d = Arc::clone(&d);
+            std::thread::spawn(move || {
+                let node = d.node();
+                let mut refused = 0;
+                for _ in 0..150 {
+                    // Answered on a worker: the path is not there.
+                    let mut r = csi::NodeGetVolumeStatsRequest::new();
+                    r.volume_id = format!("pvc-{i}");
+                    r.volume_path = "/nonexistent/rds-csi-test".into();
+                    match node.node_get_volume_stats(&r, opt(30)).map_err(status_code) {
+                        Err(RpcStatusCode::RESOURCE_EXHAUSTED) => refused += 1,
+                        Err(_) => {}
+                        Ok(_) => panic!("stats of a path that is not there"),
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: usize = clients.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(
+        refused, 0,
+        "{refused} of 600 calls refused with 4 clients and --max-in-flight 4"
+    );
+}

@@ -74,7 +74,12 @@ two_nodes_start() {
 		exit 3
 	fi
 	touch "$W/peer.used"
+	# A peer that never answered fails the later scenarios at once, not
+	# after another long wait each.
+	[ ! -f /tmp/peer-unreachable ] || fail "the peer guest did not answer in an earlier scenario"
+	touch /tmp/peer-unreachable
 	wait_for 300 "the peer guest's agent at $PEER_IP:7000" peer_alive
+	rm -f /tmp/peer-unreachable
 	NVME_ADDR=$MAIN_IP
 	export NVME_ADDR
 	sim_start

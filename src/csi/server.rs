@@ -126,7 +126,7 @@ fn panicked(method: &str, volume_id: &str) -> RpcStatus {
     ))
 }
 
-/// A reply gRPC has yet to confirm, with the call's in-flight count.
+/// A reply gRPC has yet to confirm, counted until then for the drain.
 struct Pending {
     sent: grpcio::UnarySinkResult,
     _guard: InFlight,
@@ -217,21 +217,60 @@ fn wait_reply(p: Pending) {
 
 struct DispatchState {
     max_in_flight: usize,
-    in_flight: Mutex<usize>,
+    counts: Mutex<Counts>,
     idle: Condvar,
     draining: AtomicBool,
 }
 
-/// Counts one call in flight for as long as it lives.
+/// What the dispatcher has in hand.
+#[derive(Default)]
+struct Counts {
+    /// Calls admitted and not yet answered: queued or running. These are
+    /// what `--max-in-flight` bounds.
+    calls: usize,
+    /// Answers handed to gRPC that it has yet to confirm. Not bounded by
+    /// `--max-in-flight`: a client that has its answer sends its next
+    /// call before the confirmation of the last one comes back, and
+    /// counting those would refuse a steady load of at most half the
+    /// limit. The drain waits for them too.
+    replies: usize,
+}
+
+impl Counts {
+    fn total(&self) -> usize {
+        self.calls + self.replies
+    }
+}
+
+/// Counts one call in flight (or, once answered, its unconfirmed reply)
+/// for as long as it lives.
 struct InFlight {
     state: Arc<DispatchState>,
+    answered: bool,
+}
+
+impl InFlight {
+    /// The call is answered: it leaves the calls and waits with the
+    /// replies, in one step, so the drain never sees it in neither.
+    fn answered(mut self) -> InFlight {
+        let mut c = lock(&self.state.counts);
+        c.calls -= 1;
+        c.replies += 1;
+        drop(c);
+        self.answered = true;
+        self
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut n = lock(&self.state.in_flight);
-        *n -= 1;
-        if *n == 0 {
+        let mut c = lock(&self.state.counts);
+        if self.answered {
+            c.replies -= 1;
+        } else {
+            c.calls -= 1;
+        }
+        if c.total() == 0 {
             self.state.idle.notify_all();
         }
     }
@@ -244,15 +283,15 @@ impl Dispatcher {
         Dispatcher {
             state: Arc::new(DispatchState {
                 max_in_flight,
-                in_flight: Mutex::new(0),
+                counts: Mutex::new(Counts::default()),
                 idle: Condvar::new(),
                 draining: AtomicBool::new(false),
             }),
             replies: Replies::start(),
-            // Every call a worker runs is counted in flight until its reply
-            // is confirmed, so at most `max_in_flight` jobs exist at once:
-            // with as many threads, a call never waits for a thread behind
-            // a blocked one.
+            // Every call a worker runs is counted in flight until it has
+            // answered, which ends its job, so at most `max_in_flight` jobs
+            // exist at once: with as many threads, a call never waits for a
+            // thread behind a blocked one.
             pool: Pool::new(max_in_flight.max(1), WORKER_IDLE),
         }
     }
@@ -327,16 +366,15 @@ impl Dispatcher {
             // Never blocks (static answers, or state read under a lock held
             // for nanoseconds): answered here, on the completion-queue
             // thread, with no thread hop. The work is done once the reply is
-            // queued, so the call leaves the in-flight count then: the
-            // completion queue confirms the reply only after it has taken
-            // the calls queued behind this one, and counting those
-            // confirmations would refuse a steady load of cheap calls.
+            // queued, so the call leaves the in-flight count then (see
+            // `Counts::replies`); its reply is counted until confirmed.
             let result = panic::catch_unwind(AssertUnwindSafe(|| work(&call, req)))
                 .unwrap_or_else(|_| Err(panicked(method, &call.volume_id)));
             let sent = reply(&call, started, sink, result);
-            drop(guard);
+            let unconfirmed = guard.answered();
             ctx.spawn(async move {
                 let _ = sent.await;
+                drop(unconfirmed);
             });
             return;
         }
@@ -355,7 +393,7 @@ impl Dispatcher {
                 // thread and its stack go away now.
                 replies.hold(Pending {
                     sent,
-                    _guard: guard,
+                    _guard: guard.answered(),
                     method,
                     since: Instant::now(),
                 });
@@ -382,41 +420,44 @@ impl Dispatcher {
                 "{method} refused: the driver is shutting down"
             )));
         }
-        let mut n = lock(&self.state.in_flight);
-        if method != "Probe" && *n >= self.state.max_in_flight {
+        let mut c = lock(&self.state.counts);
+        if method != "Probe" && c.calls >= self.state.max_in_flight {
             return Err(status::resource_exhausted(format!(
                 "{method} refused: {} calls already in flight (limit {}, --max-in-flight); retry later",
-                *n, self.state.max_in_flight
+                c.calls, self.state.max_in_flight
             )));
         }
-        *n += 1;
+        c.calls += 1;
         Ok(InFlight {
             state: Arc::clone(&self.state),
+            answered: false,
         })
     }
 
-    /// Number of calls running now.
+    /// Number of calls queued or running now (not those answered and
+    /// waiting for gRPC to confirm the reply).
     pub fn in_flight(&self) -> usize {
-        *lock(&self.state.in_flight)
+        lock(&self.state.counts).calls
     }
 
     /// Refuses new calls from now on and waits up to `grace` for the running
-    /// ones to finish. Returns how many were still running at the end.
+    /// ones to finish and their replies to go out. Returns how many calls
+    /// and unconfirmed replies were still there at the end.
     pub fn drain(&self, grace: Duration) -> usize {
         self.state.draining.store(true, Ordering::SeqCst);
         let end = Instant::now() + grace;
-        let mut n = lock(&self.state.in_flight);
-        while *n > 0 {
+        let mut c = lock(&self.state.counts);
+        while c.total() > 0 {
             let now = Instant::now();
             if now >= end {
                 break;
             }
-            n = match self.state.idle.wait_timeout(n, end - now) {
+            c = match self.state.idle.wait_timeout(c, end - now) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
-        *n
+        c.total()
     }
 }
 
@@ -609,7 +650,7 @@ impl Running {
         let stopped = self.server.shutdown();
         let left = self.dispatcher.drain(grace);
         if left > 0 {
-            warn!("grace period over: cancelling {left} call(s) still running");
+            warn!("grace period over: cancelling {left} call(s) still running or still sending their reply");
             self.server.cancel_all_calls();
         }
         // The shutdown future completes once gRPC has flushed the replies.
@@ -733,6 +774,22 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(50));
         drop(held);
         assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_answered_call_leaves_the_limit_but_the_drain_waits_for_its_reply() {
+        let d = Dispatcher::new(1);
+        let call = d.admit("CreateVolume").unwrap();
+        assert!(d.admit("DeleteVolume").is_err());
+        // Answered, its reply not yet confirmed: the next call gets in.
+        let reply = call.answered();
+        assert_eq!(d.in_flight(), 0);
+        let next = d.admit("DeleteVolume").unwrap();
+        drop(next);
+        // The drain still counts the unconfirmed reply.
+        assert_eq!(d.drain(Duration::from_millis(50)), 1);
+        drop(reply);
+        assert_eq!(d.drain(Duration::ZERO), 0);
     }
 
     #[test]

@@ -370,8 +370,10 @@ impl Dispatcher {
             // `Counts::replies`); its reply is counted until confirmed.
             let result = panic::catch_unwind(AssertUnwindSafe(|| work(&call, req)))
                 .unwrap_or_else(|_| Err(panicked(method, &call.volume_id)));
-            let sent = reply(&call, started, sink, result);
+            // Answered before the reply goes out: the client may call
+            // again the moment it has it.
             let unconfirmed = guard.answered();
+            let sent = reply(&call, started, sink, result);
             ctx.spawn(async move {
                 let _ = sent.await;
                 drop(unconfirmed);
@@ -387,13 +389,16 @@ impl Dispatcher {
             let result = panic::catch_unwind(AssertUnwindSafe(|| work(&call, req)))
                 .unwrap_or_else(|_| Err(panicked(method, &call.volume_id)));
             if let Some(sink) = lock(&worker_slot).take() {
+                // Answered before the reply goes out: the client may call
+                // again the moment it has it.
+                let unconfirmed = guard.answered();
                 let sent = reply(&call, started, sink, result);
                 // The call must be held until gRPC has sent the reply
                 // (see `reply`); the reply thread does that, so this
                 // thread and its stack go away now.
                 replies.hold(Pending {
                     sent,
-                    _guard: guard.answered(),
+                    _guard: unconfirmed,
                     method,
                     since: Instant::now(),
                 });

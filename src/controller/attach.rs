@@ -250,3 +250,275 @@ fn publish_context(
     );
     ctx
 }
+
+#[cfg(test)]
+mod tests {
+    //! Publish and unpublish against the in-memory RDS: the single-node fence, export on publish, host ACLs, crashes half-way.
+
+    use std::collections::HashMap;
+
+    use crate::controller::fake::*;
+    use crate::controller::*;
+    use crate::fence::{self, HostIdentity};
+    use crate::volume::GIB;
+
+    #[test]
+    fn the_fence_refuses_a_second_node() {
+        let c = controller(10 * GIB);
+        let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+        let cap = mount_cap(AccessMode::SingleNodeWriter);
+        let ctx = c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+        assert_eq!(ctx["nqn"], format!("nqn.2000-02.com.mikrotik:{}", v.id));
+        assert_eq!(ctx["nvmeAddress"], "10.0.0.1");
+        // Again to the same node: no change.
+        let changes = c.rds.changes();
+        c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+        assert_eq!(c.rds.changes(), changes);
+        let err = c
+            .publish(v.id.as_str(), "node-b", &cap, &HashMap::new())
+            .unwrap_err();
+        match &err {
+            Error::PublishedElsewhere { other, node, .. } => {
+                assert_eq!((other.as_str(), node.as_str()), ("node-a", "node-b"))
+            }
+            other => panic!("{other}"),
+        }
+        // The fence lives on the RDS: a new controller over it refuses too.
+        let restarted = Controller::new(FakeRds::default(), settings());
+        restarted.rds.insert(c.rds.state().disks[v.id.slot()].clone());
+        assert!(matches!(
+            restarted.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()),
+            Err(Error::PublishedElsewhere { .. })
+        ));
+        // Unpublished from node-a, it may go to node-b.
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+    }
+
+    #[test]
+    fn shared_block_volumes_go_to_many_nodes_when_allowed() {
+        let c = Controller::new(
+            FakeRds::with_pool(10 * GIB),
+            ControllerSettings {
+                allow_multi_node_block: true,
+                ..settings()
+            },
+        );
+        let caps = [block_cap(AccessMode::MultiNodeMultiWriter)];
+        let v = c
+            .create(CreateRequest {
+                name: "shared",
+                capabilities: &caps,
+                parameters: &HashMap::new(),
+                capacity: CapacityRange::default(),
+                content_source: None,
+            })
+            .unwrap();
+        for node in ["n1", "n2"] {
+            c.publish(v.id.as_str(), node, &caps[0], &HashMap::new()).unwrap();
+        }
+        assert_eq!(c.get(v.id.as_str()).unwrap().nodes, vec!["n1", "n2"]);
+        // No node named: unpublished from every node.
+        c.unpublish(v.id.as_str(), None).unwrap();
+        assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
+    }
+
+    #[test]
+    fn volumes_are_exported_only_while_published() {
+        let c = controller(10 * GIB);
+        let cap = mount_cap(AccessMode::SingleNodeWriter);
+        let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+        // Made with its export off: port and NQN set, nothing on the network.
+        assert!(!exported(&c, &v.id));
+        assert!(
+            !c.rds.changes().iter().any(|x| x.starts_with("export")),
+            "{:?}",
+            c.rds.changes()
+        );
+        assert!(!c.get(v.id.as_str()).unwrap().condition.abnormal);
+        c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+        assert!(exported(&c, &v.id));
+        assert_eq!(c.rds.changes().last().unwrap(), &format!("export {}", v.id));
+        // A repeat makes no request.
+        let changes = c.rds.changes();
+        c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+        assert_eq!(c.rds.changes(), changes);
+        // Unpublished from a node it is not published to: still exported.
+        c.unpublish(v.id.as_str(), Some("node-z")).unwrap();
+        assert!(exported(&c, &v.id));
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        assert!(!exported(&c, &v.id));
+        let changes = c.rds.changes();
+        assert_eq!(
+            changes[changes.len() - 2],
+            format!("unexport {}", v.id),
+            "off before the record: {changes:?}"
+        );
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        assert_eq!(c.rds.changes(), changes);
+    }
+
+    #[test]
+    fn a_shared_volume_stays_exported_until_its_last_node_goes() {
+        let c = Controller::new(
+            FakeRds::with_pool(10 * GIB),
+            ControllerSettings {
+                allow_multi_node_block: true,
+                ..settings()
+            },
+        );
+        let (cap, v) = shared_block(&c, "vol-s");
+        c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+        c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        assert!(exported(&c, &v.id));
+        c.unpublish(v.id.as_str(), None).unwrap();
+        assert!(!exported(&c, &v.id));
+        assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
+    }
+
+    #[test]
+    fn a_crash_between_recording_and_exporting_is_finished_by_the_retry() {
+        let c = controller(10 * GIB);
+        let cap = mount_cap(AccessMode::SingleNodeWriter);
+        let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+        c.rds.state().fail_exports = 1;
+        assert!(c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).is_err());
+        // Recorded, not exported: the node is fenced in, nothing is on the network.
+        assert_eq!(c.get(v.id.as_str()).unwrap().nodes, vec!["node-a".to_string()]);
+        assert!(!exported(&c, &v.id));
+        assert!(c.get(v.id.as_str()).unwrap().condition.abnormal);
+        c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+        assert!(exported(&c, &v.id));
+        // The unpublish fails before its record: the retry finishes both.
+        c.rds.state().fail_exports = 1;
+        assert!(c.unpublish(v.id.as_str(), Some("node-a")).is_err());
+        assert!(exported(&c, &v.id));
+        assert_eq!(c.get(v.id.as_str()).unwrap().nodes, vec!["node-a".to_string()]);
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        assert!(!exported(&c, &v.id));
+        assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
+    }
+
+    #[test]
+    fn an_always_exported_volume_follows_the_rule_from_its_next_unpublish() {
+        // As a Go driver volume or one made with --export-always: exported, no node.
+        let always = controller_always(10 * GIB);
+        let v = create(&always, "vol-a", &HashMap::new(), GIB).unwrap();
+        assert!(exported(&always, &v.id));
+        let c = controller(10 * GIB);
+        c.rds.insert(always.rds.state().disks[v.id.slot()].clone());
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        assert!(!exported(&c, &v.id));
+        // With --export-always an unpublish leaves the export alone.
+        always.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        assert!(exported(&always, &v.id));
+    }
+
+    #[test]
+    fn host_acls_allow_exactly_the_published_nodes_and_never_export_an_empty_list() {
+        let c = acl_controller();
+        let (cap, v) = shared_block(&c, "vol-acl");
+        assert_eq!(allow_list(&c, &v.id), "");
+        let a = HostIdentity::for_node("node-a").unwrap();
+        let b = HostIdentity::for_node("node-b").unwrap();
+        let ctx = c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+        assert_eq!(ctx[fence::KEY_HOST_NQN], a.nqn);
+        assert_eq!(ctx[fence::KEY_HOST_ID], a.id);
+        assert_eq!(allow_list(&c, &v.id), a.nqn);
+        assert!(exported(&c, &v.id));
+        // The allow list is written before the export goes on.
+        let changes = c.rds.changes();
+        let allow_at = changes.iter().position(|x| x.starts_with("allow ")).unwrap();
+        let export_at = changes.iter().position(|x| x.starts_with("export ")).unwrap();
+        assert!(allow_at < export_at, "{changes:?}");
+        let ctx = c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+        assert_eq!(ctx[fence::KEY_HOST_NQN], b.nqn);
+        assert_eq!(
+            allow_list(&c, &v.id),
+            fence::format_allow_list(&[a.nqn.clone(), b.nqn.clone()])
+        );
+        // A repeat changes nothing.
+        let changes = c.rds.changes();
+        c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+        assert_eq!(c.rds.changes(), changes);
+        // Unpublishing one cuts off only that one: off the list first, then
+        // the export off and on again drops the connection it may still hold.
+        let before = c.rds.changes().len();
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        assert_eq!(allow_list(&c, &v.id), b.nqn);
+        assert!(exported(&c, &v.id));
+        let slot = v.id.slot();
+        assert_eq!(
+            c.rds.changes()[before..].to_vec(),
+            vec![
+                format!("allow {slot} {}", b.nqn),
+                format!("unexport {slot}"),
+                format!("export {slot}"),
+                format!("comment {slot}"),
+            ],
+            "the allow list, the cut, then the record"
+        );
+        // A repeat (the node already gone) cuts nobody again.
+        let changes = c.rds.changes();
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        assert_eq!(c.rds.changes(), changes);
+        // The last one: the export goes off before the list empties.
+        c.unpublish(v.id.as_str(), Some("node-b")).unwrap();
+        assert_eq!(allow_list(&c, &v.id), "");
+        assert!(!exported(&c, &v.id));
+        let changes = c.rds.changes();
+        let unexport_at = changes.iter().rposition(|x| x.starts_with("unexport ")).unwrap();
+        let emptied_at = changes.iter().rposition(|x| x.starts_with("allow ")).unwrap();
+        assert!(unexport_at < emptied_at, "{changes:?}");
+    }
+
+    #[test]
+    fn an_allow_list_the_rds_did_not_keep_fails_naming_what_it_stored() {
+        let c = acl_controller();
+        let v = create(&c, "vol-acl", &HashMap::new(), GIB).unwrap();
+        c.rds.state().allow_mangle = Some("somebody-else".into());
+        let cap = mount_cap(AccessMode::SingleNodeWriter);
+        let err = c
+            .publish(v.id.as_str(), "node-a", &cap, &HashMap::new())
+            .unwrap_err();
+        assert!(matches!(err, Error::AllowListNotKept { .. }), "{err}");
+        assert!(err.to_string().contains("\"somebody-else\""), "{err}");
+        // Never exported with a list it did not mean.
+        assert!(!exported(&c, &v.id));
+    }
+
+    #[test]
+    fn a_node_id_that_cannot_form_a_host_nqn_is_a_bad_argument() {
+        let c = acl_controller();
+        let v = create(&c, "vol-acl", &HashMap::new(), GIB).unwrap();
+        let cap = mount_cap(AccessMode::SingleNodeWriter);
+        let err = c
+            .publish(v.id.as_str(), "node a", &cap, &HashMap::new())
+            .unwrap_err();
+        assert!(matches!(err, Error::HostNqnRule { .. }), "{err}");
+        assert!(err.to_string().contains("may only contain"), "{err}");
+        assert!(c.get(v.id.as_str()).unwrap().nodes.is_empty());
+    }
+
+    #[test]
+    fn a_crash_while_cutting_a_node_off_is_finished_by_the_retry() {
+        let c = acl_controller();
+        let (cap, v) = shared_block(&c, "vol-cut");
+        c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+        c.publish(v.id.as_str(), "node-b", &cap, &HashMap::new()).unwrap();
+        // The export goes off, then turning it on again fails.
+        let before = c.rds.changes().len();
+        c.rds.state().fail_after_exports = Some(1);
+        assert!(c.unpublish(v.id.as_str(), Some("node-a")).is_err());
+        // Off the network, node-a still recorded: the retry cuts and exports again.
+        assert!(!exported(&c, &v.id));
+        assert_eq!(c.get(v.id.as_str()).unwrap().nodes.len(), 2);
+        assert!(c.rds.changes().len() > before);
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        assert!(exported(&c, &v.id));
+        assert_eq!(c.get(v.id.as_str()).unwrap().nodes, vec!["node-b".to_string()]);
+        let b = HostIdentity::for_node("node-b").unwrap();
+        assert_eq!(allow_list(&c, &v.id), b.nqn);
+    }
+}

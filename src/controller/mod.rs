@@ -261,4 +261,4 @@ impl<R: RdsApi> Controller<R> {
 }
 
 #[cfg(test)]
-mod tests;
+mod fake;

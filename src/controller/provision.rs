@@ -664,3 +664,266 @@ mod unit {
         assert!(!condition_of(&disk(true), true).abnormal);
     }
 }
+
+#[cfg(test)]
+mod rules {
+    //! Create, delete, expand and list against the in-memory RDS.
+
+    use std::collections::HashMap;
+
+    use crate::controller::fake::*;
+    use crate::controller::*;
+    use crate::volume::{GIB, MIB};
+
+    #[test]
+    fn create_is_idempotent_by_name() {
+        let c = controller_always(10 * GIB);
+        let none = HashMap::new();
+        let first = create(&c, "vol-a", &none, GIB).unwrap();
+        assert_eq!(first.id, VolumeId::for_name("vol-a"));
+        assert_eq!(first.capacity, GIB);
+        let made = c.rds.changes();
+        assert_eq!(
+            made,
+            vec![
+                "mkdir storage-pool/csi".to_string(),
+                format!("create {}", first.id),
+                format!("export {}", first.id)
+            ]
+        );
+        // The same request again: the same volume, and no change on the RDS.
+        let again = create(&c, "vol-a", &none, GIB).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(c.rds.changes(), made);
+    }
+
+    #[test]
+    fn create_finishes_a_volume_left_unexported() {
+        let c = controller_always(10 * GIB);
+        let first = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+        c.rds
+            .state()
+            .disks
+            .get_mut(first.id.slot())
+            .unwrap()
+            .nvme_tcp_export = false;
+        create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+        assert_eq!(c.rds.changes().last().unwrap(), &format!("export {}", first.id));
+        assert!(c.rds.state().disks[first.id.slot()].nvme_tcp_export);
+    }
+
+    #[test]
+    fn create_refuses_a_slot_held_by_another_name_or_by_hand() {
+        let c = controller(10 * GIB);
+        let id = VolumeId::for_name("vol-a");
+        // A record for another name on the slot vol-a hashes to: a collision.
+        let other = Ownership {
+            name: "vol-b".into(),
+            params_digest: "x".into(),
+            ..Default::default()
+        };
+        c.rds.insert(rds::Disk {
+            slot: id.to_string(),
+            comment: other.to_comment(),
+            ..disk("", true)
+        });
+        let err = create(&c, "vol-a", &HashMap::new(), GIB).unwrap_err();
+        // The record names vol-b, whose slot is not this one: not ours at all.
+        assert!(matches!(err, Error::SlotTaken { .. }), "{err}");
+        // A disk made by hand on the slot: taken, and left as it is.
+        c.rds.state().disks.get_mut(id.slot()).unwrap().comment = "made by hand".into();
+        let err = create(&c, "vol-a", &HashMap::new(), GIB).unwrap_err();
+        match &err {
+            Error::SlotTaken { comment, .. } => assert_eq!(comment, "made by hand"),
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains("\"made by hand\""), "{err}");
+        assert!(c.rds.changes().is_empty(), "{:?}", c.rds.changes());
+    }
+
+    #[test]
+    fn create_refuses_the_same_name_with_other_parameters_or_size() {
+        let c = controller(10 * GIB);
+        create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+        let mut params = HashMap::new();
+        params.insert("reconnectDelay".to_string(), "7".to_string());
+        let err = create(&c, "vol-a", &params, GIB).unwrap_err();
+        assert!(matches!(err, Error::ParametersDiffer { .. }), "{err}");
+        let err = create(&c, "vol-a", &HashMap::new(), 2 * GIB).unwrap_err();
+        match err {
+            Error::SizeOutsideRange { have, required, .. } => {
+                assert_eq!((have, required), (GIB, 2 * GIB as i64))
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn create_checks_room_on_the_pool_before_creating() {
+        let c = Controller::new(
+            FakeRds::with_pool(3 * GIB),
+            ControllerSettings {
+                capacity_reserve: GIB,
+                ..settings()
+            },
+        );
+        let err = create(&c, "vol-a", &HashMap::new(), 2 * GIB + MIB).unwrap_err();
+        match err {
+            Error::NoSpaceToCreate {
+                needed, available, ..
+            } => {
+                assert_eq!((needed, available), (2 * GIB + MIB, 2 * GIB))
+            }
+            other => panic!("{other}"),
+        }
+        assert!(c.rds.changes().is_empty());
+        create(&c, "vol-a", &HashMap::new(), 2 * GIB).unwrap();
+        // An unmounted pool reports no free space: unavailable, not full.
+        c.rds.state().pool_free = None;
+        let err = create(&c, "vol-b", &HashMap::new(), GIB).unwrap_err();
+        assert!(matches!(err, Error::PoolNotMounted { .. }), "{err}");
+    }
+
+    #[test]
+    fn delete_leaves_a_foreign_disk_untouched() {
+        let c = controller(10 * GIB);
+        let legacy_shape = "pvc-0e7c2a9d-41b3-4c55-9f0e-6a1d2b3c4d5e";
+        c.rds.insert(rds::Disk {
+            slot: legacy_shape.into(),
+            file_path: Some("storage-pool/vms/backup.img".into()),
+            comment: "vm backup".into(),
+            ..disk("", true)
+        });
+        c.delete(legacy_shape).unwrap();
+        assert!(c.rds.state().disks.contains_key(legacy_shape));
+        assert!(c.rds.state().files.contains_key("storage-pool/vms/backup.img"));
+        assert!(c.rds.changes().is_empty(), "{:?}", c.rds.changes());
+    }
+
+    #[test]
+    fn delete_removes_our_volume_once_and_refuses_a_published_one() {
+        let c = controller(10 * GIB);
+        let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+        let cap = mount_cap(AccessMode::SingleNodeWriter);
+        c.publish(v.id.as_str(), "node-a", &cap, &HashMap::new()).unwrap();
+        let err = c.delete(v.id.as_str()).unwrap_err();
+        assert!(matches!(err, Error::StillPublished { .. }), "{err}");
+        c.unpublish(v.id.as_str(), Some("node-a")).unwrap();
+        c.delete(v.id.as_str()).unwrap();
+        assert!(c.rds.state().disks.is_empty() && c.rds.state().files.is_empty());
+        let before = c.rds.changes();
+        // Twice: nothing left, nothing done (but a look for a leftover file).
+        c.delete(v.id.as_str()).unwrap();
+        assert_eq!(c.rds.changes(), before);
+        // An id that cannot be a slot names nothing.
+        c.delete("Not A Slot").unwrap();
+    }
+
+    #[test]
+    fn delete_finishes_a_leftover_backing_file() {
+        let c = controller(10 * GIB);
+        let id = VolumeId::for_name("vol-a");
+        let file = format!("storage-pool/csi/{id}.img");
+        c.rds.state().files.insert(file.clone(), GIB);
+        c.delete(id.as_str()).unwrap();
+        assert_eq!(c.rds.changes(), vec![format!("remove file {file}")]);
+    }
+
+    #[test]
+    fn expand_beyond_the_pool_is_out_of_range_and_never_shrinks() {
+        let c = controller(4 * GIB);
+        let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+        let range = |bytes: u64| CapacityRange {
+            required: bytes as i64,
+            limit: 0,
+        };
+        let err = c.expand(v.id.as_str(), range(5 * GIB), false).unwrap_err();
+        match err {
+            Error::BeyondPool {
+                wanted, pool_size, ..
+            } => assert_eq!((wanted, pool_size), (5 * GIB, 4 * GIB)),
+            other => panic!("{other}"),
+        }
+        // Within the pool but more than is free: no space (yet).
+        c.rds.state().pool_free = Some(GIB / 2);
+        let err = c.expand(v.id.as_str(), range(2 * GIB), false).unwrap_err();
+        assert!(matches!(err, Error::NoSpaceToGrow { .. }), "{err}");
+        c.rds.state().pool_free = Some(3 * GIB);
+        let grown = c.expand(v.id.as_str(), range(2 * GIB), false).unwrap();
+        assert_eq!(grown.capacity, 2 * GIB);
+        assert!(grown.node_expansion_required);
+        // Smaller than now: satisfied as it is, nothing sent.
+        let changes = c.rds.changes();
+        let same = c.expand(v.id.as_str(), range(GIB), true).unwrap();
+        assert_eq!((same.capacity, same.node_expansion_required), (2 * GIB, false));
+        assert_eq!(c.rds.changes(), changes);
+    }
+
+    #[test]
+    fn list_pages_only_our_volumes() {
+        let c = controller(10 * GIB);
+        for name in ["a", "b", "c"] {
+            create(&c, name, &HashMap::new(), GIB).unwrap();
+        }
+        // A disk made by hand under our prefix is never listed.
+        c.rds.insert(rds::Disk {
+            slot: "pvc-handmade".into(),
+            ..disk("", true)
+        });
+        let first = c.list(None, Some(2)).unwrap();
+        assert_eq!(first.entries.len(), 2);
+        let token = first.next_token.clone().unwrap();
+        let rest = c.list(Some(&token), None).unwrap();
+        assert_eq!(rest.entries.len(), 1);
+        assert_eq!(rest.next_token, None);
+        let mut all: Vec<VolumeId> = first
+            .entries
+            .iter()
+            .chain(&rest.entries)
+            .map(|v| v.id.clone())
+            .collect();
+        all.sort();
+        let mut want: Vec<VolumeId> = ["a", "b", "c"].iter().map(|n| VolumeId::for_name(n)).collect();
+        want.sort();
+        assert_eq!(all, want);
+        assert!(matches!(
+            c.list(Some("v1:pvc-handmade"), None),
+            Err(Error::BadToken { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_call_on_a_busy_volume_is_refused() {
+        let c = controller(10 * GIB);
+        let v = create(&c, "vol-a", &HashMap::new(), GIB).unwrap();
+        let _held = c.lock("test", &[v.id.as_str()]).unwrap();
+        let err = c.delete(v.id.as_str()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Busy {
+                    op: "DeleteVolume",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn two_provisioner_names_on_one_slot_collide() {
+        let c = controller(10 * GIB);
+        // The slot keeps the first 28 hex digits of a pvc-<uuid> name: two
+        // names that differ only after them share it.
+        let a = "pvc-3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+        let b = "pvc-3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3fffff";
+        assert_eq!(VolumeId::for_name(a), VolumeId::for_name(b));
+        create(&c, a, &HashMap::new(), GIB).unwrap();
+        let changes = c.rds.changes();
+        match create(&c, b, &HashMap::new(), GIB).unwrap_err() {
+            Error::SlotCollision { owner, name, .. } => assert_eq!((owner.as_str(), name.as_str()), (a, b)),
+            other => panic!("{other}"),
+        }
+        assert_eq!(c.rds.changes(), changes);
+    }
+}

@@ -6,11 +6,13 @@
 
 pub mod codec;
 pub mod controller;
+mod dispatch;
 pub mod endpoint;
 pub mod identity;
 pub mod node;
 mod pool;
 pub mod proto;
+mod reply;
 pub mod server;
 pub mod status;
 

@@ -1,0 +1,388 @@
+//! The table of every flag: the names (one constant each) and, per flag,
+//! its metavar, subcommands, default and help text. `--help` and the
+//! environment mapping are generated from it (see the parent module).
+
+use super::Sub;
+
+/// Every flag's name, one constant each: settings are looked up by these,
+/// so a misspelt name does not compile. `ALL` lists them for the test that
+/// ties them one-to-one to the rows of [`FLAGS`].
+pub mod flag {
+    macro_rules! names {
+        ($($name:ident = $text:literal,)+) => {
+            $(
+                #[doc = concat!("`--", $text, "`")]
+                pub const $name: &str = $text;
+            )+
+            /// Every name above.
+            pub const ALL: &[&str] = &[$($name),+];
+        };
+    }
+
+    names! {
+        CONTROLLER = "controller",
+        NODE = "node",
+        ENDPOINT = "endpoint",
+        NODE_ID = "node-id",
+        DRIVER_NAME = "driver-name",
+        LOG_LEVEL = "log-level",
+        MAX_IN_FLIGHT = "max-in-flight",
+        SHUTDOWN_GRACE = "shutdown-grace",
+        CHECK_CONFIG = "check-config",
+        METRICS_ADDRESS = "metrics-address",
+        KUBELET_DIR = "kubelet-dir",
+        RDS_ADDRESS = "rds-address",
+        RDS_USERNAME_FILE = "rds-username-file",
+        RDS_PASSWORD_FILE = "rds-password-file",
+        RDS_CA_FILE = "rds-ca-file",
+        RDS_TLS_FINGERPRINT = "rds-tls-fingerprint",
+        RDS_INSECURE_SKIP_VERIFY = "rds-insecure-skip-verify",
+        RDS_TIMEOUT = "rds-timeout",
+        RDS_RETRY_FOR = "rds-retry-for",
+        RDS_MAX_IN_FLIGHT = "rds-max-in-flight",
+        RDS_CHECK_INTERVAL = "rds-check-interval",
+        RDS_POOL = "rds-pool",
+        VOLUME_BASE_PATH = "volume-base-path",
+        NQN_PREFIX = "nqn-prefix",
+        NVME_ADDRESS = "nvme-address",
+        CAPACITY_RESERVE = "capacity-reserve",
+        ALLOW_MULTI_NODE_BLOCK = "allow-multi-node-block",
+        EXPORT_ALWAYS = "export-always",
+        NVME_HOST_ACL = "nvme-host-acl",
+        NVME_BIN = "nvme-bin",
+        SYS_ROOT = "sys-root",
+        DEV_ROOT = "dev-root",
+        PROC_ROOT = "proc-root",
+        ETC_ROOT = "etc-root",
+        HOST_NQN = "host-nqn",
+        MAX_VOLUMES_PER_NODE = "max-volumes-per-node",
+        DEVICE_WAIT = "device-wait",
+        CONNECT_ATTEMPTS = "connect-attempts",
+    }
+}
+
+/// One flag: its long name, metavar (None for a switch), which subcommands
+/// take it, its default as shown in `--help`, and what it does.
+pub struct Flag {
+    pub name: &'static str,
+    pub metavar: Option<&'static str>,
+    pub subs: &'static [Sub],
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+    /// Further environment variables consulted after `RDS_CSI_<NAME>`.
+    pub fallback_env: &'static [&'static str],
+}
+
+const SERVE: &[Sub] = &[Sub::Serve];
+const SERVE_DOCTOR: &[Sub] = &[Sub::Serve, Sub::Doctor];
+
+/// Every flag of every subcommand. `--help` and the environment mapping are
+/// generated from this table, so a flag cannot exist undocumented.
+pub const FLAGS: &[Flag] = &[
+    Flag {
+        name: flag::CONTROLLER,
+        metavar: None,
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "serve the Controller service (provisioning against the RDS)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::NODE,
+        metavar: None,
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "serve the Node service (NVMe/TCP attach, format, mount)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::ENDPOINT,
+        metavar: Some("URL"),
+        subs: SERVE,
+        default: Some("unix:///csi/csi.sock"),
+        help: "CSI socket to listen on",
+        fallback_env: &["CSI_ENDPOINT"],
+    },
+    Flag {
+        name: flag::NODE_ID,
+        metavar: Some("ID"),
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "this node's id, normally the Kubernetes node name (required with --node)",
+        fallback_env: &["NODE_ID", "NODE_NAME"],
+    },
+    Flag {
+        name: flag::DRIVER_NAME,
+        metavar: Some("NAME"),
+        subs: SERVE,
+        default: Some(crate::DEFAULT_DRIVER_NAME),
+        help: "CSI driver name reported to Kubernetes",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::LOG_LEVEL,
+        metavar: Some("LEVEL"),
+        subs: SERVE_DOCTOR,
+        default: Some("info"),
+        help: "error, warn, info, debug or trace",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::MAX_IN_FLIGHT,
+        metavar: Some("N"),
+        subs: SERVE,
+        default: Some("128"),
+        help: "calls served at once; more are refused with RESOURCE_EXHAUSTED (Probe is exempt)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::SHUTDOWN_GRACE,
+        metavar: Some("SECONDS"),
+        subs: SERVE,
+        default: Some("25"),
+        help: "on SIGTERM/SIGINT, how long calls in flight may take to finish",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::CHECK_CONFIG,
+        metavar: None,
+        subs: SERVE,
+        default: None,
+        help: "validate the flags and environment, print the settings, and exit (0 valid, 2 not) without serving",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::METRICS_ADDRESS,
+        metavar: Some("ADDR:PORT"),
+        subs: SERVE,
+        default: None,
+        help: "serve Prometheus metrics at http://ADDR:PORT/metrics (off unless given; e.g. 0.0.0.0:9090)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::KUBELET_DIR,
+        metavar: Some("PATH"),
+        subs: SERVE_DOCTOR,
+        default: Some("/var/lib/kubelet"),
+        help: "the kubelet's root directory (k3s uses the standard path): the node plugin only stages and publishes strictly under it; doctor checks it is writable",
+        fallback_env: &[],
+    },
+    // --- controller: the RDS and how volumes are laid out on it ---------
+    Flag {
+        name: flag::RDS_ADDRESS,
+        metavar: Some("URL"),
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "RouterOS REST address of the RDS, https://host[:port] (plain http only when written http://); required with --controller",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_USERNAME_FILE,
+        metavar: Some("PATH"),
+        subs: SERVE_DOCTOR,
+        default: Some("/etc/rds-csi/rds/username"),
+        help: "file holding the RouterOS user name (re-read when it changes)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_PASSWORD_FILE,
+        metavar: Some("PATH"),
+        subs: SERVE_DOCTOR,
+        default: Some("/etc/rds-csi/rds/password"),
+        help: "file holding the RouterOS password (re-read when it changes; never logged)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_CA_FILE,
+        metavar: Some("PATH"),
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "trust only the CA certificates in this PEM file for the RDS",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_TLS_FINGERPRINT,
+        metavar: Some("SHA256"),
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "trust only the RDS certificate with this SHA-256 fingerprint (for RouterOS's self-signed certificate)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_INSECURE_SKIP_VERIFY,
+        metavar: None,
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "do not verify the RDS certificate at all (insecure; logged as a warning)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_TIMEOUT,
+        metavar: Some("SECONDS"),
+        subs: SERVE_DOCTOR,
+        default: Some("30"),
+        help: "limit for one REST request to the RDS, connect included",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_RETRY_FOR,
+        metavar: Some("SECONDS"),
+        subs: SERVE,
+        default: Some("30"),
+        help: "how long transient RDS failures (refused, reset, timeout, 5xx) are retried before a call fails UNAVAILABLE",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_MAX_IN_FLIGHT,
+        metavar: Some("N"),
+        subs: SERVE,
+        default: Some("4"),
+        help: "REST requests sent to the RDS at once; more wait their turn",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_CHECK_INTERVAL,
+        metavar: Some("SECONDS"),
+        subs: SERVE,
+        default: Some("30"),
+        help: "how often the controller checks in the background that the RDS answers (Probe reports the result)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::RDS_POOL,
+        metavar: Some("SLOT"),
+        subs: SERVE_DOCTOR,
+        default: Some("storage-pool"),
+        help: "the RDS storage pool (slot or mount point) that volumes are made on",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::VOLUME_BASE_PATH,
+        metavar: Some("PATH"),
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "folder on the RDS for backing files; StorageClass volumePath must lie inside it (default: <rds-pool>/csi)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::NQN_PREFIX,
+        metavar: Some("NQN"),
+        subs: SERVE_DOCTOR,
+        default: Some(crate::volume::DEFAULT_NQN_PREFIX),
+        help: "volumes are exported as <prefix>:<volume id>; the node only ever disconnects NQNs under it",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::NVME_ADDRESS,
+        metavar: Some("HOST"),
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "NVMe/TCP address nodes connect to unless the StorageClass sets nvmeAddress (default: the host of --rds-address)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::CAPACITY_RESERVE,
+        metavar: Some("BYTES"),
+        subs: SERVE_DOCTOR,
+        default: Some("0"),
+        help: "pool space never given to volumes, e.g. 50Gi (suffixes K/M/G/T and Ki/Mi/Gi/Ti are binary)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::ALLOW_MULTI_NODE_BLOCK,
+        metavar: None,
+        subs: SERVE,
+        default: None,
+        help: "allow multi-node access modes for raw block volumes (the application must coordinate writers)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::EXPORT_ALWAYS,
+        metavar: None,
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "keep every volume exported over NVMe/TCP from creation to deletion (default: exported only while published to a node)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::NVME_HOST_ACL,
+        metavar: None,
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "per-node host access control: a published volume allows only the host NQNs of its nodes (derived from the node id; see the README)",
+        fallback_env: &[],
+    },
+    // --- node plugin: NVMe/TCP attach, format, mount (--nqn-prefix is above) ---
+    Flag {
+        name: flag::NVME_BIN,
+        metavar: Some("PROGRAM"),
+        subs: SERVE_DOCTOR,
+        default: Some("nvme"),
+        help: "the nvme-cli program: a name looked up in /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin, or an absolute path",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::SYS_ROOT,
+        metavar: Some("DIR"),
+        subs: SERVE_DOCTOR,
+        default: Some("/sys"),
+        help: "the host's sysfs (NVMe subsystems, controllers, block devices, modules)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::DEV_ROOT,
+        metavar: Some("DIR"),
+        subs: SERVE_DOCTOR,
+        default: Some("/dev"),
+        help: "the host's /dev (NVMe namespace device nodes)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::PROC_ROOT,
+        metavar: Some("DIR"),
+        subs: SERVE_DOCTOR,
+        default: Some("/proc"),
+        help: "the /proc whose self/mountinfo shows this process's mounts",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::ETC_ROOT,
+        metavar: Some("DIR"),
+        subs: SERVE_DOCTOR,
+        default: Some("/etc"),
+        help: "the host's /etc, for nvme/hostnqn",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::HOST_NQN,
+        metavar: Some("NQN"),
+        subs: SERVE_DOCTOR,
+        default: None,
+        help: "host NQN for nvme connect -q (default: <etc-root>/nvme/hostnqn when present)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::MAX_VOLUMES_PER_NODE,
+        metavar: Some("N"),
+        subs: SERVE,
+        default: Some("0"),
+        help: "volumes this node may attach, as reported to Kubernetes (0: no limit)",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::DEVICE_WAIT,
+        metavar: Some("SECONDS"),
+        subs: SERVE,
+        default: Some("30"),
+        help: "after nvme connect, how long the block device may take to appear",
+        fallback_env: &[],
+    },
+    Flag {
+        name: flag::CONNECT_ATTEMPTS,
+        metavar: Some("N"),
+        subs: SERVE,
+        default: Some("5"),
+        help: "nvme connect attempts on transient failures (1 s, then x2, with jitter)",
+        fallback_env: &[],
+    },
+];

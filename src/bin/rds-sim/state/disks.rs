@@ -314,17 +314,7 @@ impl Store {
         no_space: bool,
         file_size_mode: FileSizeMode,
     ) -> Result<Map<String, Value>, Error> {
-        let id = parse_id(id).ok_or(Error::NoSuchItem)?;
-        if id == POOL_ID {
-            return Err(Error::Protected {
-                what: "the storage pool".into(),
-            });
-        }
-        let index = self
-            .disks
-            .iter()
-            .position(|d| d.id == id)
-            .ok_or(Error::NoSuchItem)?;
+        let index = self.disk_index(id, Error::NoSuchItem)?;
         let p = Params(body);
         p.check_known(&Self::settable_fields())?;
         self.check_version_gates(&p)?;
@@ -404,19 +394,24 @@ impl Store {
         Ok(self.disk_record(&disk))
     }
 
-    /// `DELETE /rest/disk/<id>`: the backing file stays, as on RouterOS.
-    pub fn remove_disk(&mut self, id: &str) -> Result<(), Error> {
-        let id = parse_id(id).ok_or(Error::NotFound)?;
+    /// Where the disk with the REST id `id` (`*N`) is in the list; `missing`
+    /// when there is none (RouterOS words it differently per verb), and
+    /// the pool itself is never a disk to change or remove.
+    fn disk_index(&self, id: &str, missing: Error) -> Result<usize, Error> {
+        let Some(id) = parse_id(id) else {
+            return Err(missing);
+        };
         if id == POOL_ID {
             return Err(Error::Protected {
                 what: "the storage pool".into(),
             });
         }
-        let index = self
-            .disks
-            .iter()
-            .position(|d| d.id == id)
-            .ok_or(Error::NotFound)?;
+        self.disks.iter().position(|d| d.id == id).ok_or(missing)
+    }
+
+    /// `DELETE /rest/disk/<id>`: the backing file stays, as on RouterOS.
+    pub fn remove_disk(&mut self, id: &str) -> Result<(), Error> {
+        let index = self.disk_index(id, Error::NotFound)?;
         let disk = self.disks.remove(index);
         log::info!("disk {} removed (file {} kept)", disk.slot, disk.file_path);
         self.save()

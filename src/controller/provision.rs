@@ -637,25 +637,7 @@ mod unit {
 
     #[test]
     fn condition_reports_a_missing_export() {
-        let disk = |export| rds::Disk {
-            id: "*1".into(),
-            slot: "pvc-1".into(),
-            kind: Some("file".into()),
-            file_path: Some("storage-pool/csi/pvc-1.img".into()),
-            file_size: Some(1 << 30),
-            size: Some(1 << 30),
-            free: None,
-            comment: String::new(),
-            nvme_tcp_export: export,
-            nvme_tcp_port: Some(4420),
-            nvme_tcp_nqn: Some("nqn.2000-02.com.mikrotik:pvc-1".into()),
-            nvme_tcp_allow_host: String::new(),
-            mount_filesystem: Some(false),
-            mount_point: None,
-            mounted: false,
-            fs: None,
-            state: None,
-        };
+        let disk = |export| crate::controller::fake::disk("", export);
         assert!(!condition_of(&disk(true), false).abnormal);
         let c = condition_of(&disk(false), false);
         assert!(c.abnormal && c.message.contains("pvc-1"), "{}", c.message);
